@@ -1,0 +1,8 @@
+"""The one exception type users see: a one-line message naming the file, key or value at fault."""
+
+
+class CptlabError(Exception):
+    """A user-facing error. `str(err)` is a single line that says what to fix."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split("\n")))
