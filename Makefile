@@ -1,0 +1,35 @@
+# cptlab — `make help` lists the targets.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build of torch by default (fast to install, what CI uses); e.g. `make install TORCH=torch`
+# for your platform's default (CUDA) build.
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: help install test test-all demo train clean
+
+help:  ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install:  ## create .venv and install cptlab with its dev and demo extras (CPU torch by default)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev,demo]"
+
+test:  ## the test suite CI runs (slow end-to-end tests excluded)
+	CI=true $(BIN)/python -m pytest -m "not slow" -q $(PYTEST_ARGS)
+
+test-all:  ## every test, slow end-to-end runs included
+	CI=true $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+demo:  ## build the demo base model if not cached, continue it on Chinese, print plot + summary paths
+	$(BIN)/python -m cptlab.demo
+
+train:  ## one run: make train ARGS="experiment=demo_zh data.replay_ratio=0.5"
+	$(BIN)/cptlab-train $(ARGS)
+
+clean:  ## remove run outputs and caches inside the repo (not ~/.cache/cptlab)
+	rm -rf runs outputs multirun .pytest_cache
+	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -1,0 +1,131 @@
+"""Callbacks that log cptlab's metrics: train metrics every N steps, held-out evaluation at step 0
+and every N steps. They run before ModelCheckpoint (Lightning orders checkpointing last), so a
+checkpoint at step N always comes after step N's metrics are written."""
+
+from __future__ import annotations
+
+import time
+
+import pytorch_lightning as pl
+import torch
+
+from cptlab.evaluation import eval_sums, metrics_from_sums
+
+
+def log_metrics(trainer: pl.Trainer, metrics: dict[str, float], step: int) -> None:
+    for lg in trainer.loggers:
+        lg.log_metrics(metrics, step=step)
+        lg.save()
+
+
+def tokens_seen(trainer: pl.Trainer, tokens_per_batch: int) -> int:
+    return trainer.lightning_module.batches_done * tokens_per_batch
+
+
+class TrainMetrics(pl.Callback):
+    """train/loss, train/tokens_per_sec, train/replay_share, lr and trainer/tokens_seen."""
+
+    def __init__(self, every_n_steps: int, tokens_per_batch: int):
+        self.every, self.tokens_per_batch = every_n_steps, tokens_per_batch
+        self.latest: dict[str, float] = {}
+        self.train_seconds = 0.0  # wall time inside training steps (evaluation excluded)
+        self.train_tokens = 0
+        self._t0 = None
+        self._tokens0 = 0
+        self._seconds0 = 0.0
+        self._last_step = -1
+
+    def on_train_start(self, trainer, pl_module):
+        self._t0, self._tokens0 = time.perf_counter(), tokens_seen(trainer, self.tokens_per_batch)
+
+    def pause(self):
+        """Stop the throughput clock (called around evaluation)."""
+        if self._t0 is not None:
+            self.train_seconds += time.perf_counter() - self._t0
+            self._t0 = None
+
+    def resume(self):
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if step == self._last_step or not (step % self.every == 0 or step >= trainer.max_steps):
+            return
+        self._last_step = step
+        loss = pl_module.pop_train_loss()
+        if loss is None:
+            return
+        loss = float(trainer.strategy.reduce(loss, reduce_op="mean"))
+        self.pause()
+        seen = tokens_seen(trainer, self.tokens_per_batch)
+        window_tokens, window_s = seen - self._tokens0, self.train_seconds - self._seconds0
+        self.train_tokens += window_tokens
+        self._tokens0, self._seconds0 = seen, self.train_seconds
+        self.latest = {
+            "train/loss": loss,
+            "train/tokens_per_sec": window_tokens / window_s if window_s > 0 else 0.0,
+            "train/replay_share": pl_module.replay_share,
+            "lr": trainer.optimizers[0].param_groups[0]["lr"],
+            "trainer/tokens_seen": seen,
+        }
+        log_metrics(trainer, self.latest, step)
+        pl_module.log("loss", loss, prog_bar=True, logger=False)
+        pl_module.log("tok/s", self.latest["train/tokens_per_sec"], prog_bar=True, logger=False)
+        self.resume()
+
+    @property
+    def mean_tokens_per_sec(self) -> float:
+        return self.train_tokens / self.train_seconds if self.train_seconds > 0 else 0.0
+
+
+class PeriodicEval(pl.Callback):
+    """val/D/{loss,ppl,bpb,delta_bpb} on every domain's held-out blocks, at step 0 and every N steps."""
+
+    def __init__(self, eval_sets: dict[str, torch.Tensor], token_bytes: torch.Tensor, *, every_n_steps: int,
+                 batch_size: int, tokens_per_batch: int, clock: TrainMetrics | None = None):
+        self.eval_sets, self.token_bytes = eval_sets, token_bytes
+        self.every, self.batch_size, self.tokens_per_batch = every_n_steps, batch_size, tokens_per_batch
+        self.clock = clock
+        self.bpb0: dict[str, float] = {}
+        self.first: dict[str, float] = {}
+        self.latest: dict[str, float] = {}
+        self.last_eval_step = -1
+
+    def evaluate(self, trainer, pl_module) -> dict[str, float]:
+        if self.clock:
+            self.clock.pause()
+        rank, world = trainer.global_rank, trainer.world_size
+        metrics = {}
+        for name, blocks in self.eval_sets.items():
+            sums = eval_sums(pl_module.model, blocks[rank::world], self.token_bytes,
+                             batch_size=self.batch_size, device=pl_module.device)
+            sums = trainer.strategy.reduce(sums, reduce_op="sum")
+            m = metrics_from_sums(sums)
+            self.bpb0.setdefault(name, m["bpb"])
+            m["delta_bpb"] = m["bpb"] - self.bpb0[name]
+            metrics.update({f"val/{name}/{k}": v for k, v in m.items()})
+        step = trainer.global_step
+        metrics["trainer/tokens_seen"] = tokens_seen(trainer, self.tokens_per_batch)
+        self.last_eval_step, self.latest = step, metrics
+        if step == 0:
+            self.first = dict(metrics)
+        log_metrics(trainer, metrics, step)
+        if self.clock:
+            self.clock.resume()
+        return metrics
+
+    def on_train_start(self, trainer, pl_module):
+        if trainer.global_step == 0 and self.last_eval_step < 0:
+            self.evaluate(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if step != self.last_eval_step and (step % self.every == 0 or step >= trainer.max_steps):
+            self.evaluate(trainer, pl_module)
+
+    def state_dict(self):
+        return {"bpb0": self.bpb0, "first": self.first, "latest": self.latest, "last_eval_step": self.last_eval_step}
+
+    def load_state_dict(self, state):
+        self.bpb0, self.first = dict(state["bpb0"]), dict(state["first"])
+        self.latest, self.last_eval_step = dict(state["latest"]), state["last_eval_step"]

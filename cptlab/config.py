@@ -1,0 +1,171 @@
+"""Structured-config schemas: a wrong type or an unknown key fails at compose time, by name.
+
+The schema is stored in Hydra's ConfigStore as `cptlab_schema`, the first entry of
+conf/train.yaml's defaults list, so every group option merges onto typed, struct-mode nodes.
+Also registers the resolvers the YAML uses (`run_name`, `wandb_id`, `wandb_offline`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+
+@dataclass
+class PathsConfig:
+    runs_dir: str = "runs"
+    cache_dir: str = MISSING
+    output_dir: str = MISSING
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: Optional[str] = None
+    dtype: str = "float32"
+    # Llama config fields for a random-init model (used when name_or_path is null).
+    config: Optional[dict[str, Any]] = None
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = "base"
+    path: Optional[str] = None
+    vocab_size: int = 4096
+    model_type: str = "bpe"
+    character_coverage: float = 0.9995
+
+
+@dataclass
+class DomainConfig:
+    role: str = "new"
+    sources: list[str] = MISSING
+    heldout: float = 0.02
+    weight: float = 1.0
+    max_docs: Optional[int] = None
+    text_field: str = "text"
+
+
+@dataclass
+class DataConfig:
+    domains: dict[str, DomainConfig] = field(default_factory=dict)
+    replay_ratio: float = 0.0
+    seq_len: int = 256
+    batch_size: int = 16
+    max_docs: Optional[int] = None  # cap on every domain's documents (smoke runs)
+    num_workers: int = 0
+    num_proc: int = 1  # pre-tokenization processes
+    on_bad_text: str = "replace"
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "full"
+
+
+@dataclass
+class AdapterConfig:
+    name: str = "none"
+
+
+@dataclass
+class RetentionConfig:
+    name: str = "none"
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"
+    lr: float = 3e-4
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.1
+    decay_fraction: float = 0.2
+    grad_clip: Optional[float] = 1.0
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "cpu"
+    devices: Any = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    max_steps: int = 100
+    accumulate_grad_batches: int = 1
+    log_every_n_steps: int = 10
+    num_threads: Optional[int] = None
+
+
+@dataclass
+class EvalConfig:
+    every_n_steps: int = 50
+    max_blocks: int = 32
+    batch_size: int = 8
+
+
+@dataclass
+class CheckpointConfig:
+    every_n_steps: int = 100
+
+
+@dataclass
+class TrainConfig:
+    name: str = "default"
+    seed: int = 0
+    publish_dir: Optional[str] = None
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: dict[str, Any] = field(default_factory=dict)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+def run_name(override_dirname: str) -> str:
+    """Directory name for a run from its overrides: filesystem-safe, never empty, bounded."""
+    if not override_dirname:
+        return "default"
+    name = re.sub(r"[^A-Za-z0-9_.,=+\-]", "_", override_dirname)
+    if len(name) > 120:
+        name = name[:100] + "-" + hashlib.sha256(override_dirname.encode()).hexdigest()[:12]
+    return name
+
+
+def wandb_id(output_dir: str) -> str:
+    """A wandb run id derived from the run directory, so re-running a command resumes its run."""
+    return hashlib.sha256(os.path.abspath(str(output_dir)).encode()).hexdigest()[:16]
+
+
+def wandb_offline() -> bool:
+    """Offline unless credentials are configured (WANDB_API_KEY or a netrc login) and not disabled."""
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled") or os.environ.get("CI") == "true":
+        return True
+    if os.environ.get("WANDB_API_KEY"):
+        return False
+    netrc = os.path.expanduser("~/.netrc")
+    return not (os.path.exists(netrc) and "api.wandb.ai" in open(netrc, encoding="utf-8", errors="ignore").read())
+
+
+def register() -> None:
+    """Register the schema and resolvers (idempotent; called on import of cptlab.train)."""
+    ConfigStore.instance().store(name="cptlab_schema", node=TrainConfig)
+    for name, fn in (("run_name", run_name), ("wandb_id", wandb_id), ("wandb_offline", wandb_offline)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+register()

@@ -1,0 +1,49 @@
+"""Held-out evaluation: loss (nats/token), perplexity and bits per UTF-8 byte.
+
+Per-token perplexity is not comparable across vocabularies; bits per byte is: the summed negative
+log-likelihood (in bits) of the held-out tokens divided by the UTF-8 bytes those tokens stand for.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def token_nll(model, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-position negative log-likelihood (float32) of `targets` under the causal LM."""
+    logits = model(input_ids=input_ids).logits
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+
+
+@torch.no_grad()
+def eval_sums(model, blocks: torch.Tensor, token_bytes: torch.Tensor, *, batch_size: int,
+              device: torch.device | str = "cpu") -> torch.Tensor:
+    """[nll_sum, n_tokens, n_bytes] (float64) over `blocks` ([n, seq_len + 1] token ids)."""
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    token_bytes = token_bytes.to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        for i in range(0, len(blocks), batch_size):
+            chunk = blocks[i:i + batch_size].to(device, non_blocking=True)
+            inputs, targets = chunk[:, :-1], chunk[:, 1:]
+            nll = token_nll(model, inputs, targets)
+            sums[0] += nll.double().sum()
+            sums[1] += targets.numel()
+            sums[2] += token_bytes[targets].double().sum()
+    finally:
+        model.train(was_training)
+    return sums
+
+
+def metrics_from_sums(sums) -> dict[str, float]:
+    nll, n_tokens, n_bytes = (float(x) for x in sums)
+    loss = nll / max(n_tokens, 1.0)
+    return {
+        "loss": loss,
+        "ppl": math.exp(min(loss, 80.0)),
+        "bpb": nll / math.log(2) / max(n_bytes, 1.0),
+    }

@@ -1,0 +1,1 @@
+"""Models: load a base (HF directory / hub id / random-init config) and save Hugging Face directories."""

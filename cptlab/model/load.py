@@ -1,0 +1,74 @@
+"""Build the base causal LM: a Hugging Face directory or hub id, or a random-init Llama from a config."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+
+from cptlab.errors import CptlabError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise CptlabError(f"model.dtype={name!r} is not one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def _looks_local(name_or_path: str) -> bool:
+    return name_or_path.startswith((".", "/", "~")) or os.path.exists(name_or_path) or name_or_path.count("/") != 1
+
+
+def check_model_source(name_or_path: str) -> None:
+    """Fail early, by path, on a missing or malformed local model directory."""
+    if not _looks_local(name_or_path):
+        return  # a hub id: from_pretrained reports (offline) failures itself
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir():
+        raise CptlabError(f"model directory not found: {path} (model.name_or_path)")
+    if not (path / "config.json").is_file():
+        raise CptlabError(f"{path} is not a Hugging Face model directory: no config.json (model.name_or_path)")
+    try:
+        AutoConfig.from_pretrained(path)
+    except Exception as err:  # malformed JSON, unknown model_type, ...
+        raise CptlabError(f"{path / 'config.json'}: cannot be read as a model config ({str(err).splitlines()[0]})")
+
+
+def random_llama_config(fields: dict[str, Any], *, vocab_size: int, bos_id: int | None, eos_id: int | None) -> LlamaConfig:
+    try:
+        return LlamaConfig(vocab_size=vocab_size, bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=None, **fields)
+    except (TypeError, ValueError) as err:
+        raise CptlabError(f"model.config: {str(err).splitlines()[0]}")
+
+
+def load_model(name_or_path: str | None, *, config: dict[str, Any] | None, dtype: str, vocab_size: int,
+               bos_id: int | None = None, eos_id: int | None = None, seed: int = 0) -> PreTrainedModel:
+    """The base model. With `name_or_path` the weights are loaded; otherwise a Llama is built from
+    `config` with the tokenizer's vocabulary size and initialised deterministically from `seed`."""
+    dt = torch_dtype(dtype)
+    if name_or_path:
+        check_model_source(name_or_path)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(Path(name_or_path).expanduser() if _looks_local(name_or_path)
+                                                         else name_or_path, dtype=dt, attn_implementation="sdpa")
+        except OSError as err:
+            raise CptlabError(f"cannot load model {name_or_path!r}: {str(err).splitlines()[0]}")
+    elif config:
+        cfg = random_llama_config(dict(config), vocab_size=vocab_size, bos_id=bos_id, eos_id=eos_id)
+        cfg._attn_implementation = "sdpa"
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = LlamaForCausalLM(cfg).to(dt)
+    else:
+        raise CptlabError("set model.name_or_path (a model directory or hub id) or model.config (random init)")
+    model.config.use_cache = False
+    return model
+
+
+def max_positions(model: PreTrainedModel) -> int | None:
+    return getattr(model.config, "max_position_embeddings", None)

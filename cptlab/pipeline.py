@@ -1,0 +1,122 @@
+"""The steps of a run between config and fit: tokenizer, data, model, and the Lightning objects.
+
+Hydra stops here: each step reads the config and calls library code with plain arguments.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from cptlab.callbacks import PeriodicEval, TrainMetrics
+from cptlab.checkpoint import AtomicCheckpointIO
+from cptlab.data.datamodule import CPTDataModule
+from cptlab.data.mixture import MixtureSampler, eval_blocks
+from cptlab.data.tokens import DomainSpec, DomainTokens, load_domain_documents, prepare_domain
+from cptlab.errors import CptlabError
+from cptlab.model.load import load_model, max_positions
+from cptlab.module import CPTModule
+from cptlab.optim import LRSchedule
+from cptlab.tokenizer.byte_lengths import token_byte_lengths
+from cptlab.tokenizer.hf import load_tokenizer
+from cptlab.tokenizer.prepare import prepare_tokenizer
+
+
+def show_progress() -> bool:
+    return sys.stderr.isatty() and os.environ.get("CI", "").lower() != "true"
+
+
+def domain_specs(data: DictConfig) -> list[DomainSpec]:
+    specs = []
+    for name, d in data.domains.items():
+        caps = [c for c in (d.max_docs, data.max_docs) if c is not None]
+        specs.append(DomainSpec(name=name, role=d.role, sources=tuple(str(s) for s in d.sources),
+                                heldout=d.heldout if d.heldout < 1 else int(d.heldout), weight=d.weight,
+                                max_docs=min(caps) if caps else None, text_field=d.text_field))
+    return specs
+
+
+def build_tokenizer(cfg: DictConfig, run_dir: Path) -> Path:
+    """The run's tokenizer directory (run_dir/tokenizer): the base model's, or a freshly trained one."""
+    tok = cfg.tokenizer
+    specs = domain_specs(cfg.data)
+
+    def train_texts():
+        for spec in specs:
+            train_docs, _, _ = load_domain_documents(spec, on_bad_text=cfg.data.on_bad_text, seed=cfg.seed)
+            yield from train_docs
+
+    return prepare_tokenizer(tok.kind, run_dir / "tokenizer", cache_root=Path(cfg.paths.cache_dir),
+                             source=tok.path or cfg.model.name_or_path, texts=train_texts,
+                             vocab_size=tok.vocab_size, model_type=tok.model_type,
+                             character_coverage=tok.character_coverage, seed=cfg.seed)
+
+
+def build_data(cfg: DictConfig, tokenizer_dir: Path) -> list[DomainTokens]:
+    return [prepare_domain(spec, tokenizer_dir, Path(cfg.paths.cache_dir), seed=cfg.seed,
+                           num_proc=cfg.data.num_proc, on_bad_text=cfg.data.on_bad_text, progress=show_progress())
+            for spec in domain_specs(cfg.data)]
+
+
+def build_model(cfg: DictConfig, tokenizer):
+    model = load_model(cfg.model.name_or_path, config=OmegaConf.to_container(cfg.model.config) if cfg.model.config
+                       else None, dtype=cfg.model.dtype, vocab_size=len(tokenizer), bos_id=tokenizer.bos_token_id,
+                       eos_id=tokenizer.eos_token_id, seed=cfg.seed)
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        raise CptlabError(f"the tokenizer has {len(tokenizer)} tokens but the model's embedding has {rows} rows "
+                          f"(tokenizer.path / model.name_or_path do not match)")
+    limit = max_positions(model)
+    if limit is not None and cfg.data.seq_len > limit:
+        raise CptlabError(f"data.seq_len={cfg.data.seq_len} exceeds the model's maximum positions ({limit})")
+    return model
+
+
+@dataclass
+class Lightning:
+    module: CPTModule
+    datamodule: CPTDataModule
+    trainer: pl.Trainer
+    train_metrics: TrainMetrics
+    evaluator: PeriodicEval
+
+
+def build_lightning(cfg: DictConfig, model, domains: list[DomainTokens], tokenizer, run_dir: Path) -> Lightning:
+    data, tr = cfg.data, cfg.trainer
+    sampler = MixtureSampler(domains, replay_ratio=data.replay_ratio, batch_size=data.batch_size,
+                             seq_len=data.seq_len, seed=cfg.seed)
+    evals = {d.name: torch.from_numpy(eval_blocks(d, data.seq_len, cfg.eval.max_blocks)) for d in domains}
+    token_bytes = torch.from_numpy(token_byte_lengths(tokenizer))
+    tokens_per_batch = data.batch_size * data.seq_len
+    schedule = LRSchedule(total_steps=tr.max_steps, warmup_steps=cfg.optim.warmup_steps, kind=cfg.optim.schedule,
+                          min_lr_ratio=cfg.optim.min_lr_ratio, decay_fraction=cfg.optim.decay_fraction)
+    module = CPTModule(model, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, betas=cfg.optim.betas,
+                       eps=cfg.optim.eps, schedule=schedule)
+    train_metrics = TrainMetrics(tr.log_every_n_steps, tokens_per_batch)
+    evaluator = PeriodicEval(evals, token_bytes, every_n_steps=cfg.eval.every_n_steps,
+                             batch_size=cfg.eval.batch_size, tokens_per_batch=tokens_per_batch, clock=train_metrics)
+    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step}", save_last=True,
+                                  save_top_k=0, every_n_train_steps=cfg.checkpoint.every_n_steps)
+    callbacks = [train_metrics, evaluator, checkpoints]
+    if show_progress():
+        from pytorch_lightning.callbacks import RichProgressBar
+
+        callbacks.append(RichProgressBar(leave=True))
+    loggers = [hydra.utils.instantiate(node) for node in cfg.logger.values() if node is not None]
+    trainer = pl.Trainer(accelerator=tr.accelerator, devices=tr.devices, strategy=tr.strategy,
+                         precision=tr.precision, max_steps=tr.max_steps,
+                         accumulate_grad_batches=tr.accumulate_grad_batches,
+                         gradient_clip_val=cfg.optim.grad_clip, logger=loggers, callbacks=callbacks,
+                         enable_progress_bar=show_progress(), enable_model_summary=False,
+                         num_sanity_val_steps=0, limit_val_batches=0, use_distributed_sampler=False,
+                         default_root_dir=run_dir, plugins=[AtomicCheckpointIO()])
+    datamodule = CPTDataModule(sampler, num_workers=data.num_workers, pin_memory=tr.accelerator == "gpu")
+    return Lightning(module, datamodule, trainer, train_metrics, evaluator)

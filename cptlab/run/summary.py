@@ -1,0 +1,81 @@
+"""summary.json (the run's record: status, final metrics, per-domain learning/forgetting) and the short
+table printed at the end of every run (also written as report.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from cptlab.utils.io import atomic_write_json, atomic_write_text
+
+SUMMARY = "summary.json"
+
+
+def read_summary(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / SUMMARY
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def write_summary(run_dir: Path, summary: dict) -> Path:
+    path = Path(run_dir) / SUMMARY
+    atomic_write_json(path, summary)
+    return path
+
+
+def domain_rows(first: dict, latest: dict, roles: dict[str, str]) -> dict[str, dict]:
+    rows = {}
+    for name, role in roles.items():
+        b0, b1 = first.get(f"val/{name}/bpb"), latest.get(f"val/{name}/bpb")
+        rows[name] = {"role": role, "bpb_start": b0, "bpb_end": b1,
+                      "delta_bpb": (b1 - b0) if b0 is not None and b1 is not None else None}
+    return rows
+
+
+def _fmt(x, spec=".4f"):
+    return "-" if x is None else format(x, spec)
+
+
+def _lines(summary: dict) -> list[tuple[str, str]]:
+    paths = summary.get("paths", {})
+    out = [("status", summary["status"] + (f": {summary['error']}" if summary.get("error") else "")),
+           ("tokens/s", _fmt(summary.get("throughput", {}).get("tokens_per_sec"), ",.0f")),
+           ("wall time", f"{summary.get('wall_time_s', 0):.1f} s"),
+           ("run dir", paths.get("run_dir", "-"))]
+    out += [(k, paths[k]) for k in ("plot", "export") if paths.get(k)]
+    return out
+
+
+def render_table(summary: dict, console: Console | None = None) -> None:
+    console = console or Console(stderr=False, soft_wrap=True)
+    table = Table(title=f"cptlab · {summary.get('name', '')}", title_justify="left")
+    for col in ("domain", "role", "bpb @ step 0", "bpb @ end", "Δ bpb", "reads as"):
+        table.add_column(col, justify="left" if col in ("domain", "role", "reads as") else "right")
+    for name, d in summary.get("domains", {}).items():
+        delta = d.get("delta_bpb")
+        verdict = "-" if delta is None else ("learning" if delta < 0 else "forgetting" if d["role"] != "new" else "not learning")
+        table.add_row(name, d["role"], _fmt(d.get("bpb_start")), _fmt(d.get("bpb_end")), _fmt(delta, "+.4f"), verdict)
+    console.print(table)
+    for key, value in _lines(summary):
+        console.print(f"  {key:<10} {value}", highlight=False)
+
+
+def write_report(run_dir: Path, summary: dict) -> Path:
+    lines = [f"# cptlab run: {summary.get('name', '')}", "",
+             "| domain | role | bpb @ step 0 | bpb @ end | Δ bpb |", "|---|---|---:|---:|---:|"]
+    for name, d in summary.get("domains", {}).items():
+        lines.append(f"| {name} | {d['role']} | {_fmt(d.get('bpb_start'))} | {_fmt(d.get('bpb_end'))} "
+                     f"| {_fmt(d.get('delta_bpb'), '+.4f')} |")
+    lines.append("")
+    lines += [f"- {k}: {v}" for k, v in _lines(summary)]
+    if summary.get("paths", {}).get("plot"):
+        lines += ["", f"![forgetting curve]({os.path.basename(summary['paths']['plot'])})"]
+    path = Path(run_dir) / "report.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,39 @@
+"""Test-wide settings: caches and runs in a temporary directory, CPU only, quiet, offline."""
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = ROOT / "conf"
+
+
+def pytest_configure(config):
+    base = Path(tempfile.mkdtemp(prefix="cptlab-tests-"))
+    os.environ.setdefault("CPTLAB_CACHE", str(base / "cache"))
+    os.environ["CPTLAB_RUNS"] = str(base / "runs")
+    os.environ["CI"] = "true"
+    os.environ["WANDB_MODE"] = "offline"
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture
+def compose_cfg():
+    """compose_cfg(overrides, output_dir) -> the composed config, as a test would see the CLI's."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    import cptlab.config  # noqa: F401
+
+    def _compose(overrides, output_dir=None):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=list(overrides))
+        if output_dir is not None:
+            with open_dict(cfg):
+                cfg.paths.output_dir = str(output_dir)
+        return cfg
+
+    return _compose

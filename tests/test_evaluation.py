@@ -1,0 +1,44 @@
+import math
+
+import pytest
+import torch
+
+from cptlab.evaluation import eval_sums, metrics_from_sums
+
+
+class FixedLM(torch.nn.Module):
+    """Predicts the same distribution everywhere: p = softmax(logits) over a 4-token vocabulary."""
+
+    def __init__(self, probs):
+        super().__init__()
+        self.logits = torch.log(torch.tensor(probs))
+
+    def forward(self, input_ids):
+        out = self.logits.expand(*input_ids.shape, -1)
+        return type("Out", (), {"logits": out})()
+
+
+def test_bpb_matches_a_hand_computed_case():
+    # Vocabulary of 4 tokens standing for 1, 2, 3 and 0 bytes; p = (1/2, 1/4, 1/8, 1/8).
+    model = FixedLM([0.5, 0.25, 0.125, 0.125])
+    token_bytes = torch.tensor([1, 2, 3, 0])
+    blocks = torch.tensor([[3, 0, 1, 2], [0, 0, 1, 3]])  # targets: [0,1,2], [0,1,3]
+    sums = eval_sums(model, blocks, token_bytes, batch_size=1)
+    # bits: target 0 -> 1, 1 -> 2, 2 -> 3, 3 -> 3; bytes: 1, 2, 3, 0
+    bits = (1 + 2 + 3) + (1 + 2 + 3)
+    n_bytes = (1 + 2 + 3) + (1 + 2 + 0)
+    m = metrics_from_sums(sums)
+    assert sums[1] == 6
+    assert m["bpb"] == pytest.approx(bits / n_bytes)
+    assert m["loss"] == pytest.approx(bits * math.log(2) / 6)
+    assert m["ppl"] == pytest.approx(math.exp(m["loss"]))
+
+
+def test_batch_size_does_not_change_the_result():
+    torch.manual_seed(0)
+    model = FixedLM([0.1, 0.2, 0.3, 0.4])
+    blocks = torch.randint(0, 4, (7, 9))
+    tb = torch.tensor([1, 1, 2, 4])
+    a = eval_sums(model, blocks, tb, batch_size=1)
+    b = eval_sums(model, blocks, tb, batch_size=5)
+    assert torch.allclose(a, b)
