@@ -4,7 +4,9 @@ import pytest
 from hydra.errors import ConfigCompositionException
 
 from cptlab.config import run_name
-from conftest import CONF_DIR
+from pathlib import Path
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 

@@ -1,0 +1,135 @@
+"""Put a run's tokenizer directory in place: copy or export a base tokenizer, or train one (cached by content)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from cptlab.errors import CptlabError
+from cptlab.tokenizer.hf import export_hf_tokenizer, load_tokenizer
+from cptlab.tokenizer.spm import MODEL_FILE, train_spm
+from cptlab.utils.hashing import hash_dir, hash_obj
+from cptlab.utils.io import atomic_write_json, build_once
+
+KINDS = ("base", "train")
+# Bump when training or export changes what a cached tokenizer contains.
+TRAIN_VERSION = 1
+# Files that make up a HF tokenizer directory (tokenizer.model is the SentencePiece original, if any).
+HF_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    MODEL_FILE,
+)
+BUILD_INFO = "cptlab_tokenizer.json"
+
+
+def prepare_tokenizer(
+    kind: str,
+    out_dir: Path,
+    *,
+    cache_root: Path,
+    source: str | None = None,
+    texts: Callable[[], Iterable[str]] | None = None,
+    vocab_size: int = 8000,
+    model_type: str = "bpe",
+    character_coverage: float = 0.9995,
+    seed: int = 0,
+) -> Path:
+    """Write the tokenizer for a run into `out_dir` (a HF tokenizer directory) and return `out_dir`.
+
+    kind="base": `source` is a model/tokenizer directory or a SentencePiece `.model` file.
+    kind="train": a SentencePiece model trained on `texts()`, shared through `cache_root/tokenizers`.
+    """
+    out_dir = Path(out_dir)
+    if kind == "base":
+        if not source:
+            raise CptlabError("tokenizer.kind=base needs tokenizer.path: a tokenizer directory or a .model file")
+        _publish(out_dir, lambda tmp: _from_base(Path(source), tmp))
+    elif kind == "train":
+        if texts is None:
+            raise CptlabError("tokenizer.kind=train needs training texts, but none were given")
+        options = dict(
+            vocab_size=vocab_size, model_type=model_type, character_coverage=character_coverage, seed=seed
+        )
+        cached = _train_cached(Path(cache_root), texts, options)
+        _publish(out_dir, lambda tmp: _copy_files(cached, tmp, [p.name for p in cached.iterdir() if _visible(p)]))
+    else:
+        raise CptlabError(f"tokenizer.kind={kind!r} is not one of {list(KINDS)}")
+    return out_dir
+
+
+def _visible(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".")
+
+
+def _texts_sha256(texts: Iterable[str]) -> str:
+    """Content hash of the training documents; length prefixes keep document boundaries unambiguous."""
+    digest = hashlib.sha256()
+    for doc in texts:
+        data = doc.encode("utf-8")
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def _train_cached(cache_root: Path, texts: Callable[[], Iterable[str]], options: dict) -> Path:
+    """Train (once, even across concurrent jobs) and export a SentencePiece tokenizer keyed by content."""
+    texts_sha = _texts_sha256(texts())
+    key = hash_obj({"version": TRAIN_VERSION, "options": options, "texts": texts_sha})
+
+    def build(tmp: Path) -> None:
+        model = train_spm(texts(), tmp, **options)
+        export_hf_tokenizer(model, tmp)
+        atomic_write_json(tmp / BUILD_INFO, {"version": TRAIN_VERSION, "options": options, "texts_sha256": texts_sha})
+
+    return build_once(cache_root / "tokenizers" / f"spm-{key}", build)
+
+
+def _from_base(source: Path, out: Path) -> None:
+    if source.is_file():
+        export_hf_tokenizer(source, out)
+    elif source.is_dir() and (source / "tokenizer.json").is_file():
+        _copy_files(source, out, [name for name in HF_TOKENIZER_FILES if (source / name).is_file()])
+        tokenizer = load_tokenizer(out)
+        if tokenizer.eos_token_id is None:
+            raise CptlabError(f"the tokenizer in {source} has no eos_token; cptlab needs one to separate documents")
+    elif source.is_dir() and (source / MODEL_FILE).is_file():
+        export_hf_tokenizer(source / MODEL_FILE, out)
+    elif not source.exists():
+        raise CptlabError(f"tokenizer.path={source} does not exist")
+    else:
+        raise CptlabError(
+            f"tokenizer.path={source} holds no tokenizer: expected a directory with tokenizer.json "
+            f"or {MODEL_FILE}, or a SentencePiece .model file"
+        )
+
+
+def _copy_files(src: Path, dst: Path, names: list[str]) -> None:
+    for name in names:
+        shutil.copyfile(src / name, dst / name)
+
+
+def _publish(out_dir: Path, build: Callable[[Path], None]) -> None:
+    """Build into a temporary sibling of `out_dir`, then swap it in, unless `out_dir` already has that content."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        build(tmp)
+        if out_dir.is_dir() and hash_dir(out_dir) == hash_dir(tmp):
+            return
+        if out_dir.exists():
+            # A directory cannot be replaced in one rename: move the old one aside first.
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
+            os.replace(out_dir, old / out_dir.name)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

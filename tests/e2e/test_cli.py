@@ -1,0 +1,93 @@
+"""The CLI as users run it, in a subprocess: a smoke run's files, and one-line errors."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cptlab_train(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "cptlab.train", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "HYDRA_FULL_ERROR": ""})
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run") / "demo_zh_smoke"
+    proc = cptlab_train("experiment=demo_zh", "debug=smoke", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir, proc
+
+
+def read_rows(run_dir):
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_smoke_run_writes_metrics_with_step0_eval(smoke_run):
+    run_dir, _ = smoke_run
+    rows = read_rows(run_dir)
+    columns = set(rows[0].keys())
+    for col in ("step", "train/loss", "train/tokens_per_sec", "train/replay_share", "lr", "trainer/tokens_seen",
+                "val/en/loss", "val/en/ppl", "val/en/bpb", "val/en/delta_bpb", "val/zh/bpb", "val/zh/delta_bpb"):
+        assert col in columns, col
+    step0 = [r for r in rows if r["step"] == "0" and r["val/en/bpb"]]
+    assert len(step0) == 1
+    assert float(step0[0]["val/en/delta_bpb"]) == 0.0 and float(step0[0]["trainer/tokens_seen"]) == 0
+    eval_steps = sorted(int(r["step"]) for r in rows if r["val/zh/bpb"])
+    assert eval_steps == [0, 4, 8]
+    train_steps = sorted(int(r["step"]) for r in rows if r["train/loss"])
+    assert train_steps == [2, 4, 6, 8]
+    last_tokens = max(float(r["trainer/tokens_seen"]) for r in rows if r["trainer/tokens_seen"])
+    assert last_tokens == 8 * 8 * 64  # steps * batch * seq_len
+
+
+def test_smoke_run_summary(smoke_run):
+    run_dir, proc = smoke_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["error"] is None
+    assert summary["steps"] == 8
+    # 25% of 8 rows per batch is exactly 2 rows: the measured share is exact here.
+    assert abs(summary["replay_share"] - 0.25) <= 1 / 8
+    assert summary["replay_share"] == pytest.approx(0.25)
+    assert set(summary["domains"]) == {"zh", "en"}
+    assert summary["domains"]["en"]["role"] == "replay"
+    assert summary["params"]["trainable"] == summary["params"]["total"] > 0
+    assert summary["throughput"]["tokens_per_sec"] > 0
+    for key in ("plot", "metrics", "tokenizer", "checkpoint"):
+        assert os.path.exists(summary["paths"][key]), key
+    assert set(summary["tokens_per_char"]) == {"zh", "en"}
+    assert "bpb @ step 0" in proc.stdout and str(run_dir) in proc.stdout
+
+
+def test_rerunning_a_completed_run_does_not_train_again(smoke_run):
+    run_dir, _ = smoke_run
+    before = (run_dir / "metrics.csv").read_text()
+    proc = cptlab_train("experiment=demo_zh", "debug=smoke", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0
+    assert "already completed" in proc.stdout
+    assert (run_dir / "metrics.csv").read_text() == before
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("no_such_key=1", "no_such_key"),
+    ("data.replay_ratio=abc", "data.replay_ratio"),
+    ("data=nope", "data/nope"),
+    ("data.replay_ratio=1.5", "data.replay_ratio=1.5"),
+    ("data.batch_size=0", "data.batch_size=0"),
+    ("data.domains.zh.sources=[/no/such/file.txt]", "/no/such/file.txt"),
+])
+def test_bad_input_fails_at_once_with_one_line(tmp_path, override, fragment):
+    proc = cptlab_train("experiment=demo_zh", "debug=smoke", override, f"hydra.run.dir={tmp_path / 'r'}", timeout=120)
+    assert proc.returncode != 0
+    lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("cptlab-train: error:") and fragment in lines[0]
+    assert "Traceback" not in proc.stderr
