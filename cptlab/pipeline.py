@@ -80,6 +80,19 @@ def build_model(cfg: DictConfig, tokenizer):
     return model
 
 
+def build_loggers(cfg: DictConfig) -> list:
+    """The configured loggers, each given the full resolved config; wandb plots against tokens seen."""
+    loggers = [hydra.utils.instantiate(node) for node in cfg.logger.values() if node is not None]
+    config = OmegaConf.to_container(cfg, resolve=True)
+    for lg in loggers:
+        lg.log_hyperparams(config)
+        if type(lg).__name__ == "WandbLogger":
+            lg.experiment.define_metric("trainer/tokens_seen")
+            for pattern in ("train/*", "val/*", "lr"):
+                lg.experiment.define_metric(pattern, step_metric="trainer/tokens_seen")
+    return loggers
+
+
 @dataclass
 class Lightning:
     module: CPTModule
@@ -110,7 +123,7 @@ def build_lightning(cfg: DictConfig, model, domains: list[DomainTokens], tokeniz
         from pytorch_lightning.callbacks import RichProgressBar
 
         callbacks.append(RichProgressBar(leave=True))
-    loggers = [hydra.utils.instantiate(node) for node in cfg.logger.values() if node is not None]
+    loggers = build_loggers(cfg)
     trainer = pl.Trainer(accelerator=tr.accelerator, devices=tr.devices, strategy=tr.strategy,
                          precision=tr.precision, max_steps=tr.max_steps,
                          accumulate_grad_batches=tr.accumulate_grad_batches,

@@ -1,0 +1,86 @@
+"""`cptlab-compare RUN_OR_SWEEP_DIR... [--out DIR] [--old en] [--new zh]`: compare the runs of a
+sweep; writes forgetting_curves.png, tradeoff.png, summary.md and summary.csv, prints the table."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from cptlab.compare.plots import plot_forgetting_curves, plot_tradeoff
+from cptlab.compare.runs import is_run_dir, load_runs, parse_domains, resolve_roles
+from cptlab.compare.table import build_rows, render, write_csv, write_markdown
+from cptlab.errors import CptlabError
+
+OUTPUTS = ("forgetting_curves.png", "tradeoff.png", "summary.md", "summary.csv")
+
+
+def default_out(paths: list[Path]) -> Path:
+    """The sweep directory when exactly one is given (the comparison lives with the sweep), else ./compare."""
+    if len(paths) == 1 and paths[0].is_dir() and not is_run_dir(paths[0]):
+        return paths[0]
+    return Path("compare")
+
+
+def compare(paths: list[Path], out: Path | None = None, old: list[str] | None = None,
+            new: list[str] | None = None, console: Console | None = None) -> dict[str, Path]:
+    """Load the runs under `paths`, write the four outputs into `out`, print the table; returns
+    {output name: path}. Raises CptlabError on a missing path or one with no run."""
+    console = console or Console()
+    paths = [Path(p) for p in paths]
+    runs = load_runs(paths)
+    roles = resolve_roles(runs, old=old, new=new)
+    out = Path(out) if out is not None else default_out(paths)
+    for run in runs:
+        for warning in run.warnings:
+            print(f"cptlab-compare: warning: {warning}", file=sys.stderr)
+    rows = build_rows(runs, roles)
+    written = {name: out / name for name in OUTPUTS}
+    try:
+        plot_forgetting_curves(runs, roles, written["forgetting_curves.png"])
+        plot_tradeoff(rows, roles, written["tradeoff.png"])
+        write_markdown(written["summary.md"], rows, roles)
+        write_csv(written["summary.csv"], rows)
+    except OSError as err:
+        raise CptlabError(f"cannot write the comparison to {out}: {err.strerror or err}") from err
+    render(rows, roles, console)
+    for name, path in written.items():
+        console.print(f"  {name:<22} {path}", highlight=False, soft_wrap=True)
+    return written
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cptlab-compare",
+        description="Compare cptlab runs (e.g. a replay-ratio x LoRA-rank sweep): forgetting curves, "
+                    "learning vs forgetting with its Pareto front, and a summary table.")
+    parser.add_argument("paths", nargs="+", type=Path, metavar="RUN_OR_SWEEP_DIR",
+                        help="run directories, or sweep directories holding them (up to 2 levels down)")
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="where to write the outputs (default: the sweep directory when one is given, "
+                             "else ./compare)")
+    parser.add_argument("--old", action="append", metavar="DOMAINS",
+                        help="old (base-language) domains, comma-separated (default: role replay in the "
+                             "runs' .hydra/config.yaml)")
+    parser.add_argument("--new", action="append", metavar="DOMAINS",
+                        help="new domains, comma-separated (default: role new in the runs' config)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    console = Console()
+    if not console.is_terminal:
+        console.width = 1000  # piped or logged: the table at its natural width, not folded into 80 columns
+    try:
+        compare(args.paths, out=args.out, old=parse_domains(args.old), new=parse_domains(args.new),
+                console=console)
+    except CptlabError as err:
+        parser.exit(2, f"cptlab-compare: error: {err}\n")
+
+
+if __name__ == "__main__":
+    main()

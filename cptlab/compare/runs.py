@@ -1,0 +1,216 @@
+"""Find the run directories under the paths given and load each run: overrides, domain roles, status,
+final metrics and eval curves, labelled by the overrides that set it apart from the others."""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from cptlab.errors import CptlabError
+from cptlab.run.metrics import eval_curve, read_series
+from cptlab.run.summary import read_summary
+
+RUN_MARKERS = (".hydra/overrides.yaml", "summary.json", "metrics.csv")
+MAX_DEPTH = 2
+
+
+@dataclass
+class Run:
+    path: Path
+    status: str  # completed | failed | unfinished
+    error: str | None
+    overrides: list[str]
+    roles: dict[str, str]  # domain -> role, from the run's own config
+    summary: dict
+    series: dict[str, list[tuple[int, float]]]
+    label: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    def curve(self, domain: str, metric: str = "bpb") -> tuple[list[float], list[float]]:
+        """(tokens_seen, value) points of val/<domain>/<metric>, points without a token count dropped."""
+        xs, ys = eval_curve(self.series, domain, metric)
+        points = [(x, y) for x, y in zip(xs, ys) if math.isfinite(x) and math.isfinite(y)]
+        return [p[0] for p in points], [p[1] for p in points]
+
+    def domain_bpb(self, domain: str) -> dict[str, float | None]:
+        """bpb_start / bpb_end / delta_bpb of one domain: the summary's record when the run finished,
+        else the latest evaluation metrics.csv has."""
+        record = (self.summary.get("domains") or {}).get(domain) or {}
+        values = [v for _, v in self.series.get(f"val/{domain}/bpb", [])]
+        deltas = [v for _, v in self.series.get(f"val/{domain}/delta_bpb", [])]
+        start = _known(record.get("bpb_start"), values[0] if values else None)
+        end = _known(record.get("bpb_end"), values[-1] if values else None)
+        fallback = end - start if start is not None and end is not None else None
+        delta = _known(record.get("delta_bpb"), deltas[-1] if deltas else None, fallback)
+        return {"bpb_start": start, "bpb_end": end, "delta_bpb": delta}
+
+    def latest(self, metric: str) -> float | None:
+        points = self.series.get(metric)
+        return points[-1][1] if points else None
+
+    def domains(self) -> set[str]:
+        """Every domain this run has a record or a curve for."""
+        found = set(self.roles) | set(self.summary.get("domains") or {})
+        found |= {m[len("val/"):-len("/bpb")] for m in self.series if m.startswith("val/") and m.endswith("/bpb")}
+        return found
+
+
+@dataclass
+class Roles:
+    new: list[str]
+    old: list[str]
+
+
+def _known(*values):
+    return next((v for v in values if v is not None), None)
+
+
+def natural_key(text: str) -> list:
+    """Sort key where embedded integers compare as numbers ("run10" after "run9")."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def is_run_dir(path: Path) -> bool:
+    return any((path / marker).is_file() for marker in RUN_MARKERS)
+
+
+def find_run_dirs(paths: list[Path]) -> list[Path]:
+    """Run directories among `paths` and their subdirectories (at most two levels down), in path order."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise CptlabError(f"{path} does not exist")
+        if not path.is_dir():
+            raise CptlabError(f"{path} is not a directory (give a run or sweep directory)")
+        runs = _walk(path, MAX_DEPTH)
+        if not runs:
+            raise CptlabError(f"no run under {path}: no directory (up to {MAX_DEPTH} levels down) holds "
+                              f"{', '.join(RUN_MARKERS)}")
+        found += runs
+    unique = {p.resolve(): p for p in reversed(found)}  # keeps the first spelling of a run given twice
+    return [p for p in found if unique.get(p.resolve()) is p]
+
+
+def _walk(path: Path, depth: int) -> list[Path]:
+    if is_run_dir(path):
+        return [path]  # a run's own subdirectories (checkpoints, tokenizer) are not runs
+    if depth == 0:
+        return []
+    children = sorted((c for c in path.iterdir() if c.is_dir() and not c.name.startswith(".")),
+                      key=lambda c: natural_key(c.name))
+    return [run for child in children for run in _walk(child, depth - 1)]
+
+
+def _read_yaml(path: Path):
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def load_run(path: Path) -> Run:
+    summary = read_summary(path) or {}
+    status = summary.get("status")
+    if status not in ("completed", "failed"):
+        status = "unfinished"  # no summary yet, or one a still-running job wrote
+    overrides = _read_yaml(path / ".hydra" / "overrides.yaml")
+    if not isinstance(overrides, list):
+        overrides = summary.get("overrides") or []
+    config = _read_yaml(path / ".hydra" / "config.yaml")
+    domains = ((config or {}).get("data") or {}).get("domains") if isinstance(config, dict) else None
+    if isinstance(domains, dict):
+        roles = {name: d.get("role") for name, d in domains.items() if isinstance(d, dict)}
+    else:
+        roles = {name: d.get("role") for name, d in (summary.get("domains") or {}).items()}
+    run = Run(path=path, status=status, error=summary.get("error") if status == "failed" else None,
+              overrides=[str(o) for o in overrides], roles={k: v for k, v in roles.items() if v},
+              summary=summary if status == "completed" else {}, series={})
+    try:
+        run.series = read_series(path)
+    except (ValueError, csv.Error, OSError) as err:
+        # A CSV being rewritten by a live run can be caught half-written; compare the rest anyway.
+        run.warnings.append(f"{path / 'metrics.csv'}: unreadable ({err}); its curves are left out")
+    return run
+
+
+def override_key(override: str) -> str:
+    """`data.replay_ratio` for `data.replay_ratio=0.25`, `+x=1`, `++x=1` or `~x`."""
+    return override.lstrip("+~").split("=", 1)[0].strip()
+
+
+def _is_hydra(key: str) -> bool:
+    return key == "hydra" or key.startswith(("hydra.", "hydra/"))
+
+
+def _value_key(override: str | None) -> tuple:
+    """Sweep values compare as numbers when they are numbers (0.1 < 0.25 < 0.5)."""
+    if override is None:
+        return (0,)  # a run without the override (the defaults) comes first
+    value = override.split("=", 1)[1] if "=" in override else ""
+    try:
+        return (1, float(value), "")
+    except ValueError:
+        return (2, 0.0, value)
+
+
+def label_and_sort(runs: list[Run]) -> list[Run]:
+    """Label each run by the overrides that differ between the runs (hydra.* left out) and return
+    them in sweep order: by those overrides' values, key by key in command-line order."""
+    per_run = [{override_key(o): o for o in r.overrides if not _is_hydra(override_key(o))} for r in runs]
+    keys = list(dict.fromkeys(k for overrides in per_run for k in overrides))
+    differing = [k for k in keys if len({_value(p.get(k)) for p in per_run}) > 1]
+    for run, overrides in zip(runs, per_run):
+        run.label = ", ".join(overrides[k] for k in differing if k in overrides) or run.path.name
+    counts: dict[str, int] = {}
+    for run in runs:
+        counts[run.label] = counts.get(run.label, 0) + 1
+    for run in runs:
+        if counts[run.label] > 1:  # same overrides in two sweeps (or two dirs named alike): say where
+            where = f"{run.path.parent.name}/{run.path.name}"
+            run.label = where if run.label == run.path.name else f"{run.label} [{where}]"
+    order = sorted(range(len(runs)), key=lambda i: ([_value_key(per_run[i].get(k)) for k in differing],
+                                                     natural_key(str(runs[i].path))))
+    return [runs[i] for i in order]
+
+
+def _value(override: str | None) -> str | None:
+    return None if override is None else override.split("=", 1)[-1].strip()
+
+
+def load_runs(paths: list[Path]) -> list[Run]:
+    return label_and_sort([load_run(p) for p in find_run_dirs(paths)])
+
+
+def parse_domains(values: list[str] | None) -> list[str] | None:
+    """`--old en,code --old fr` -> ["en", "code", "fr"]; None when the flag was not given."""
+    if values is None:
+        return None
+    return list(dict.fromkeys(d.strip() for v in values for d in v.split(",") if d.strip()))
+
+
+def resolve_roles(runs: list[Run], old: list[str] | None = None, new: list[str] | None = None) -> Roles:
+    """New = role `new`, old = role `replay` in the runs' configs, unless given; a domain named in one
+    flag is taken out of the other list."""
+    configured: dict[str, str] = {}
+    for run in runs:
+        for name, role in run.roles.items():
+            configured.setdefault(name, role)
+    if old and new and set(old) & set(new):
+        raise CptlabError(f"--old and --new both name {', '.join(sorted(set(old) & set(new)))}")
+    new_list = new if new is not None else [d for d, r in configured.items() if r == "new" and d not in (old or [])]
+    old_list = old if old is not None else [d for d, r in configured.items()
+                                            if r == "replay" and d not in (new or [])]
+    known = set().union(*(run.domains() for run in runs))
+    unknown = [d for d in new_list + old_list if d not in known]
+    if unknown:
+        raise CptlabError(f"no run has domain {', '.join(unknown)} "
+                          f"(domains seen: {', '.join(sorted(known)) or 'none'})")
+    if not new_list and not old_list:
+        raise CptlabError("cannot tell old from new domains: no run has data.domains.<D>.role in "
+                          ".hydra/config.yaml; pass --old and --new")
+    return Roles(new=new_list, old=old_list)
