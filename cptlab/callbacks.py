@@ -36,6 +36,10 @@ class TrainMetrics(pl.Callback):
         self._last_step = -1
 
     def on_train_start(self, trainer, pl_module):
+        # A resumed run continues the curve from its checkpoint: rows logged after it are dropped.
+        for lg in trainer.loggers:
+            if hasattr(lg, "truncate_after"):
+                lg.truncate_after(trainer.global_step)
         self._t0, self._tokens0 = time.perf_counter(), tokens_seen(trainer, self.tokens_per_batch)
 
     def pause(self):

@@ -8,7 +8,6 @@ import re
 import sys
 from pathlib import Path
 
-from cptlab.errors import CptlabError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # Hydra flags after which the arguments are not plain overrides (help, info, other config dirs).
@@ -21,19 +20,12 @@ def one_line(err: BaseException) -> str:
     """The error and its cause as one line, without OmegaConf's `full_key:` detail block."""
     parts = []
     while err is not None and len(parts) < 3:
-        text = str(err).split("\n    full_key:")[0]
+        text = str(err).split("\n    full_key:")[0].split("Config search path:")[0]
         text = re.sub(r"\s+", " ", text).strip()
         if text and text not in " ".join(parts):
             parts.append(text)
         err = err.__cause__
     return ": ".join(parts) or "unknown error"
-
-
-def fail(message: str, code: int = 2) -> None:
-    if os.environ.get("HYDRA_FULL_ERROR") == "1":
-        raise
-    print(f"cptlab-train: error: {message}", file=sys.stderr)
-    sys.exit(code)
 
 
 def first_sweep_point(overrides: list[str]) -> list[str]:
@@ -71,7 +63,13 @@ def precheck_overrides(argv: list[str]) -> None:
 
 
 def quiet_libraries() -> None:
+    import warnings
+
     import transformers
+
+    # Library deprecation chatter users cannot act on.
+    for pattern in (".*LeafSpec.*", ".*does not have many workers.*", ".*`isinstance\\(treespec.*"):
+        warnings.filterwarnings("ignore", message=pattern)
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -81,4 +79,9 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-__all__ = ["CptlabError", "one_line", "precheck_overrides", "quiet_libraries", "fail"]
+def train_main() -> None:
+    """The `cptlab-train` console script: config errors are reported before torch is even imported."""
+    precheck_overrides(sys.argv[1:])
+    from cptlab.train import hydra_main
+
+    hydra_main()

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 import cptlab.config  # noqa: F401  (registers the schema and resolvers before Hydra composes)
 from cptlab import pipeline
 from cptlab.checkpoint import resume_checkpoint
-from cptlab.cli import one_line, precheck_overrides, quiet_libraries
+from cptlab.cli import CONF_DIR, one_line, quiet_libraries, train_main
 from cptlab.errors import CptlabError
 from cptlab.model.save import publish_model
 from cptlab.run.plots import plot_forgetting_curve
@@ -46,7 +46,7 @@ def train(cfg: DictConfig, run_dir: Path) -> tuple[dict, bool]:
     run = pipeline.build_lightning(cfg, model, domains, tokenizer, run_dir)
 
     run.trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=resume_checkpoint(run_dir))
-    run.trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    run.trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
 
     roles = {d.name: d.role for d in domains}
     summary = {
@@ -80,7 +80,7 @@ def tokens_per_char(domain) -> dict:
     return {"base": value, "final": value}
 
 
-@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+@hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> None:
     quiet_libraries()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -106,10 +106,5 @@ def hydra_main(cfg: DictConfig) -> None:
         render_table(summary)
 
 
-def main() -> None:
-    precheck_overrides(sys.argv[1:])
-    hydra_main()
-
-
 if __name__ == "__main__":
-    main()
+    train_main()

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from transformers import PreTrainedModel
 
+from cptlab.utils.io import public_mode
+
 
 def save_hf_model(model: PreTrainedModel, tokenizer_dir: Path, out_dir: Path) -> None:
     """`model.save_pretrained` + the tokenizer files, into `out_dir`."""
@@ -31,6 +33,7 @@ def publish_model(model: PreTrainedModel, tokenizer_dir: Path, out_dir: Path) ->
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         save_hf_model(model, tokenizer_dir, tmp)
+        public_mode(tmp)
         old = None
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")

@@ -14,6 +14,17 @@ from filelock import FileLock
 COMPLETE_MARKER = ".complete"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def public_mode(path: str | os.PathLike) -> None:
+    """Give a mkstemp/mkdtemp result the permissions an ordinary open()/mkdir() would have."""
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_umask())
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same directory and an atomic rename."""
     path = Path(path)
@@ -24,6 +35,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        public_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -60,6 +72,7 @@ def build_once(final_dir: str | os.PathLike, build: Callable[[Path], None]) -> P
         try:
             build(tmp)
             (tmp / COMPLETE_MARKER).write_text("ok\n")
+            public_mode(tmp)
             if final_dir.exists():
                 shutil.rmtree(final_dir)
             os.replace(tmp, final_dir)
