@@ -47,3 +47,15 @@ def metrics_from_sums(sums) -> dict[str, float]:
         "ppl": math.exp(min(loss, 80.0)),
         "bpb": nll / math.log(2) / max(n_bytes, 1.0),
     }
+
+
+def unigram_bpb(train_tokens, blocks: torch.Tensor, token_bytes: torch.Tensor) -> float:
+    """Bits per byte of a unigram model (train-split token frequencies, add-one smoothed) on the
+    targets of `blocks`: the floor a real language model must beat by a wide margin."""
+    import numpy as np
+
+    vocab = len(token_bytes)
+    counts = np.bincount(np.asarray(train_tokens), minlength=vocab)[:vocab].astype(np.float64) + 1.0
+    logp = np.log2(counts / counts.sum())
+    targets = blocks[:, 1:].numpy().ravel()
+    return float(-logp[targets].sum() / max(token_bytes[targets].sum().item(), 1))

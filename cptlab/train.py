@@ -23,6 +23,7 @@ from cptlab import pipeline
 from cptlab.checkpoint import resume_checkpoint
 from cptlab.cli import CONF_DIR, one_line, quiet_libraries, train_main
 from cptlab.errors import CptlabError
+from cptlab.evaluation import unigram_bpb
 from cptlab.model.save import publish_model
 from cptlab.run.plots import plot_forgetting_curve
 from cptlab.run.summary import domain_rows, read_summary, render_table, write_report, write_summary
@@ -57,7 +58,9 @@ def train(cfg: DictConfig, run_dir: Path) -> tuple[dict, bool]:
         "replay_ratio": cfg.data.replay_ratio, "replay_share": run.module.replay_share,
         "final": {**run.train_metrics.latest, **run.evaluator.latest},
         "step0": run.evaluator.first,
-        "domains": domain_rows(run.evaluator.first, run.evaluator.latest, roles),
+        "domains": domain_rows(run.evaluator.first, run.evaluator.latest, roles,
+                               unigram={d.name: unigram_bpb(d.train_tokens(), run.evaluator.eval_sets[d.name],
+                                                            run.evaluator.token_bytes) for d in domains}),
         "tokens_per_char": {d.name: tokens_per_char(d) for d in domains},
         "params": {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
                    "total": sum(p.numel() for p in model.parameters())},

@@ -42,3 +42,15 @@ def test_batch_size_does_not_change_the_result():
     a = eval_sums(model, blocks, tb, batch_size=1)
     b = eval_sums(model, blocks, tb, batch_size=5)
     assert torch.allclose(a, b)
+
+
+def test_unigram_bpb_hand_computed():
+    import numpy as np
+
+    from cptlab.evaluation import unigram_bpb
+
+    train = np.array([0, 0, 0, 1, 1, 2], dtype=np.uint16)  # +1 smoothing over 4 ids: counts 4,3,2,1 of 10
+    blocks = torch.tensor([[9, 0, 1], [9, 3, 3]]) % 4  # targets: 0, 1, 3, 3
+    tb = torch.tensor([1, 2, 1, 1])
+    bits = -(math.log2(0.4) + math.log2(0.3) + 2 * math.log2(0.1))
+    assert unigram_bpb(train, blocks, tb) == pytest.approx(bits / (1 + 2 + 1 + 1))

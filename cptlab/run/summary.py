@@ -29,12 +29,16 @@ def write_summary(run_dir: Path, summary: dict) -> Path:
     return path
 
 
-def domain_rows(first: dict, latest: dict, roles: dict[str, str]) -> dict[str, dict]:
+def domain_rows(first: dict, latest: dict, roles: dict[str, str], unigram: dict[str, float] | None = None
+                ) -> dict[str, dict]:
+    """Per domain: bpb at step 0 and at the end, their difference, and a unigram model's bpb on the
+    same held-out blocks (the floor a language model must beat)."""
     rows = {}
     for name, role in roles.items():
         b0, b1 = first.get(f"val/{name}/bpb"), latest.get(f"val/{name}/bpb")
         rows[name] = {"role": role, "bpb_start": b0, "bpb_end": b1,
-                      "delta_bpb": (b1 - b0) if b0 is not None and b1 is not None else None}
+                      "delta_bpb": (b1 - b0) if b0 is not None and b1 is not None else None,
+                      "unigram_bpb": (unigram or {}).get(name)}
     return rows
 
 
@@ -55,12 +59,13 @@ def _lines(summary: dict) -> list[tuple[str, str]]:
 def render_table(summary: dict, console: Console | None = None) -> None:
     console = console or Console(stderr=False, soft_wrap=True)
     table = Table(title=f"cptlab · {summary.get('name', '')}", title_justify="left")
-    for col in ("domain", "role", "bpb @ step 0", "bpb @ end", "Δ bpb", "reads as"):
+    for col in ("domain", "role", "bpb @ step 0", "bpb @ end", "Δ bpb", "unigram bpb", "reads as"):
         table.add_column(col, justify="left" if col in ("domain", "role", "reads as") else "right")
     for name, d in summary.get("domains", {}).items():
         delta = d.get("delta_bpb")
         verdict = "-" if delta is None else ("learning" if delta < 0 else "forgetting" if d["role"] != "new" else "not learning")
-        table.add_row(name, d["role"], _fmt(d.get("bpb_start")), _fmt(d.get("bpb_end")), _fmt(delta, "+.4f"), verdict)
+        table.add_row(name, d["role"], _fmt(d.get("bpb_start")), _fmt(d.get("bpb_end")), _fmt(delta, "+.4f"),
+                      _fmt(d.get("unigram_bpb")), verdict)
     console.print(table)
     for key, value in _lines(summary):
         console.print(f"  {key:<10} {value}", highlight=False)
@@ -68,10 +73,10 @@ def render_table(summary: dict, console: Console | None = None) -> None:
 
 def write_report(run_dir: Path, summary: dict) -> Path:
     lines = [f"# cptlab run: {summary.get('name', '')}", "",
-             "| domain | role | bpb @ step 0 | bpb @ end | Δ bpb |", "|---|---|---:|---:|---:|"]
+             "| domain | role | bpb @ step 0 | bpb @ end | Δ bpb | unigram bpb |", "|---|---|---:|---:|---:|---:|"]
     for name, d in summary.get("domains", {}).items():
         lines.append(f"| {name} | {d['role']} | {_fmt(d.get('bpb_start'))} | {_fmt(d.get('bpb_end'))} "
-                     f"| {_fmt(d.get('delta_bpb'), '+.4f')} |")
+                     f"| {_fmt(d.get('delta_bpb'), '+.4f')} | {_fmt(d.get('unigram_bpb'))} |")
     lines.append("")
     lines += [f"- {k}: {v}" for k, v in _lines(summary)]
     if summary.get("paths", {}).get("plot"):
