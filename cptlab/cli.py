@@ -82,6 +82,11 @@ def quiet_libraries() -> None:
 def train_main() -> None:
     """The `cptlab-train` console script: config errors are reported before torch is even imported."""
     precheck_overrides(sys.argv[1:])
-    from cptlab.train import hydra_main
+    from cptlab.train import FAILED_RUNS, hydra_main
 
     hydra_main()
+    if FAILED_RUNS:
+        print(f"cptlab-train: {len(FAILED_RUNS)} job(s) of the sweep failed:", file=sys.stderr)
+        for line in FAILED_RUNS:
+            print(f"  {line}", file=sys.stderr)
+        sys.exit(1)

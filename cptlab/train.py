@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 import traceback
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import cptlab.config  # noqa: F401  (registers the schema and resolvers before Hydra composes)
@@ -23,18 +23,16 @@ from cptlab import pipeline
 from cptlab.checkpoint import resume_checkpoint
 from cptlab.cli import CONF_DIR, one_line, quiet_libraries, train_main
 from cptlab.errors import CptlabError
-from cptlab.evaluation import unigram_bpb
-from cptlab.model.save import publish_model
-from cptlab.run.plots import plot_forgetting_curve
-from cptlab.run.summary import domain_rows, read_summary, render_table, write_report, write_summary
+from cptlab.run.record import RunRecord
+from cptlab.run.summary import read_summary, render_table, write_summary
 from cptlab.tokenizer.hf import load_tokenizer
+from cptlab.tokenizer.prepare import extension_stats
 from cptlab.validate import validate
 
 
 def train(cfg: DictConfig, run_dir: Path) -> tuple[dict, bool]:
     """One run, start to finish (or resumed from run_dir/checkpoints/last.ckpt).
     Returns the summary and whether this process is the global rank zero (the one that reports)."""
-    started = time.time()
     validate(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.num_threads:
@@ -42,45 +40,31 @@ def train(cfg: DictConfig, run_dir: Path) -> tuple[dict, bool]:
 
     tokenizer_dir = pipeline.build_tokenizer(cfg, run_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
+    base_dir = pipeline.build_base_tokenizer(cfg, run_dir)
+    base_tokenizer = load_tokenizer(base_dir) if base_dir else None
     domains = pipeline.build_data(cfg, tokenizer_dir)
-    model = pipeline.build_model(cfg, tokenizer)
+    model, base_rows = pipeline.build_model(cfg, tokenizer, base_tokenizer)
     run = pipeline.build_lightning(cfg, model, domains, tokenizer, run_dir)
 
+    record = RunRecord(run_dir=run_dir, name=cfg.name, overrides=task_overrides(), domains=domains,
+                       tokenizer_dir=tokenizer_dir, replay_ratio=cfg.data.replay_ratio,
+                       tokens_per_batch=cfg.data.batch_size * cfg.data.seq_len, train_metrics=run.train_metrics,
+                       evaluator=run.evaluator, publish_dir=cfg.publish_dir,
+                       tokenizer_stats=pipeline.tokenizer_stats(cfg, tokenizer, base_tokenizer),
+                       vocabulary={"base_rows": base_rows, "final_tokens": len(tokenizer),
+                                   "extension": extension_stats(tokenizer_dir)})
+    run.trainer.callbacks.append(record)
     run.trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=resume_checkpoint(run_dir))
-    run.trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
-
-    roles = {d.name: d.role for d in domains}
-    summary = {
-        "status": "completed", "error": None, "name": cfg.name,
-        "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
-        "steps": run.trainer.global_step,
-        "tokens_seen": run.module.batches_done * cfg.data.batch_size * cfg.data.seq_len,
-        "replay_ratio": cfg.data.replay_ratio, "replay_share": run.module.replay_share,
-        "final": {**run.train_metrics.latest, **run.evaluator.latest},
-        "step0": run.evaluator.first,
-        "domains": domain_rows(run.evaluator.first, run.evaluator.latest, roles,
-                               unigram={d.name: unigram_bpb(d.train_tokens(), run.evaluator.eval_sets[d.name],
-                                                            run.evaluator.token_bytes) for d in domains}),
-        "tokens_per_char": {d.name: tokens_per_char(d) for d in domains},
-        "params": {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-                   "total": sum(p.numel() for p in model.parameters())},
-        "throughput": {"tokens_per_sec": run.train_metrics.mean_tokens_per_sec},
-        "wall_time_s": time.time() - started,
-        "paths": {"run_dir": str(run_dir), "metrics": str(run_dir / "metrics.csv"),
-                  "tokenizer": str(tokenizer_dir), "checkpoint": str(run_dir / "checkpoints" / "last.ckpt")},
-    }
-    if run.trainer.is_global_zero:
-        summary["paths"]["plot"] = str(plot_forgetting_curve(run_dir, roles, title=f"{cfg.name} · {run_dir.name}"))
-        if cfg.publish_dir:
-            summary["paths"]["export"] = str(publish_model(model, tokenizer_dir, Path(cfg.publish_dir)))
-    return summary, run.trainer.is_global_zero
+    # The record is written by the process that trained (a spawned rank under ddp_spawn): read it back.
+    return record.summary or read_summary(run_dir), run.trainer.is_global_zero
 
 
-def tokens_per_char(domain) -> dict:
-    """Held-out tokens (document-end markers excluded) per character; base == final until the
-    vocabulary is changed by the run."""
-    value = (domain.n_val_tokens - domain.n_val_docs) / max(domain.val_chars, 1)
-    return {"base": value, "final": value}
+def task_overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+# Failed jobs of this process's multirun: the sweep goes on, the command exits non-zero at the end.
+FAILED_RUNS: list[str] = []
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
@@ -98,14 +82,15 @@ def hydra_main(cfg: DictConfig) -> None:
     except Exception as err:
         message = str(err) if isinstance(err, CptlabError) else one_line(err)
         write_summary(run_dir, {"status": "failed", "error": message, "name": cfg.name,
-                                "overrides": list(HydraConfig.get().overrides.task)})
+                                "overrides": task_overrides()})
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or not isinstance(err, CptlabError):
             traceback.print_exc()
         print(f"cptlab-train: error: {message}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            FAILED_RUNS.append(f"{run_dir}: {message}")
+            return
         sys.exit(2 if isinstance(err, CptlabError) else 1)
-    if reporter:
-        write_summary(run_dir, summary)
-        write_report(run_dir, summary)
+    if reporter and summary:
         render_table(summary)
 
 

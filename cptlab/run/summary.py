@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -57,7 +58,8 @@ def _lines(summary: dict) -> list[tuple[str, str]]:
 
 
 def render_table(summary: dict, console: Console | None = None) -> None:
-    console = console or Console(stderr=False, soft_wrap=True)
+    # Piped output (CI, logs) gets a fixed generous width rather than rich's 80-column fallback.
+    console = console or Console(soft_wrap=True, width=None if sys.stdout.isatty() else 120)
     table = Table(title=f"cptlab · {summary.get('name', '')}", title_justify="left")
     for col in ("domain", "role", "bpb @ step 0", "bpb @ end", "Δ bpb", "unigram bpb", "reads as"):
         table.add_column(col, justify="left" if col in ("domain", "role", "reads as") else "right")

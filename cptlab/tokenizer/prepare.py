@@ -1,8 +1,11 @@
-"""Put a run's tokenizer directory in place: copy or export a base tokenizer, or train one (cached by content)."""
+"""Put a run's tokenizer directory in place: copy or export a base tokenizer, or train or extend one (cached by
+content)."""
 
 from __future__ import annotations
 
 import hashlib
+import itertools
+import json
 import os
 import shutil
 import tempfile
@@ -10,14 +13,20 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from cptlab.errors import CptlabError
+from cptlab.tokenizer.bpe_extend import SIDE_FILES, TOKENIZER_JSON, extend_bpe, is_byte_level_bpe
+from cptlab.tokenizer.extend import extend_spm
 from cptlab.tokenizer.hf import export_hf_tokenizer, load_tokenizer
 from cptlab.tokenizer.spm import MODEL_FILE, train_spm
-from cptlab.utils.hashing import hash_dir, hash_obj
+from cptlab.utils.hashing import hash_dir, hash_file, hash_obj
 from cptlab.utils.io import atomic_write_json, build_once
 
-KINDS = ("base", "train")
+KINDS = ("base", "train", "extend")
 # Bump when training or export changes what a cached tokenizer contains.
 TRAIN_VERSION = 1
+# Bump when extension changes what a cached extended tokenizer contains.
+EXTEND_VERSION = 1
+# The base-language sample checked after an extension: enough to catch a changed segmentation, quick to encode.
+BASE_CHECK_DOCS = 2000
 # Files that make up a HF tokenizer directory (tokenizer.model is the SentencePiece original, if any).
 HF_TOKENIZER_FILES = (
     "tokenizer.json",
@@ -39,14 +48,19 @@ def prepare_tokenizer(
     source: str | None = None,
     texts: Callable[[], Iterable[str]] | None = None,
     vocab_size: int = 8000,
-    model_type: str = "bpe",
+    model_type: str | None = None,
     character_coverage: float = 0.9995,
     seed: int = 0,
+    base_texts: Callable[[], Iterable[str]] | None = None,
 ) -> Path:
     """Write the tokenizer for a run into `out_dir` (a HF tokenizer directory) and return `out_dir`.
 
     kind="base": `source` is a model/tokenizer directory or a SentencePiece `.model` file.
-    kind="train": a SentencePiece model trained on `texts()`, shared through `cache_root/tokenizers`.
+    kind="train": a SentencePiece model (`model_type`, default bpe) trained on `texts()`, shared through
+    `cache_root/tokenizers`.
+    kind="extend": the base `source` extended with a `vocab_size` vocabulary trained on `texts()` (the new
+    domain; `model_type` defaults to the base's), checked on up to BASE_CHECK_DOCS of `base_texts()` (the
+    base language), shared through `cache_root/tokenizers`. `extension_stats(out_dir)` reads its stats.
     """
     out_dir = Path(out_dir)
     if kind == "base":
@@ -57,9 +71,19 @@ def prepare_tokenizer(
         if texts is None:
             raise CptlabError("tokenizer.kind=train needs training texts, but none were given")
         options = dict(
-            vocab_size=vocab_size, model_type=model_type, character_coverage=character_coverage, seed=seed
+            vocab_size=vocab_size, model_type=model_type or "bpe", character_coverage=character_coverage, seed=seed
         )
         cached = _train_cached(Path(cache_root), texts, options)
+        _publish(out_dir, lambda tmp: _copy_files(cached, tmp, [p.name for p in cached.iterdir() if _visible(p)]))
+    elif kind == "extend":
+        if not source:
+            raise CptlabError("tokenizer.kind=extend needs tokenizer.path: the base tokenizer directory or .model file")
+        if texts is None:
+            raise CptlabError("tokenizer.kind=extend needs new-domain training texts, but none were given")
+        options = dict(
+            vocab_size=vocab_size, model_type=model_type, character_coverage=character_coverage, seed=seed
+        )
+        cached = _extend_cached(Path(cache_root), Path(source), texts, base_texts, options)
         _publish(out_dir, lambda tmp: _copy_files(cached, tmp, [p.name for p in cached.iterdir() if _visible(p)]))
     else:
         raise CptlabError(f"tokenizer.kind={kind!r} is not one of {list(KINDS)}")
@@ -91,6 +115,103 @@ def _train_cached(cache_root: Path, texts: Callable[[], Iterable[str]], options:
         atomic_write_json(tmp / BUILD_INFO, {"version": TRAIN_VERSION, "options": options, "texts_sha256": texts_sha})
 
     return build_once(cache_root / "tokenizers" / f"spm-{key}", build)
+
+
+def extension_base(source: Path) -> tuple[str, Path, list[Path]]:
+    """What kind of base `source` is for an extension: ("spm", its .model file, [that file]) or
+    ("bpe", its directory, [tokenizer.json and the config files beside it])."""
+    if source.is_file() and source.suffix == ".model":
+        return "spm", source, [source]
+    if source.is_dir() and (source / MODEL_FILE).is_file():
+        return "spm", source / MODEL_FILE, [source / MODEL_FILE]
+    if source.is_dir() and (source / TOKENIZER_JSON).is_file():
+        try:
+            byte_level = is_byte_level_bpe(json.loads((source / TOKENIZER_JSON).read_text(encoding="utf-8")))
+        except (OSError, ValueError) as err:
+            raise CptlabError(f"cannot read {source / TOKENIZER_JSON}: {err}") from err
+        if byte_level:
+            names = [TOKENIZER_JSON, *SIDE_FILES]
+            return "bpe", source, [source / name for name in names if (source / name).is_file()]
+    if not source.exists():
+        raise CptlabError(f"tokenizer.path={source} does not exist")
+    raise CptlabError(
+        f"tokenizer=extend needs a base with a SentencePiece model or a byte-level BPE tokenizer.json: {source}"
+    )
+
+
+def extend_tokenizer(
+    source: Path,
+    out_dir: Path,
+    *,
+    texts: Callable[[], Iterable[str]],
+    base_texts: Callable[[], Iterable[str]] | None = None,
+    vocab_size: int = 8000,
+    model_type: str | None = None,
+    character_coverage: float = 0.9995,
+    seed: int = 0,
+    texts_sha: str | None = None,
+) -> dict:
+    """Build the extended tokenizer directory `out_dir` from the base `source` (no cache) and return the
+    build info also written to `out_dir/cptlab_tokenizer.json` (its "extension" key holds the stats)."""
+    kind, base, files = extension_base(Path(source))
+    check = list(itertools.islice(base_texts(), BASE_CHECK_DOCS)) if base_texts is not None else None
+    if kind == "spm":
+        stats = extend_spm(
+            base, texts(), out_dir, vocab_size=vocab_size, model_type=model_type,
+            character_coverage=character_coverage, seed=seed, check_texts=check,
+        )  # fmt: skip
+    else:
+        if model_type not in (None, "bpe"):
+            raise CptlabError(
+                f"tokenizer.model_type={model_type!r} does not match the base {source}, a byte-level bpe tokenizer"
+            )
+        stats = extend_bpe(base, texts(), out_dir, vocab_size=vocab_size, check_texts=check)
+        if load_tokenizer(out_dir).eos_token_id is None:
+            raise CptlabError(f"the tokenizer in {source} has no eos_token; cptlab needs one to separate documents")
+    info = {
+        "version": EXTEND_VERSION,
+        "kind": "extend",
+        "base": {"format": kind, "files": {p.name: hash_file(p) for p in files}},
+        "options": dict(vocab_size=vocab_size, model_type=model_type, character_coverage=character_coverage, seed=seed),
+        "texts_sha256": texts_sha or _texts_sha256(texts()),
+        "base_check_docs": len(check) if check is not None else 0,
+        "extension": stats,
+    }
+    atomic_write_json(Path(out_dir) / BUILD_INFO, info)
+    return info
+
+
+def _extend_cached(
+    cache_root: Path,
+    source: Path,
+    texts: Callable[[], Iterable[str]],
+    base_texts: Callable[[], Iterable[str]] | None,
+    options: dict,
+) -> Path:
+    """Extend (once, even across concurrent jobs) keyed by the base's files, the texts and the options.
+
+    The base-language check does not change the result, so its sample is not part of the key.
+    """
+    kind, _, files = extension_base(source)
+    texts_sha = _texts_sha256(texts())
+    base_files = {p.name: hash_file(p) for p in files}
+    key = hash_obj({"version": EXTEND_VERSION, "base": [kind, base_files], "options": options, "texts": texts_sha})
+
+    def build(tmp: Path) -> None:
+        extend_tokenizer(source, tmp, texts=texts, base_texts=base_texts, texts_sha=texts_sha, **options)
+
+    return build_once(cache_root / "tokenizers" / f"extend-{key}", build)
+
+
+def extension_stats(tokenizer_dir: Path) -> dict | None:
+    """The extension stats of a tokenizer directory built by kind=extend, or None for any other."""
+    path = Path(tokenizer_dir) / BUILD_INFO
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("extension")
+    except (OSError, ValueError) as err:
+        raise CptlabError(f"cannot read {path}: {err}") from err
 
 
 def _from_base(source: Path, out: Path) -> None:

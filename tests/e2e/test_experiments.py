@@ -26,4 +26,5 @@ def test_experiment_smoke_runs(compose_cfg, tmp_path, experiment):
     assert new and all(summary["domains"][n]["delta_bpb"] < 0 for n in new)  # a few steps already learn
     json.dumps(summary)  # serialisable as summary.json
     assert (run_dir / "metrics.csv").exists() and (run_dir / "checkpoints" / "last.ckpt").exists()
-    assert read_summary(run_dir) is None  # train() leaves writing the record to the CLI
+    assert read_summary(run_dir) == summary
+    assert (run_dir / "report.md").exists() and (run_dir / "forgetting_curve.png").exists()

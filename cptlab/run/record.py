@@ -1,0 +1,65 @@
+"""The end of a run, in whichever process trained it (also a spawned DDP rank): the final checkpoint
+on every rank, then on global rank zero summary.json, report.md, the forgetting-curve plot and,
+when configured, the published model directory."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+
+from cptlab.evaluation import unigram_bpb
+from cptlab.model.save import publish_model
+from cptlab.run.plots import plot_forgetting_curve
+from cptlab.run.summary import domain_rows, write_report, write_summary
+
+
+class RunRecord(pl.Callback):
+    def __init__(self, *, run_dir: Path, name: str, overrides: list[str], domains, tokenizer_dir: Path,
+                 replay_ratio: float, tokens_per_batch: int, train_metrics, evaluator,
+                 publish_dir: str | None = None, tokenizer_stats: dict | None = None,
+                 vocabulary: dict | None = None):
+        self.run_dir, self.name, self.overrides = Path(run_dir), name, overrides
+        self.domains, self.tokenizer_dir = domains, tokenizer_dir
+        self.replay_ratio, self.tokens_per_batch = replay_ratio, tokens_per_batch
+        self.train_metrics, self.evaluator, self.publish_dir = train_metrics, evaluator, publish_dir
+        self.tokenizer_stats, self.vocabulary = tokenizer_stats or {}, vocabulary or {}
+        self.started = time.time()
+        self.summary: dict | None = None
+
+    def on_train_end(self, trainer, pl_module):
+        last = self.run_dir / "checkpoints" / "last.ckpt"
+        trainer.save_checkpoint(last, weights_only=False)
+        if trainer.is_global_zero:
+            self.summary = self.build(trainer, pl_module)
+            write_summary(self.run_dir, self.summary)
+            write_report(self.run_dir, self.summary)
+
+    def build(self, trainer, module) -> dict:
+        ev, roles = self.evaluator, {d.name: d.role for d in self.domains}
+        model = module.model
+        summary = {
+            "status": "completed", "error": None, "name": self.name, "overrides": self.overrides,
+            "steps": trainer.global_step,
+            "tokens_seen": module.batches_done * self.tokens_per_batch,
+            "replay_ratio": self.replay_ratio, "replay_share": module.replay_share,
+            "final": {**self.train_metrics.latest, **ev.latest},
+            "step0": ev.first,
+            "domains": domain_rows(ev.first, ev.latest, roles, unigram={
+                d.name: unigram_bpb(d.train_tokens(), ev.eval_sets[d.name], ev.token_bytes) for d in self.domains}),
+            "tokens_per_char": self.tokenizer_stats,
+            "vocabulary": self.vocabulary,
+            "params": {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                       "total": sum(p.numel() for p in model.parameters())},
+            "throughput": {"tokens_per_sec": self.train_metrics.mean_tokens_per_sec},
+            "wall_time_s": time.time() - self.started,
+            "paths": {"run_dir": str(self.run_dir), "metrics": str(self.run_dir / "metrics.csv"),
+                      "tokenizer": str(self.tokenizer_dir),
+                      "checkpoint": str(self.run_dir / "checkpoints" / "last.ckpt")},
+        }
+        summary["paths"]["plot"] = str(plot_forgetting_curve(self.run_dir, roles, title=f"{self.name} · "
+                                                             f"{self.run_dir.name}"))
+        if self.publish_dir:
+            summary["paths"]["export"] = str(publish_model(model, self.tokenizer_dir, Path(self.publish_dir)))
+        return summary

@@ -1,0 +1,120 @@
+"""`cptlab-tokenizer`: extend a base tokenizer for a new domain, and compare tokenizers on text files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from cptlab.errors import CptlabError
+
+PROG = "cptlab-tokenizer"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        # One line, like every other error, instead of argparse's usage block.
+        raise CptlabError(f"{message} ({self.prog} --help lists the options)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    extend = commands.add_parser("extend", help="add new-domain pieces to a base tokenizer (ids of the base kept)")
+    extend.add_argument("--base", required=True, type=Path,
+                        help="SentencePiece .model, a directory with tokenizer.model, or a byte-level BPE directory")
+    extend.add_argument("--corpus", required=True, nargs="+", help="new-domain text files (.txt: a document a line)")
+    extend.add_argument("--vocab-size", required=True, type=int, help="size of the vocabulary trained on the corpus")
+    extend.add_argument("--out", required=True, type=Path, help="output tokenizer directory (replaced)")
+    extend.add_argument("--model-type", choices=["bpe", "unigram"], default=None,
+                        help="SentencePiece model type of the domain vocabulary (default: the base's)")
+    extend.add_argument("--character-coverage", type=float, default=0.9995)
+    extend.add_argument("--seed", type=int, default=0)
+    extend.add_argument("--check-text", nargs="+", default=[],
+                        help="base-language files that must segment exactly as with the base")
+
+    report = commands.add_parser("report", help="tokens/char, byte-fallback share and speed of tokenizers on texts")
+    report.add_argument("--tokenizer", required=True, nargs="+", type=Path, help="HF tokenizer directories")
+    report.add_argument("--text", required=True, nargs="+", help="text files (.txt: a document a line)")
+    report.add_argument("--json", action="store_true", help="print JSON to stdout instead of a table")
+    return parser
+
+
+def read_texts(paths: list[str]) -> list[str]:
+    from cptlab.data.sources import read_documents
+
+    return [doc for path in paths for doc in read_documents(str(path))]
+
+
+def _extend(args) -> None:
+    from cptlab.tokenizer.hf import load_tokenizer
+    from cptlab.tokenizer.prepare import _publish, extend_tokenizer, extension_base
+    from cptlab.tokenizer.report import tokens_per_char
+    from cptlab.tokenizer.spm import load_spm
+
+    corpus = read_texts(args.corpus)
+    check = read_texts(args.check_text) if args.check_text else None
+    # No cache: the output directory is the artefact asked for (prepare_tokenizer caches the same build).
+    built = {}
+
+    def build(tmp: Path) -> None:
+        built.update(extend_tokenizer(
+            args.base, tmp, texts=lambda: corpus, base_texts=(lambda: check) if check else None,
+            vocab_size=args.vocab_size, model_type=args.model_type, character_coverage=args.character_coverage,
+            seed=args.seed,
+        ))  # fmt: skip
+
+    _publish(args.out, build)
+    kind, base, _ = extension_base(args.base)
+    before = load_spm(base) if kind == "spm" else load_tokenizer(base)
+    after = load_tokenizer(args.out)
+    stats = built["extension"]
+    print(f"{args.out}: {stats['added']} pieces added to {stats['base_pieces']} ({stats['final_pieces']} in all); "
+          f"skipped {stats['skipped_existing']} already in the base, {stats['skipped_covered']} made of characters "
+          f"the base covers")
+    rows = [("corpus", corpus)] + ([("check text", check)] if check else [])
+    for name, texts in rows:
+        print(f"tokens per character on the {name}: {tokens_per_char(before, texts):.4f} before, "
+              f"{tokens_per_char(after, texts):.4f} after")
+    if check:
+        print(f"check texts segmented differently: {stats['check_texts_changed']} of {stats['check_texts']} "
+              "(only possible around characters the base spells in bytes)")
+
+
+def _report(args) -> None:
+    from cptlab.tokenizer.report import tokenizer_report
+
+    texts = {path: read_texts([path]) for path in args.text}
+    rows = [
+        {"tokenizer": str(tokenizer), "text": path, **tokenizer_report(tokenizer, docs)}
+        for tokenizer in args.tokenizer
+        for path, docs in texts.items()
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("tokenizer", "text", "tokens/char", "byte-fallback share", "encode tokens/s", "tokens")
+    for row in rows:
+        table.add_row(
+            row["tokenizer"], row["text"], f"{row['tokens_per_char']:.4f}", f"{row['byte_fallback_share']:.2%}",
+            f"{row['encode_tokens_per_sec']:,.0f}", f"{row['n_tokens']:,}",
+        )
+    Console(width=200).print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        args = _parser().parse_args(argv)
+        (_extend if args.command == "extend" else _report)(args)
+    except (CptlabError, OSError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""The vocabulary-extension flow end to end: a tiny base model is built and published like the demo
+base, then continued on Chinese with tokenizer=extend (the demo_zh recipe at smoke size)."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from cptlab.train import train
+
+    from pathlib import Path
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    root = tmp_path_factory.mktemp("base")
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=demo_base", "debug=smoke"])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(root / "run")
+        cfg.publish_dir = str(root / "published")
+    summary, _ = train(cfg, root / "run")
+    assert summary["paths"]["export"] == str(root / "published")
+    return root / "published"
+
+
+def test_demo_zh_with_extension_on_a_published_base(compose_cfg, tmp_path, tiny_base):
+    from cptlab.train import train
+
+    run_dir = tmp_path / "zh"
+    cfg = compose_cfg(["experiment=demo_zh", "debug=smoke", "tokenizer=extend", f"model.name_or_path={tiny_base}",
+                       "model.config=null", "tokenizer.vocab_size=2000"], output_dir=run_dir)
+    summary, _ = train(cfg, run_dir)
+    assert summary["status"] == "completed"
+    vocab = summary["vocabulary"]
+    base = AutoModelForCausalLM.from_pretrained(tiny_base)
+    assert vocab["base_rows"] == base.get_input_embeddings().weight.shape[0]
+    assert vocab["extension"]["added"] > 0
+    assert vocab["final_tokens"] == vocab["base_rows"] + vocab["extension"]["added"]
+    tpc = summary["tokens_per_char"]
+    assert tpc["zh"]["final"] < tpc["zh"]["base"] / 1.5  # Chinese needs far fewer tokens
+    assert tpc["en"]["final"] == pytest.approx(tpc["en"]["base"])  # English segmentation unchanged
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    rows = state["model.model.embed_tokens.weight"].shape[0]
+    assert rows % 64 == 0 and rows >= vocab["final_tokens"]
