@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-all demo train clean
+.PHONY: help install test test-all demo sweep train clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ test-all:  ## every test, slow end-to-end runs included
 
 demo:  ## build the demo base model if not cached, continue it on Chinese, print plot + summary paths
 	$(BIN)/python -m cptlab.demo
+
+sweep:  ## the demo study: replay ratio x LoRA rank multirun, then cptlab-compare on the sweep
+	$(BIN)/python -m cptlab.demo sweep
 
 train:  ## one run: make train ARGS="experiment=demo_zh data.replay_ratio=0.5"
 	$(BIN)/cptlab-train $(ARGS)

@@ -56,10 +56,10 @@ class TrainMetrics(pl.Callback):
         if step == self._last_step or not (step % self.every == 0 or step >= trainer.max_steps):
             return
         self._last_step = step
-        loss = pl_module.pop_train_loss()
-        if loss is None:
+        popped = pl_module.pop_train_loss()
+        if popped is None:
             return
-        loss = float(trainer.strategy.reduce(loss, reduce_op="mean"))
+        loss, retention = (float(trainer.strategy.reduce(x, reduce_op="mean")) for x in popped)
         self.pause()
         seen = tokens_seen(trainer, self.tokens_per_batch)
         window_tokens, window_s = seen - self._tokens0, self.train_seconds - self._seconds0
@@ -71,7 +71,10 @@ class TrainMetrics(pl.Callback):
             "train/replay_share": pl_module.replay_share,
             "lr": trainer.optimizers[0].param_groups[0]["lr"],
             "trainer/tokens_seen": seen,
+            "train/stage": pl_module.stage,
         }
+        if pl_module.retention is not None:
+            self.latest["train/retention_loss"] = retention
         log_metrics(trainer, self.latest, step)
         pl_module.log("loss", loss, prog_bar=True, logger=False)
         pl_module.log("tok/s", self.latest["train/tokens_per_sec"], prog_bar=True, logger=False)
@@ -86,8 +89,8 @@ class PeriodicEval(pl.Callback):
     """val/D/{loss,ppl,bpb,delta_bpb} on every domain's held-out blocks, at step 0 and every N steps."""
 
     def __init__(self, eval_sets: dict[str, torch.Tensor], token_bytes: torch.Tensor, *, every_n_steps: int,
-                 batch_size: int, tokens_per_batch: int, clock: TrainMetrics | None = None):
-        self.eval_sets, self.token_bytes = eval_sets, token_bytes
+                 batch_size: int, tokens_per_batch: int, clock: TrainMetrics | None = None, ema=None):
+        self.eval_sets, self.token_bytes, self.ema = eval_sets, token_bytes, ema
         self.every, self.batch_size, self.tokens_per_batch = every_n_steps, batch_size, tokens_per_batch
         self.clock = clock
         self.bpb0: dict[str, float] = {}
@@ -98,16 +101,10 @@ class PeriodicEval(pl.Callback):
     def evaluate(self, trainer, pl_module) -> dict[str, float]:
         if self.clock:
             self.clock.pause()
-        rank, world = trainer.global_rank, trainer.world_size
-        metrics = {}
-        for name, blocks in self.eval_sets.items():
-            sums = eval_sums(pl_module.model, blocks[rank::world], self.token_bytes,
-                             batch_size=self.batch_size, device=pl_module.device)
-            sums = trainer.strategy.reduce(sums, reduce_op="sum")
-            m = metrics_from_sums(sums)
-            self.bpb0.setdefault(name, m["bpb"])
-            m["delta_bpb"] = m["bpb"] - self.bpb0[name]
-            metrics.update({f"val/{name}/{k}": v for k, v in m.items()})
+        metrics = self._evaluate(trainer, pl_module, "val")
+        if self.ema is not None and self.ema.shadow:
+            with self.ema.swapped(pl_module.model):
+                metrics.update(self._evaluate(trainer, pl_module, "val_ema"))
         step = trainer.global_step
         metrics["trainer/tokens_seen"] = tokens_seen(trainer, self.tokens_per_batch)
         self.last_eval_step, self.latest = step, metrics
@@ -116,6 +113,19 @@ class PeriodicEval(pl.Callback):
         log_metrics(trainer, metrics, step)
         if self.clock:
             self.clock.resume()
+        return metrics
+
+    def _evaluate(self, trainer, pl_module, prefix: str) -> dict[str, float]:
+        rank, world = trainer.global_rank, trainer.world_size
+        metrics = {}
+        for name, blocks in self.eval_sets.items():
+            sums = eval_sums(pl_module.model, blocks[rank::world], self.token_bytes,
+                             batch_size=self.batch_size, device=pl_module.device)
+            m = metrics_from_sums(trainer.strategy.reduce(sums, reduce_op="sum"))
+            # delta_bpb of both the raw and the EMA weights is measured from the step-0 (raw) bpb.
+            self.bpb0.setdefault(name, m["bpb"])
+            m["delta_bpb"] = m["bpb"] - self.bpb0[name]
+            metrics.update({f"{prefix}/{name}/{k}": v for k, v in m.items()})
         return metrics
 
     def on_train_start(self, trainer, pl_module):

@@ -34,11 +34,13 @@ class ModelConfig:
 
 @dataclass
 class TokenizerConfig:
-    kind: str = "base"
-    path: Optional[str] = None
-    vocab_size: int = 4096
-    model_type: str = "bpe"
+    kind: str = "base"  # base | train | extend
+    path: Optional[str] = None  # the base tokenizer; default: model.name_or_path
+    vocab_size: int = 4096  # train: the vocabulary; extend: the domain model's vocabulary
+    model_type: Optional[str] = "bpe"  # bpe | unigram; extend: null = the base's type
     character_coverage: float = 0.9995
+    init: str = "subword_mean"  # new embedding rows: random | mean | subword_mean
+    pad_to_multiple_of: Optional[int] = 64
 
 
 @dataclass
@@ -64,18 +66,41 @@ class DataConfig:
 
 
 @dataclass
+class PhaseConfig:
+    # The phase lasts while the optimizer step is < until_step; null for the last phase.
+    until_step: Optional[int] = None
+    # Groups: new_rows, embeddings, lm_head, layers.N, layers.A-B, norms, adapter, all (cptlab.model.freeze).
+    train: list[str] = field(default_factory=list)
+
+
+@dataclass
 class ScheduleConfig:
-    name: str = "full"
+    name: str = "full"  # full | two_stage | new_tokens_only | phases
+    stage1_steps: int = 100  # two_stage: optimizer steps of stage 1
+    stage1_rows: str = "new"  # two_stage: stage 1 trains the new token rows (new) or all embedding rows (all)
+    rewarm: bool = False  # warm the learning rate up again at each stage start
+    phases: Optional[list[PhaseConfig]] = None  # schedule=phases: the phases themselves
 
 
 @dataclass
 class AdapterConfig:
-    name: str = "none"
+    name: str = "none"  # none | lora | dora
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                               "gate_proj", "up_proj", "down_proj"])
+    rslora: bool = False
+    train_new_tokens: bool = False  # also train the new token rows of the embedding and output matrices
 
 
 @dataclass
 class RetentionConfig:
-    name: str = "none"
+    name: str = "none"  # none | ema | mean_teacher
+    decay: float = 0.999  # EMA decay per update
+    every_n_steps: int = 1  # EMA update interval (optimizer steps)
+    weight: float = 0.0  # mean_teacher: weight of KL(teacher || student)
+    on: str = "replay"  # mean_teacher: rows the KL applies to: replay | all | new
 
 
 @dataclass

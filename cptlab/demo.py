@@ -1,5 +1,9 @@
-"""`make demo`: build the demo base model if it is not cached, continue it on Chinese with English
-replay, and print where the forgetting-curve plot, the report and the summary are."""
+"""`make demo` / `make sweep`: build the demo base model if it is not cached, then run the demo CPT
+experiment (or the replay x LoRA-rank study and its comparison) and print where the results are.
+
+    python -m cptlab.demo            # base (if missing) + demo_zh
+    python -m cptlab.demo sweep      # base (if missing) + cptlab-train -m experiment=replay_sweep + compare
+"""
 
 from __future__ import annotations
 
@@ -20,26 +24,47 @@ def runs_dir() -> Path:
     return Path(os.environ.get("CPTLAB_RUNS", "runs"))
 
 
-def train(*overrides: str) -> None:
-    cmd = [sys.executable, "-m", "cptlab.train", *overrides]
-    print("$ cptlab-train " + " ".join(overrides), flush=True)
-    if subprocess.call(cmd) != 0:
-        sys.exit(f"cptlab demo: `cptlab-train {' '.join(overrides)}` failed")
+def run(module: str, *args: str, check: bool = True) -> int:
+    print(f"$ {module.replace('cptlab.', 'cptlab-').replace('.cli', '')} " + " ".join(args), flush=True)
+    code = subprocess.call([sys.executable, "-m", module, *args])
+    if check and code != 0:
+        sys.exit(f"cptlab demo: `{module} {' '.join(args)}` failed")
+    return code
 
 
-def main(argv: list[str] | None = None) -> None:
-    extra = list(sys.argv[1:] if argv is None else argv)
+def ensure_base() -> None:
     base = cache_dir() / "demo_base"
     if not (base / "config.json").is_file():
         print(f"demo base model not cached at {base}: building it (English tokenizer + small Llama)", flush=True)
-        train("experiment=demo_base")
+        run("cptlab.train", "experiment=demo_base")
+
+
+def demo(extra: list[str]) -> None:
+    ensure_base()
     run_dir = runs_dir() / "demo_zh" / run_name(",".join(extra))
-    train("experiment=demo_zh", *extra, f"hydra.run.dir={run_dir}")
+    run("cptlab.train", "experiment=demo_zh", *extra, f"hydra.run.dir={run_dir}")
     summary = json.loads((run_dir / "summary.json").read_text())
     print("\ncptlab demo finished")
     for label, path in (("plot", summary["paths"].get("plot")), ("report", run_dir / "report.md"),
                         ("summary", run_dir / "summary.json"), ("metrics", summary["paths"]["metrics"])):
         print(f"  {label:<8} {path}")
+
+
+def sweep(extra: list[str]) -> None:
+    ensure_base()
+    sweep_dir = runs_dir() / "replay_sweep" / "multirun"
+    code = run("cptlab.train", "-m", "experiment=replay_sweep", *extra, f"hydra.sweep.dir={sweep_dir}", check=False)
+    run("cptlab.compare.cli", str(sweep_dir), "--out", str(sweep_dir / "compare"))
+    print(f"\ncptlab sweep finished: report in {sweep_dir / 'compare' / 'summary.md'}")
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["sweep"]:
+        sweep(args[1:])
+    else:
+        demo(args)
 
 
 if __name__ == "__main__":

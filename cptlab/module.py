@@ -1,22 +1,40 @@
-"""The LightningModule: causal-LM loss on mixture batches, the optimizer/schedule, and the counters
-that make the data stream resumable (the stream is a pure function of the micro-batch index)."""
+"""The LightningModule: causal-LM loss on mixture batches, the optimizer/schedule, the freezing schedule's
+phases, and the counters that make the data stream resumable (the stream is a pure function of the
+micro-batch index).
+
+Freezing phases (cptlab.model.freeze) are a pure function of the optimizer step. At a phase switch the
+optimizer is rebuilt over the parameters that train from then on: a parameter whose trainable part is
+unchanged keeps its AdamW state, every other one starts fresh (as a separate stage would). The
+optimizer only ever holds what trains now; requires_grad=False parameters are never in it.
+
+Checkpoints hold what can differ from the base model (the parameters some phase so far trained; of a
+row-masked matrix only its trainable rows) plus counters, phase and RNG state; the frozen rest is
+rebuilt from the base by the pipeline before the checkpoint loads.
+"""
 
 from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
+from pytorch_lightning.utilities.types import LRSchedulerConfig
 
-from cptlab.evaluation import token_nll
+from cptlab.errors import CptlabError
+from cptlab.model.freeze import FreezePlan
 from cptlab.optim import LRSchedule, build_optimizer, build_scheduler
+
+PREFIX = "model."
 
 
 class CPTModule(pl.LightningModule):
     def __init__(self, model: torch.nn.Module, *, lr: float, weight_decay: float, betas, eps: float,
-                 schedule: LRSchedule):
+                 schedule: LRSchedule, freeze: FreezePlan | None = None, base_rows: int | None = None):
         super().__init__()
         self.model = model
         self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, list(betas), eps
         self.lr_schedule = schedule
+        self.plan = freeze if freeze is not None else FreezePlan.from_config(model)
+        self.base_rows = base_rows if base_rows is not None else self.plan.base_rows
         # Micro-batches consumed and replay rows among them, over all ranks (same on every rank).
         self.batches_done = 0
         self.rows_seen = 0
@@ -24,6 +42,85 @@ class CPTModule(pl.LightningModule):
         # Running train-loss sum since the last log, kept on device: no host sync per step.
         self.loss_sum = torch.zeros(())
         self.loss_count = 0
+        # Optional retention loss `(model, batch, logits) -> tensor` (mean teacher), added with this weight.
+        self.retention, self.retention_weight = None, 0.0
+        self.retention_sum = torch.zeros(())
+        # The freezing phase the parameters and the optimizer are set up for.
+        self.phase = 0
+        self._keep_requires_grad = False
+        self._pending_rng = None
+        # Checkpoints hold only what training can have changed; the rest comes from the base model.
+        self.strict_loading = False
+        self.plan.apply(self.phase)
+
+    # -- stages ---------------------------------------------------------------------------------------
+
+    def current_stage(self, global_step: int) -> int:
+        """The freezing phase in effect for optimizer step `global_step` (0-based)."""
+        return self.plan.phase_at(global_step)
+
+    @property
+    def stage(self) -> int:
+        """The phase that trained the latest optimizer step (the one being trained during a step)."""
+        return self.phase
+
+    def setup(self, stage: str) -> None:
+        # Several processes: DDP registers the parameters that require grad once, when it wraps the model,
+        # so all parameters some phase trains keep requires_grad and inactive ones have gradients dropped.
+        self._keep_requires_grad = self.trainer.world_size > 1
+        self.plan.apply(self.phase, keep_requires_grad=self._keep_requires_grad)
+
+    def _make_optimizer(self):
+        active = self.plan.trainable(self.phase)
+        params = [self.plan.params[n] for n in active]
+        row_starts = {self.plan.params[n]: s for n, s in active.items() if s > 0}
+        return build_optimizer(None, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas, eps=self.eps,
+                               fused=self.device.type == "cuda", params=params, row_starts=row_starts)
+
+    def configure_optimizers(self):
+        opt = self._make_optimizer()
+        return {"optimizer": opt,
+                "lr_scheduler": {"scheduler": build_scheduler(opt, self.lr_schedule), "interval": "step"}}
+
+    def _switch_phase(self, phase: int) -> None:
+        old = self.plan.trainable(self.phase)
+        self.phase = phase
+        new = self.plan.apply(phase, keep_requires_grad=self._keep_requires_grad)
+        for name, p in self.plan.params.items():
+            if name not in new:
+                p.grad = None
+        trainer = self.trainer
+        old_opt = trainer.optimizers[0]
+        opt = self._make_optimizer()
+        for name, start in new.items():  # unchanged parameters keep their moments; the others start fresh
+            p = self.plan.params[name]
+            if old.get(name) == start and p in old_opt.state:
+                opt.state[p] = old_opt.state[p]
+        step = trainer.global_step
+        scheduler = build_scheduler(opt, self.lr_schedule, start_step=step)
+        trainer.strategy.optimizers = [opt]
+        trainer.strategy.lr_scheduler_configs = [LRSchedulerConfig(scheduler, interval="step")]
+
+    def on_train_batch_start(self, batch, batch_idx):
+        if self._pending_rng is not None:
+            _set_rng_state(self._pending_rng)
+            self._pending_rng = None
+        phase = self.current_stage(self.trainer.global_step)
+        if phase != self.phase:
+            self._switch_phase(phase)
+
+    def on_before_optimizer_step(self, optimizer):
+        # Runs before gradient clipping: frozen rows and inactive parameters must not count in the norm.
+        active = self.plan.trainable(self.phase)
+        for name, p in self.plan.params.items():
+            if p.grad is None:
+                continue
+            if name not in active:
+                p.grad = None
+            elif active[name] > 0:
+                p.grad[:active[name]].zero_()
+
+    # -- training ---------------------------------------------------------------------------------------
 
     def forward(self, input_ids):
         return self.model(input_ids=input_ids).logits
@@ -31,39 +128,115 @@ class CPTModule(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         if batch["step"] != self.batches_done:
             raise RuntimeError(f"data stream out of step: got batch {batch['step']}, expected {self.batches_done}")
-        loss = token_nll(self.model, batch["input_ids"], batch["targets"]).mean()
+        logits = self.model(input_ids=batch["input_ids"]).logits
+        loss = F.cross_entropy(logits.float().flatten(0, 1), batch["targets"].flatten())
+        if self.retention is not None:
+            extra = self.retention(self.model, batch, logits)
+            self.retention_sum = self.retention_sum.to(extra.device) + extra.detach()
+            loss = loss + self.retention_weight * extra
         self.batches_done += 1
         self.rows_seen += batch["rows"]
         self.replay_rows_seen += batch["replay_rows"]
         self.loss_sum = self.loss_sum.to(loss.device) + loss.detach()
         self.loss_count += 1
+        if len(self.plan.phases) > 1:
+            self.log("stage", float(self.phase), prog_bar=True, logger=False, on_step=True, on_epoch=False)
         return loss
 
-    def pop_train_loss(self) -> torch.Tensor | None:
-        """Mean train loss since the last call (a device tensor), reset for the next interval."""
+    def pop_train_loss(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Mean train loss (causal LM + weighted retention) and mean retention loss since the last call
+        (device tensors), reset for the next interval."""
         if self.loss_count == 0:
             return None
-        mean = self.loss_sum / self.loss_count
-        self.loss_sum, self.loss_count = torch.zeros((), device=mean.device), 0
-        return mean
+        mean, retention = self.loss_sum / self.loss_count, self.retention_sum.to(self.loss_sum.device) / self.loss_count
+        self.loss_sum, self.retention_sum, self.loss_count = torch.zeros((), device=mean.device), torch.zeros(()), 0
+        return mean, retention
 
     @property
     def replay_share(self) -> float:
         return self.replay_rows_seen / self.rows_seen if self.rows_seen else 0.0
 
-    def configure_optimizers(self):
-        fused = self.device.type == "cuda"
-        opt = build_optimizer(self.model, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas,
-                              eps=self.eps, fused=fused)
-        return {"optimizer": opt,
-                "lr_scheduler": {"scheduler": build_scheduler(opt, self.lr_schedule), "interval": "step"}}
+    # -- checkpoints ------------------------------------------------------------------------------------
+
+    def _kept(self) -> dict[str, int]:
+        """state_dict key -> first row kept, for every parameter the checkpoint holds."""
+        trained = self.plan.trained_until(self.phase)
+        by_id = {id(self.plan.params[n]): s for n, s in trained.items()}
+        return {PREFIX + key: by_id[id(p)] for key, p in self.model.named_parameters(remove_duplicate=False)
+                if id(p) in by_id}
 
     def on_save_checkpoint(self, checkpoint):
-        checkpoint["cptlab"] = {"batches_done": self.batches_done, "rows_seen": self.rows_seen,
-                                "replay_rows_seen": self.replay_rows_seen}
+        kept = self._kept()
+        params = {PREFIX + k for k, _ in self.model.named_parameters(remove_duplicate=False)}
+        state, rows = checkpoint["state_dict"], {}
+        for key in list(state):
+            if key in params and key not in kept:
+                del state[key]
+            elif kept.get(key, 0) > 0:
+                start = kept[key]
+                rows[key] = {"start": start, "rows": state.pop(key)[start:].clone()}
+        # Merged into what callbacks (which run first) may have put there, e.g. EMA weights.
+        checkpoint.setdefault("cptlab", {}).update({
+            "batches_done": self.batches_done, "rows_seen": self.rows_seen, "replay_rows_seen": self.replay_rows_seen,
+            "phase": self.phase, "base_rows": self.base_rows, "rows": rows, "rng": _rng_state()})
 
     def on_load_checkpoint(self, checkpoint):
         state = checkpoint.get("cptlab", {})
         self.batches_done = state.get("batches_done", 0)
         self.rows_seen = state.get("rows_seen", 0)
         self.replay_rows_seen = state.get("replay_rows_seen", 0)
+        base_rows = state.get("base_rows", self.base_rows)
+        if base_rows != self.base_rows:
+            raise CptlabError(f"the checkpoint was trained with {base_rows} base embedding rows, this run's model "
+                              f"has {self.base_rows}: the tokenizer or base model changed since")
+        self.phase = state.get("phase", self.current_stage(checkpoint.get("global_step", 0)))
+        self.plan.apply(self.phase, keep_requires_grad=self._keep_requires_grad)
+        restore_rows(self.model, state.get("rows", {}), prefix=PREFIX)
+        missing = [k for k, s in self._kept().items() if s == 0 and k not in checkpoint["state_dict"]]
+        if missing:
+            raise CptlabError(f"the checkpoint lacks trained weights ({missing[0]}, {len(missing)} in all): it was "
+                              f"written by a run with another schedule or adapter config")
+        self._pending_rng = state.get("rng")
+
+
+def restore_rows(model: torch.nn.Module, rows: dict, *, prefix: str = "") -> None:
+    """Copy saved row blocks ({key: {"start", "rows"}}) into the model's matrices."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for key, entry in rows.items():
+        name = key[len(prefix):] if key.startswith(prefix) else key
+        if name not in params:
+            raise CptlabError(f"the checkpoint holds rows of {name}, which this model does not have")
+        p, start, block = params[name], entry["start"], entry["rows"]
+        if p.shape[0] - start != block.shape[0] or p.shape[1:] != block.shape[1:]:
+            raise CptlabError(f"the checkpoint's rows of {name} ({tuple(block.shape)} from row {start}) do not fit "
+                              f"the model's {tuple(p.shape)}: the tokenizer or base model changed since")
+        with torch.no_grad():
+            p[start:].copy_(block)
+
+
+def load_trained_weights(model: torch.nn.Module, checkpoint: dict) -> None:
+    """Apply a cptlab checkpoint's weights to a freshly built model (the base rebuilt by the pipeline):
+    what `CPTModule` restores on resume, for use outside Lightning (export)."""
+    state = {k[len(PREFIX):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(PREFIX)}
+    result = model.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise CptlabError(f"the checkpoint does not fit the model rebuilt from the run's config "
+                          f"(unexpected {result.unexpected_keys[0]})")
+    restore_rows(model, checkpoint.get("cptlab", {}).get("rows", {}), prefix=PREFIX)
+
+
+def _rng_state() -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    """Restore the RNG at the first step after a resume (dropout then draws what it would have drawn)."""
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        try:
+            torch.cuda.set_rng_state_all(state["cuda"])
+        except (RuntimeError, IndexError):  # another device count: the CUDA streams cannot match anyway
+            pass

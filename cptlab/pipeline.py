@@ -22,12 +22,18 @@ from cptlab.data.datamodule import CPTDataModule
 from cptlab.data.mixture import MixtureSampler, eval_blocks
 from cptlab.data.tokens import DomainSpec, DomainTokens, load_domain_documents, prepare_domain
 from cptlab.errors import CptlabError
+from cptlab.model.adapter import apply_adapter
+from cptlab.model.freeze import FreezePlan
 from cptlab.model.load import load_model, max_positions
+from cptlab.model.resize import grow_embeddings
 from cptlab.module import CPTModule
 from cptlab.optim import LRSchedule
+from cptlab.retention.ema import EMA
+from cptlab.retention.teacher import MeanTeacher
 from cptlab.tokenizer.byte_lengths import token_byte_lengths
 from cptlab.tokenizer.hf import load_tokenizer
 from cptlab.tokenizer.prepare import prepare_tokenizer
+from cptlab.tokenizer.report import tokens_per_char
 
 
 def show_progress() -> bool:
@@ -44,20 +50,48 @@ def domain_specs(data: DictConfig) -> list[DomainSpec]:
     return specs
 
 
+def _train_docs(cfg: DictConfig, role: str | None = None):
+    """The train-split documents of the domains (of one role), streamed domain by domain."""
+    def docs():
+        for spec in domain_specs(cfg.data):
+            if role is None or spec.role == role:
+                yield from load_domain_documents(spec, on_bad_text=cfg.data.on_bad_text, seed=cfg.seed)[0]
+    return docs
+
+
+def base_tokenizer_source(cfg: DictConfig) -> str | None:
+    return cfg.tokenizer.path or cfg.model.name_or_path
+
+
 def build_tokenizer(cfg: DictConfig, run_dir: Path) -> Path:
-    """The run's tokenizer directory (run_dir/tokenizer): the base model's, or a freshly trained one."""
+    """The run's tokenizer directory (run_dir/tokenizer): the base model's, a freshly trained one, or
+    the base extended with a vocabulary trained on the new-role domains' train split."""
     tok = cfg.tokenizer
-    specs = domain_specs(cfg.data)
-
-    def train_texts():
-        for spec in specs:
-            train_docs, _, _ = load_domain_documents(spec, on_bad_text=cfg.data.on_bad_text, seed=cfg.seed)
-            yield from train_docs
-
+    texts = _train_docs(cfg, "new") if tok.kind == "extend" else _train_docs(cfg)
     return prepare_tokenizer(tok.kind, run_dir / "tokenizer", cache_root=Path(cfg.paths.cache_dir),
-                             source=tok.path or cfg.model.name_or_path, texts=train_texts,
+                             source=base_tokenizer_source(cfg), texts=texts,
+                             base_texts=_train_docs(cfg, "replay") if tok.kind == "extend" else None,
                              vocab_size=tok.vocab_size, model_type=tok.model_type,
                              character_coverage=tok.character_coverage, seed=cfg.seed)
+
+
+def build_base_tokenizer(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """The base model's own tokenizer (run_dir/tokenizer_base) when the run changes the vocabulary."""
+    if cfg.tokenizer.kind != "extend":
+        return None
+    return prepare_tokenizer("base", run_dir / "tokenizer_base", cache_root=Path(cfg.paths.cache_dir),
+                             source=base_tokenizer_source(cfg))
+
+
+def tokenizer_stats(cfg: DictConfig, tokenizer, base_tokenizer, max_docs: int = 2000) -> dict[str, dict]:
+    """Tokens per character of each domain's held-out text, for the base and the final tokenizer."""
+    stats = {}
+    for spec in domain_specs(cfg.data):
+        held_out = load_domain_documents(spec, on_bad_text=cfg.data.on_bad_text, seed=cfg.seed)[1][:max_docs]
+        final = tokens_per_char(tokenizer, held_out)
+        stats[spec.name] = {"base": tokens_per_char(base_tokenizer, held_out) if base_tokenizer else final,
+                            "final": final}
+    return stats
 
 
 def build_data(cfg: DictConfig, tokenizer_dir: Path) -> list[DomainTokens]:
@@ -66,18 +100,26 @@ def build_data(cfg: DictConfig, tokenizer_dir: Path) -> list[DomainTokens]:
             for spec in domain_specs(cfg.data)]
 
 
-def build_model(cfg: DictConfig, tokenizer):
+def build_model(cfg: DictConfig, tokenizer, base_tokenizer=None):
+    """(model, base_rows): the base model, grown for an extended tokenizer, with the configured adapter
+    applied. `base_rows` is the embedding rows before growth (rows >= it are the new tokens); it is also
+    recorded on the model for the freezing schedule (cptlab.model.freeze.base_rows_of)."""
     model = load_model(cfg.model.name_or_path, config=OmegaConf.to_container(cfg.model.config) if cfg.model.config
-                       else None, dtype=cfg.model.dtype, vocab_size=len(tokenizer), bos_id=tokenizer.bos_token_id,
-                       eos_id=tokenizer.eos_token_id, seed=cfg.seed)
+                       else None, dtype=cfg.model.dtype,
+                       vocab_size=len(base_tokenizer) if base_tokenizer is not None else len(tokenizer),
+                       bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id, seed=cfg.seed)
     rows = model.get_input_embeddings().weight.shape[0]
+    base_rows = rows
     if len(tokenizer) > rows:
-        raise CptlabError(f"the tokenizer has {len(tokenizer)} tokens but the model's embedding has {rows} rows "
-                          f"(tokenizer.path / model.name_or_path do not match)")
+        if cfg.tokenizer.kind != "extend":
+            raise CptlabError(f"the tokenizer has {len(tokenizer)} tokens but the model's embedding has {rows} rows "
+                              f"(tokenizer.path / model.name_or_path do not match)")
+        grow_embeddings(model, len(tokenizer), init=cfg.tokenizer.init, base_tokenizer=base_tokenizer,
+                        new_tokenizer=tokenizer, pad_to_multiple_of=cfg.tokenizer.pad_to_multiple_of, seed=cfg.seed)
     limit = max_positions(model)
     if limit is not None and cfg.data.seq_len > limit:
         raise CptlabError(f"data.seq_len={cfg.data.seq_len} exceeds the model's maximum positions ({limit})")
-    return model
+    return apply_adapter(model, cfg.adapter, base_rows=base_rows), base_rows
 
 
 def build_loggers(cfg: DictConfig) -> list:
@@ -91,6 +133,22 @@ def build_loggers(cfg: DictConfig) -> list:
             for pattern in ("train/*", "val/*", "lr"):
                 lg.experiment.define_metric(pattern, step_metric="trainer/tokens_seen")
     return loggers
+
+
+def build_retention(retention: DictConfig, module: CPTModule, plan: FreezePlan) -> EMA | None:
+    """The EMA callback (retention=ema or mean_teacher), averaging every parameter some phase trains;
+    for mean_teacher also the KL loss against it, installed on the module."""
+    if retention.name == "none":
+        return None
+    if not 0.0 < retention.decay < 1.0:
+        raise CptlabError(f"retention.decay={retention.decay} must be in (0, 1)")
+    names = sorted(set().union(*(plan.trainable(i) for i in range(len(plan.phases)))))
+    ema = EMA(retention.decay, every_n_steps=retention.every_n_steps, names=names)
+    if retention.name == "mean_teacher":
+        if retention.weight <= 0:
+            raise CptlabError(f"retention=mean_teacher needs retention.weight > 0 (got {retention.weight})")
+        module.retention, module.retention_weight = MeanTeacher(ema, on=retention.on), retention.weight
+    return ema
 
 
 @dataclass
@@ -109,16 +167,21 @@ def build_lightning(cfg: DictConfig, model, domains: list[DomainTokens], tokeniz
     evals = {d.name: torch.from_numpy(eval_blocks(d, data.seq_len, cfg.eval.max_blocks)) for d in domains}
     token_bytes = torch.from_numpy(token_byte_lengths(tokenizer))
     tokens_per_batch = data.batch_size * data.seq_len
+    plan = FreezePlan.from_config(model, cfg.schedule, cfg.adapter)
     schedule = LRSchedule(total_steps=tr.max_steps, warmup_steps=cfg.optim.warmup_steps, kind=cfg.optim.schedule,
-                          min_lr_ratio=cfg.optim.min_lr_ratio, decay_fraction=cfg.optim.decay_fraction)
+                          min_lr_ratio=cfg.optim.min_lr_ratio, decay_fraction=cfg.optim.decay_fraction,
+                          restarts=plan.stage_starts if cfg.schedule.rewarm else ())
     module = CPTModule(model, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, betas=cfg.optim.betas,
-                       eps=cfg.optim.eps, schedule=schedule)
+                       eps=cfg.optim.eps, schedule=schedule, freeze=plan)
+    ema = build_retention(cfg.retention, module, plan)
     train_metrics = TrainMetrics(tr.log_every_n_steps, tokens_per_batch)
     evaluator = PeriodicEval(evals, token_bytes, every_n_steps=cfg.eval.every_n_steps,
-                             batch_size=cfg.eval.batch_size, tokens_per_batch=tokens_per_batch, clock=train_metrics)
+                             batch_size=cfg.eval.batch_size, tokens_per_batch=tokens_per_batch, clock=train_metrics,
+                             ema=ema)
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step}", save_last=True,
                                   save_top_k=0, every_n_train_steps=cfg.checkpoint.every_n_steps)
-    callbacks = [train_metrics, evaluator, checkpoints]
+    # EMA first: its average exists before the step-0 evaluation and is updated before each evaluation.
+    callbacks = [c for c in (ema, train_metrics, evaluator, checkpoints) if c is not None]
     if show_progress():
         from pytorch_lightning.callbacks import RichProgressBar
 

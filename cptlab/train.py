@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -33,7 +34,9 @@ from cptlab.validate import validate
 def train(cfg: DictConfig, run_dir: Path) -> tuple[dict, bool]:
     """One run, start to finish (or resumed from run_dir/checkpoints/last.ckpt).
     Returns the summary and whether this process is the global rank zero (the one that reports)."""
+    started = time.time()
     validate(cfg)
+    refuse_relaunch_in_multirun(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
@@ -52,11 +55,24 @@ def train(cfg: DictConfig, run_dir: Path) -> tuple[dict, bool]:
                        evaluator=run.evaluator, publish_dir=cfg.publish_dir,
                        tokenizer_stats=pipeline.tokenizer_stats(cfg, tokenizer, base_tokenizer),
                        vocabulary={"base_rows": base_rows, "final_tokens": len(tokenizer),
-                                   "extension": extension_stats(tokenizer_dir)})
+                                   "extension": extension_stats(tokenizer_dir)}, started=started)
     run.trainer.callbacks.append(record)
     run.trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=resume_checkpoint(run_dir))
     # The record is written by the process that trained (a spawned rank under ddp_spawn): read it back.
     return record.summary or read_summary(run_dir), run.trainer.is_global_zero
+
+
+def refuse_relaunch_in_multirun(cfg: DictConfig) -> None:
+    """Lightning's ddp/fsdp re-execute the command line for the extra ranks; inside a local multirun
+    that would start the whole sweep again in every rank. SLURM (submitit) starts the ranks itself."""
+    strategy = str(cfg.trainer.strategy)
+    relaunches = strategy.startswith(("ddp", "fsdp", "deepspeed")) and not any(w in strategy for w in ("spawn", "fork"))
+    launched_externally = "LOCAL_RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    if (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN and relaunches
+            and not launched_externally):
+        raise CptlabError(f"trainer.strategy={strategy} inside a local multirun would re-launch the whole sweep in "
+                          "every rank: use trainer.strategy=ddp_spawn, or hydra/launcher=slurm_gpu (submitit: "
+                          "SLURM starts the ranks)")
 
 
 def task_overrides() -> list[str]:

@@ -4,15 +4,21 @@ names the key or path at fault (types and unknown keys are already caught by the
 from __future__ import annotations
 
 import glob
+import json
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from cptlab.errors import CptlabError
+from cptlab.model.load import check_model_source
+from cptlab.model.adapter import check_adapter_config
+from cptlab.model.freeze import phases_from_config
 from cptlab.optim import LRSchedule
 
-IMPLEMENTED = {"schedule": ("full",), "adapter": ("none",), "retention": ("none",), "optim": ("adamw",)}
-TOKENIZER_KINDS = ("base", "train")
+IMPLEMENTED = {"schedule": ("full", "two_stage", "new_tokens_only", "phases"), "adapter": ("none", "lora", "dora"),
+               "retention": ("none", "ema", "mean_teacher"), "optim": ("adamw",)}
+TOKENIZER_KINDS = ("base", "train", "extend")
+INITS = ("random", "mean", "subword_mean")
 BAD_TEXT = ("replace", "skip", "error")
 
 
@@ -61,15 +67,46 @@ def validate_data(data: DictConfig) -> None:
         raise CptlabError(f"data.on_bad_text={data.on_bad_text!r} must be one of {', '.join(BAD_TEXT)}")
 
 
+def validate_schedule_and_adapter(cfg: DictConfig) -> None:
+    """Freezing schedule and adapter settings that need no model (the model-dependent checks, e.g. a
+    target module or a layer that does not exist, run when the model is built)."""
+    phases = phases_from_config(cfg.schedule)
+    check_adapter_config(cfg.adapter)
+    if cfg.adapter.name != "none" and not any(g in ("adapter", "all") or g.startswith("layers.")
+                                               for p in phases for g in p.train):
+        raise CptlabError(f"adapter={cfg.adapter.name} but schedule={cfg.schedule.name} never trains the adapter "
+                          f"(no phase has the group 'adapter'): use adapter=none or another schedule")
+
+
+def validate_model(cfg: DictConfig) -> None:
+    """The model directory exists and parses, and data.seq_len fits its positions: read from
+    config.json (or the random-init config) before any tokenizer or data work."""
+    if cfg.model.name_or_path:
+        path = Path(str(cfg.model.name_or_path)).expanduser()
+        if path.name == "demo_base" and not path.exists():
+            raise CptlabError(f"the demo base model is not built yet ({path}): run `make demo` or "
+                              "`cptlab-train experiment=demo_base` first")
+        check_model_source(str(cfg.model.name_or_path))
+        limit = None
+        if (path / "config.json").is_file():
+            limit = json.loads((path / "config.json").read_text(encoding="utf-8")).get("max_position_embeddings")
+    else:
+        limit = (cfg.model.config or {}).get("max_position_embeddings")
+    if limit is not None and cfg.data.seq_len > limit:
+        raise CptlabError(f"data.seq_len={cfg.data.seq_len} exceeds the model's maximum positions ({limit})")
+
+
 def validate(cfg: DictConfig) -> None:
     for group, options in IMPLEMENTED.items():
         if cfg[group].name not in options:
             raise CptlabError(f"{group}={cfg[group].name} is not available (choose {', '.join(options)})")
     if cfg.tokenizer.kind not in TOKENIZER_KINDS:
         raise CptlabError(f"tokenizer.kind={cfg.tokenizer.kind!r} must be one of {', '.join(TOKENIZER_KINDS)}")
-    if cfg.tokenizer.kind == "base" and not (cfg.tokenizer.path or cfg.model.name_or_path):
-        raise CptlabError("tokenizer=base needs tokenizer.path or model.name_or_path (a random-init model has "
-                          "no tokenizer: use tokenizer=train)")
+    if cfg.tokenizer.kind in ("base", "extend") and not (cfg.tokenizer.path or cfg.model.name_or_path):
+        raise CptlabError(f"tokenizer={cfg.tokenizer.kind} needs tokenizer.path or model.name_or_path (a random-init "
+                          "model has no tokenizer: use tokenizer=train)")
+    if cfg.tokenizer.init not in INITS:
+        raise CptlabError(f"tokenizer.init={cfg.tokenizer.init!r} must be one of {', '.join(INITS)}")
     if not (cfg.model.name_or_path or cfg.model.config):
         raise CptlabError("set model.name_or_path (a model directory) or model.config (random init)")
     _positive(cfg, "data.seq_len", "data.batch_size", "trainer.max_steps", "trainer.accumulate_grad_batches",
@@ -82,4 +119,6 @@ def validate(cfg: DictConfig) -> None:
         raise CptlabError(f"optim.lr={cfg.optim.lr} must be > 0")
     LRSchedule(total_steps=cfg.trainer.max_steps, warmup_steps=cfg.optim.warmup_steps, kind=cfg.optim.schedule,
                min_lr_ratio=cfg.optim.min_lr_ratio, decay_fraction=cfg.optim.decay_fraction)
+    validate_schedule_and_adapter(cfg)
     validate_data(cfg.data)
+    validate_model(cfg)

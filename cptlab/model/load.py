@@ -67,6 +67,7 @@ def load_model(name_or_path: str | None, *, config: dict[str, Any] | None, dtype
     else:
         raise CptlabError("set model.name_or_path (a model directory or hub id) or model.config (random init)")
     model.config.use_cache = False
+    model.train()  # from_pretrained returns eval mode; Lightning keeps a module's mode, so dropout would stay off
     return model
 
 

@@ -10,22 +10,25 @@ from pathlib import Path
 import pytorch_lightning as pl
 
 from cptlab.evaluation import unigram_bpb
+from cptlab.export import merged_model
+from cptlab.model.freeze import count_parameters
 from cptlab.model.save import publish_model
 from cptlab.run.plots import plot_forgetting_curve
 from cptlab.run.summary import domain_rows, write_report, write_summary
+from cptlab.run.wandb_report import report_to_wandb
 
 
 class RunRecord(pl.Callback):
     def __init__(self, *, run_dir: Path, name: str, overrides: list[str], domains, tokenizer_dir: Path,
                  replay_ratio: float, tokens_per_batch: int, train_metrics, evaluator,
                  publish_dir: str | None = None, tokenizer_stats: dict | None = None,
-                 vocabulary: dict | None = None):
+                 vocabulary: dict | None = None, started: float | None = None):
         self.run_dir, self.name, self.overrides = Path(run_dir), name, overrides
         self.domains, self.tokenizer_dir = domains, tokenizer_dir
         self.replay_ratio, self.tokens_per_batch = replay_ratio, tokens_per_batch
         self.train_metrics, self.evaluator, self.publish_dir = train_metrics, evaluator, publish_dir
         self.tokenizer_stats, self.vocabulary = tokenizer_stats or {}, vocabulary or {}
-        self.started = time.time()
+        self.started = started or time.time()  # wall time counts tokenizer and data preparation too
         self.summary: dict | None = None
 
     def on_train_end(self, trainer, pl_module):
@@ -35,6 +38,7 @@ class RunRecord(pl.Callback):
             self.summary = self.build(trainer, pl_module)
             write_summary(self.run_dir, self.summary)
             write_report(self.run_dir, self.summary)
+            report_to_wandb(trainer.loggers, self.summary, self.run_dir, {d.name: d.role for d in self.domains})
 
     def build(self, trainer, module) -> dict:
         ev, roles = self.evaluator, {d.name: d.role for d in self.domains}
@@ -50,8 +54,7 @@ class RunRecord(pl.Callback):
                 d.name: unigram_bpb(d.train_tokens(), ev.eval_sets[d.name], ev.token_bytes) for d in self.domains}),
             "tokens_per_char": self.tokenizer_stats,
             "vocabulary": self.vocabulary,
-            "params": {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-                       "total": sum(p.numel() for p in model.parameters())},
+            "params": dict(zip(("trainable", "total"), count_parameters(model))),
             "throughput": {"tokens_per_sec": self.train_metrics.mean_tokens_per_sec},
             "wall_time_s": time.time() - self.started,
             "paths": {"run_dir": str(self.run_dir), "metrics": str(self.run_dir / "metrics.csv"),
@@ -60,6 +63,7 @@ class RunRecord(pl.Callback):
         }
         summary["paths"]["plot"] = str(plot_forgetting_curve(self.run_dir, roles, title=f"{self.name} · "
                                                              f"{self.run_dir.name}"))
-        if self.publish_dir:
-            summary["paths"]["export"] = str(publish_model(model, self.tokenizer_dir, Path(self.publish_dir)))
+        if self.publish_dir:  # last: merging adapters changes the model in place
+            summary["paths"]["export"] = str(publish_model(merged_model(model), self.tokenizer_dir,
+                                                           Path(self.publish_dir)))
         return summary

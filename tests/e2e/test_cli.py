@@ -91,3 +91,15 @@ def test_bad_input_fails_at_once_with_one_line(tmp_path, override, fragment):
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("cptlab-train: error:") and fragment in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_mean_teacher_run_logs_ema_and_retention_metrics(tmp_path):
+    run_dir = tmp_path / "mt"
+    proc = cptlab_train("experiment=demo_zh", "debug=smoke", "retention=mean_teacher", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = read_rows(run_dir)
+    assert {"val_ema/en/bpb", "val_ema/zh/delta_bpb", "train/retention_loss", "train/stage"} <= set(rows[0])
+    step0 = next(r for r in rows if r["step"] == "0" and r["val/en/bpb"])
+    assert float(step0["val_ema/en/bpb"]) == float(step0["val/en/bpb"])  # the average starts at the weights
+    retention = [float(r["train/retention_loss"]) for r in rows if r["train/retention_loss"]]
+    assert retention and all(x >= 0 for x in retention) and max(retention) > 0

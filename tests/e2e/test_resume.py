@@ -10,13 +10,15 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 ARGS = ["experiment=demo_zh", "debug=smoke", "trainer.max_steps=24", "checkpoint.every_n_steps=6",
         "eval.every_n_steps=6", "trainer.log_every_n_steps=3"]
 
 
-def train(run_dir, wait=True):
-    cmd = [sys.executable, "-m", "cptlab.train", *ARGS, f"hydra.run.dir={run_dir}"]
+def train(run_dir, wait=True, extra=()):
+    cmd = [sys.executable, "-m", "cptlab.train", *ARGS, *extra, f"hydra.run.dir={run_dir}"]
     if wait:
         return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -33,12 +35,18 @@ def series(run_dir):
     return out
 
 
-def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("extra", [
+    (),
+    # EMA teacher state, the KL loss and a two-stage LoRA schedule must all resume exactly too.
+    ("retention=mean_teacher", "schedule=two_stage", "schedule.stage1_rows=all", "schedule.stage1_steps=9",
+     "adapter=lora"),
+], ids=["plain", "mean_teacher_two_stage_lora"])
+def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path, extra):
     reference = tmp_path / "reference"
-    assert train(reference).returncode == 0
+    assert train(reference, extra=extra).returncode == 0
 
     killed = tmp_path / "killed"
-    proc = train(killed, wait=False)
+    proc = train(killed, wait=False, extra=extra)
     ckpt = killed / "checkpoints" / "last.ckpt"
     deadline = time.time() + 240
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
@@ -47,7 +55,7 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (killed / "summary.json").exists()
-    resumed = train(killed)
+    resumed = train(killed, extra=extra)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
     ref, got = series(reference), series(killed)

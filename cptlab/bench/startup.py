@@ -1,0 +1,180 @@
+"""5. Sweep overhead: a job's start-up, from launching the process to its first training step.
+
+`python -m cptlab.train experiment=demo_zh debug=smoke` is run twice as a subprocess, with a fresh cache
+directory (CPTLAB_CACHE) shared by both and a fresh runs directory each: the first run is cold (it trains
+the tokenizer and builds the token caches), the second warm (everything cached, as for every job of a
+sweep after the first). The time to the first step is measured from just before the process is launched
+until the run's metrics.csv first appears: the run writes it with the step-0 evaluation in
+`on_train_start`, right before the first training step, after every start-up stage (interpreter and
+imports, config compose and validation, tokenizer and token caches, model, Lightning set-up). The
+directory is polled every 10 ms.
+
+Baselines: the import floor, a process that only imports what any Lightning + transformers training job
+imports (`import pytorch_lightning, transformers; from transformers import LlamaForCausalLM`), and the same
+for cptlab's own entry point (`import cptlab.train`).
+
+Breakdown (full mode): a third fresh process, on the warm caches, times each start-up stage of
+`cptlab.train.train()` separately, calling the same public pipeline functions in the same order (compose,
+validate, tokenizer, base tokenizer, token caches, model, Lightning objects, tokenizer stats); fit is not run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cptlab.bench.common import BenchResult, Context, Ratio
+
+FLOOR = "import pytorch_lightning, transformers; from transformers import LlamaForCausalLM"
+POLL_S = 0.01
+
+
+def _env(ctx: Context, runs: Path) -> dict:
+    env = dict(os.environ)
+    env.update(CPTLAB_CACHE=str(ctx.root / "startup_cache"), CPTLAB_RUNS=str(runs), CI="true",
+               WANDB_MODE="offline", HF_HUB_OFFLINE="1")
+    return env
+
+
+def timed_process(cmd: list[str], env: dict | None = None) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    seconds = time.perf_counter() - t0
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd[:4])} failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return seconds
+
+
+def smoke_run(ctx: Context, label: str) -> dict:
+    runs = ctx.path("startup_runs", label)
+    cmd = [sys.executable, "-m", "cptlab.train", "experiment=demo_zh", "debug=smoke", *ctx.sizes.startup_overrides]
+    log = open(ctx.root / f"startup-{label}.log", "w")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=_env(ctx, runs), stdout=log, stderr=subprocess.STDOUT)
+    first = None
+    try:
+        while proc.poll() is None:
+            if first is None and next(runs.rglob("metrics.csv"), None) is not None:
+                first = time.perf_counter() - t0
+            time.sleep(POLL_S)
+        total = time.perf_counter() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    if proc.returncode:
+        tail = (ctx.root / f"startup-{label}.log").read_text(errors="replace").strip().splitlines()[-3:]
+        raise RuntimeError(f"smoke run ({label}) exited {proc.returncode}: {' | '.join(tail)}")
+    summary_path = next(runs.rglob("summary.json"), None)
+    summary = json.loads(summary_path.read_text()) if summary_path else {}
+    if first is None:  # finished between two polls (cannot really happen: the run takes seconds after it)
+        first = total
+    return {"first_step_s": first, "process_s": total, "status": summary.get("status"),
+            "summary_wall_time_s": summary.get("wall_time_s"),
+            "train_tokens_per_s": summary.get("throughput", {}).get("tokens_per_sec"),
+            "steps": summary.get("steps")}
+
+
+def breakdown_child(overrides: list[str], output_dir: str) -> dict:
+    """In a fresh process: the seconds of each start-up stage of one run, up to (not including) fit."""
+    t0 = time.perf_counter()
+    stages: dict[str, float] = {}
+
+    def mark(name: str) -> None:
+        nonlocal t0
+        now = time.perf_counter()
+        stages[name] = now - t0
+        t0 = now
+
+    import cptlab.train  # noqa: F401  (everything the CLI imports)
+
+    mark("import cptlab.train")
+    from pathlib import Path as _Path
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from cptlab import pipeline
+    from cptlab.cli import CONF_DIR
+    from cptlab.tokenizer.hf import load_tokenizer
+    from cptlab.validate import validate
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = output_dir
+    mark("compose config")
+    validate(cfg)
+    mark("validate")
+    run_dir = _Path(output_dir)
+    tokenizer_dir = pipeline.build_tokenizer(cfg, run_dir)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    mark("tokenizer (cached)")
+    base_dir = pipeline.build_base_tokenizer(cfg, run_dir)
+    base_tokenizer = load_tokenizer(base_dir) if base_dir else None
+    mark("base tokenizer")
+    domains = pipeline.build_data(cfg, tokenizer_dir)
+    mark("token caches (cached)")
+    model, _ = pipeline.build_model(cfg, tokenizer, base_tokenizer)
+    mark("model")
+    pipeline.build_lightning(cfg, model, domains, tokenizer, run_dir)
+    mark("Lightning objects")
+    pipeline.tokenizer_stats(cfg, tokenizer, base_tokenizer)
+    mark("tokenizer stats")
+    return stages
+
+
+def _breakdown(ctx: Context) -> dict:
+    spec = {"overrides": ["experiment=demo_zh", "debug=smoke", *ctx.sizes.startup_overrides],
+            "output_dir": str(ctx.path("startup_runs", "breakdown"))}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "cptlab.bench.startup", json.dumps(spec)],
+                          env=_env(ctx, ctx.root / "startup_runs"), capture_output=True, text=True, timeout=600)
+    total = time.perf_counter() - t0
+    if proc.returncode:
+        return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+    stages = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"process_s": total, "stages_s": stages,
+            "interpreter_and_teardown_s": total - sum(stages.values())}
+
+
+def run(ctx: Context) -> BenchResult:
+    s = ctx.sizes
+    res = BenchResult("startup")
+    if s.quick:  # the floor alongside the cold run: quick numbers only show that the code runs
+        import threading
+
+        timings: list[float] = []
+        thread = threading.Thread(target=lambda: timings.append(timed_process([sys.executable, "-c", FLOOR])))
+        thread.start()
+        cold = smoke_run(ctx, "cold")
+        thread.join()
+        if not timings:
+            raise RuntimeError("the import-floor process failed")
+        floor, cptlab_import = timings[0], None
+    else:
+        floor = min(timed_process([sys.executable, "-c", FLOOR]) for _ in range(2))
+        cptlab_import = min(timed_process([sys.executable, "-c", "import cptlab.train"]) for _ in range(2))
+        cold = smoke_run(ctx, "cold")
+    warm = smoke_run(ctx, "warm")
+    breakdown = None if s.quick else _breakdown(ctx)
+    res.details = {"command": "python -m cptlab.train experiment=demo_zh debug=smoke " +
+                   " ".join(s.startup_overrides), "import_floor_s": floor, "import_cptlab_train_s": cptlab_import,
+                   "cold": cold, "warm": warm,
+                   "warm_overhead_over_floor_s": warm["first_step_s"] - floor, "warm_breakdown": breakdown}
+    res.ratios.append(Ratio(
+        "startup.warm_vs_cold", warm["first_step_s"] / cold["first_step_s"],
+        f"warm caches {warm['first_step_s']:.1f} s to step 1", f"cold caches {cold['first_step_s']:.1f} s"))
+    res.ratios.append(Ratio(
+        "startup.warm_vs_import_floor", warm["first_step_s"] / floor,
+        f"warm {warm['first_step_s']:.1f} s to step 1", f"import floor {floor:.1f} s"))
+    return res
+
+
+if __name__ == "__main__":
+    _spec = json.loads(sys.argv[1])
+    print(json.dumps(breakdown_child(_spec["overrides"], _spec["output_dir"])))

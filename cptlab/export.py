@@ -1,0 +1,296 @@
+"""cptlab-export: a finished (or interrupted) run as a plain Hugging Face model directory.
+
+    cptlab-export RUN_DIR --out DIR                   adapters merged: AutoModelForCausalLM + AutoTokenizer
+    cptlab-export RUN_DIR --out DIR --adapter-only    the peft adapter (PeftModel.from_pretrained on the base)
+    python -m cptlab.export ...                       the same
+
+The model is rebuilt the way the run built it -- from RUN_DIR/.hydra/config.yaml and the run's tokenizer
+(RUN_DIR/tokenizer) through `pipeline.build_model` (base weights, vocabulary growth, adapter) -- and the
+checkpoint RUN_DIR/checkpoints/last.ckpt (which holds only what the run trained) is applied on top.
+
+`--adapter-only` writes the LoRA/DoRA weights and, when the run trained new token rows, those rows as
+peft `trainable_token_indices` (or the whole matrices as `modules_to_save` when old rows trained too); load
+it with `PeftModel.from_pretrained(base, DIR)` where `base` is the extended base model (`build_base(RUN_DIR)`).
+
+`weights` selects which weights to export: "raw" (the trained weights) or "ema" (the EMA copy a run with
+retention=ema keeps; see `select_weights`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from cptlab.errors import CptlabError
+
+WEIGHTS = ("raw", "ema")
+
+
+@dataclass
+class TrainedRun:
+    run_dir: Path
+    cfg: DictConfig
+    tokenizer_dir: Path
+    model: torch.nn.Module  # the trained model: a peft model with adapters, or the plain HF model
+    base_rows: int
+    checkpoint: dict
+
+
+# -- loading ------------------------------------------------------------------------------------------
+
+
+def load_run_config(run_dir: Path) -> DictConfig:
+    path = Path(run_dir) / ".hydra" / "config.yaml"
+    if not path.is_file():
+        raise CptlabError(f"{path} not found: {run_dir} is not a cptlab run directory")
+    import cptlab.config as schema  # noqa: F401  (resolvers)
+
+    cfg = OmegaConf.load(path)
+    try:  # fill keys that newer versions added, with their defaults
+        cfg = OmegaConf.merge(OmegaConf.structured(schema.TrainConfig), cfg)
+    except Exception:  # a config the schema no longer describes: use it as written
+        pass
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run_dir)  # `${hydra:runtime.output_dir}` outside Hydra
+    return cfg
+
+
+def _tokenizers(cfg: DictConfig, run_dir: Path):
+    from cptlab.tokenizer.hf import load_tokenizer
+
+    tokenizer_dir = run_dir / "tokenizer"
+    if not tokenizer_dir.is_dir():
+        raise CptlabError(f"{tokenizer_dir} not found: the run has no tokenizer (did it start training?)")
+    base_tokenizer = None
+    if cfg.tokenizer.kind == "extend":
+        from cptlab import pipeline
+
+        base_dir = run_dir / "tokenizer_base"
+        base_tokenizer = load_tokenizer(base_dir if base_dir.is_dir() else pipeline.build_base_tokenizer(cfg, run_dir))
+    return tokenizer_dir, load_tokenizer(tokenizer_dir), base_tokenizer
+
+
+def build_base(run_dir: Path | str, *, adapter: bool = False):
+    """The run's model before training: the base (grown for an extended tokenizer), without the adapter
+    unless `adapter`. The base an `--adapter-only` export loads onto."""
+    from cptlab import pipeline
+
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    if not adapter:
+        with open_dict(cfg):
+            cfg.adapter.name = "none"
+    _, tokenizer, base_tokenizer = _tokenizers(cfg, run_dir)
+    model, _ = pipeline.build_model(cfg, tokenizer, base_tokenizer)
+    return model
+
+
+def select_weights(checkpoint: dict, weights: str) -> dict:
+    """The checkpoint-shaped weights to export ({"state_dict": ..., "cptlab": {"rows": ...}}).
+
+    Hook for retention=ema: such a run stores its EMA weights in the same shape under
+    checkpoint["cptlab"]["ema"] -- {"state_dict": {"model.<param name>": tensor}, "cptlab": {"rows": {...}}},
+    the EMA of the parameters the run trains (the frozen rest equals the base, which the rebuilt model
+    already holds); "ema" exports those."""
+    if weights not in WEIGHTS:
+        raise CptlabError(f"weights={weights!r} is not one of {', '.join(WEIGHTS)}")
+    if weights == "raw":
+        return checkpoint
+    ema = checkpoint.get("cptlab", {}).get("ema")
+    if ema is None:
+        raise CptlabError("--weights ema: the run kept no EMA weights (train it with retention=ema)")
+    return ema
+
+
+def load_trained(run_dir: Path | str, *, weights: str = "raw") -> TrainedRun:
+    """The run's model with its checkpoint's weights."""
+    from cptlab import pipeline
+    from cptlab.module import load_trained_weights
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CptlabError(f"run directory not found: {run_dir}")
+    cfg = load_run_config(run_dir)
+    ckpt_path = run_dir / "checkpoints" / "last.ckpt"
+    if not ckpt_path.is_file():
+        raise CptlabError(f"{ckpt_path} not found: the run has no checkpoint yet")
+    tokenizer_dir, tokenizer, base_tokenizer = _tokenizers(cfg, run_dir)
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise CptlabError(f"{ckpt_path}: cannot be read as a checkpoint ({str(err).splitlines()[0]})")
+    model, base_rows = pipeline.build_model(cfg, tokenizer, base_tokenizer)
+    saved_rows = checkpoint.get("cptlab", {}).get("base_rows", base_rows)
+    if saved_rows != base_rows:
+        raise CptlabError(f"{ckpt_path} was trained with {saved_rows} base embedding rows, the model rebuilt from the "
+                          f"run's config has {base_rows}: its base model or tokenizer changed since")
+    load_trained_weights(model, select_weights(checkpoint, weights))
+    model.eval()
+    return TrainedRun(run_dir, cfg, tokenizer_dir, model, base_rows, checkpoint)
+
+
+# -- merged / adapter-only ----------------------------------------------------------------------------
+
+
+def merged_model(model: torch.nn.Module) -> torch.nn.Module:
+    """A plain Hugging Face model: LoRA/DoRA weights merged into the base layers (the model itself
+    when it has no adapter)."""
+    from cptlab.model.adapter import is_peft
+
+    merged = model.merge_and_unload() if is_peft(model) else model
+    for attr in ("_cptlab_base_rows", "_cptlab_adapter_params", "_cptlab_trainable"):
+        merged.__dict__.pop(attr, None)
+    return merged
+
+
+def adapter_model(run: TrainedRun, base: torch.nn.Module | None = None):
+    """A fresh peft model on the extended base holding the run's trained adapter, plus what the schedule
+    trained of the embedding/output matrices: the new rows as `trainable_token_indices`, whole matrices
+    as `modules_to_save`. Base weights of the body the schedule trained cannot be held by an adapter."""
+    from peft import get_peft_model
+
+    from cptlab.model.freeze import FreezePlan, adapter_params_of
+
+    trained = run.model
+    adapter_names = adapter_params_of(trained)
+    if adapter_names is None:
+        raise CptlabError("--adapter-only: the run has no adapter (adapter=none): export the merged model instead")
+    plan = FreezePlan.from_config(trained, run.cfg.schedule, run.cfg.adapter)
+    embed, head = plan._matrix("in"), plan._matrix("out")
+    matrices = {n: s for n, s in plan.union.items() if n not in adapter_names}
+    extra = sorted(set(matrices) - {embed, head})
+    if extra:
+        raise CptlabError(f"--adapter-only: the schedule trained base weights an adapter cannot hold ({extra[0]}, "
+                          f"{len(extra)} in all): export the merged model instead")
+    params = dict(trained.named_parameters())
+    tied = head == embed
+    config = copy.deepcopy(trained.peft_config["default"])
+    config.inference_mode = False
+    whole = [n for n, s in matrices.items() if s == 0]
+    rows_only = {n: s for n, s in matrices.items() if s > 0}
+    modules = {embed: "embed_tokens", head: "lm_head"}
+    if whole:
+        config.modules_to_save = sorted({modules[n] for n in matrices})
+    elif rows_only:
+        indices = list(range(run.base_rows, params[embed].shape[0]))
+        config.trainable_token_indices = indices if tied else {modules[n]: indices for n in rows_only}
+    if base is None:
+        base = build_base(run.run_dir)
+    fresh = get_peft_model(base, config)
+    fresh_params = dict(fresh.named_parameters())
+    missing = sorted(n for n in adapter_names if n not in fresh_params)
+    if missing:
+        raise CptlabError(f"--adapter-only: the rebuilt adapter lacks {missing[0]}: the run's adapter config changed")
+    with torch.no_grad():
+        for name in adapter_names:
+            fresh_params[name].copy_(params[name])
+        for name, module in fresh.named_modules():
+            leaf = name.rsplit(".", 1)[-1]
+            source = {"embed_tokens": embed, "lm_head": head}.get(leaf)
+            if source is None or source not in matrices:
+                continue
+            weight = params[source]
+            if hasattr(module, "token_adapter"):  # TrainableTokensWrapper
+                adapter = module.token_adapter
+                if adapter.tied_adapter is None:
+                    idx = torch.tensor(adapter.token_indices["default"])
+                    adapter.trainable_tokens_delta["default"].copy_(weight[idx])
+            elif hasattr(module, "modules_to_save"):  # ModulesToSaveWrapper
+                module.modules_to_save["default"].weight.copy_(weight)
+    return fresh
+
+
+# -- writing ------------------------------------------------------------------------------------------
+
+
+def _write_atomically(out: Path, write) -> Path:
+    """Build the directory beside `out`, then swap it in; never replace a directory that is not an export."""
+    out = Path(out).expanduser()
+    if out.exists():
+        if not out.is_dir():
+            raise CptlabError(f"--out {out} exists and is not a directory")
+        if any(out.iterdir()) and not any((out / f).is_file() for f in ("config.json", "adapter_config.json")):
+            raise CptlabError(f"--out {out} is a non-empty directory that is not a model export: choose another")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        write(tmp)
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _copy_tokenizer(tokenizer_dir: Path, out: Path) -> None:
+    for f in Path(tokenizer_dir).iterdir():
+        if f.is_file() and not f.name.startswith("."):
+            shutil.copy2(f, out / f.name)
+
+
+def export_run(run_dir: Path | str, out: Path | str, *, adapter_only: bool = False, weights: str = "raw") -> Path:
+    """Write the run's model to `out` (merged HF model, or the peft adapter with `adapter_only`) with the
+    run's tokenizer. Returns `out`."""
+    from cptlab.model.save import save_hf_model
+
+    run = load_trained(run_dir, weights=weights)
+    if adapter_only:
+        peft_model = adapter_model(run)
+
+        def write(tmp: Path) -> None:
+            # The base it loads onto is the extended one: no copy of its embedding matrices.
+            peft_model.save_pretrained(tmp, save_embedding_layers=False)
+            _copy_tokenizer(run.tokenizer_dir, tmp)
+    else:
+        model = merged_model(run.model)
+
+        def write(tmp: Path) -> None:
+            save_hf_model(model, run.tokenizer_dir, tmp)
+    return _write_atomically(Path(out), write)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="cptlab-export", description="Export a cptlab run as a Hugging Face model "
+                                     "directory (adapters merged) with its tokenizer.")
+    parser.add_argument("run_dir", type=Path, help="the run directory (the one holding .hydra/ and checkpoints/)")
+    parser.add_argument("--out", type=Path, required=True, help="the directory to write")
+    parser.add_argument("--adapter-only", action="store_true",
+                        help="write the peft adapter (load with PeftModel.from_pretrained on the extended base)")
+    parser.add_argument("--weights", choices=WEIGHTS, default="raw", help="trained weights (raw) or the EMA copy")
+    args = parser.parse_args(argv)
+    try:
+        if not args.run_dir.is_dir():  # before the heavy imports
+            raise CptlabError(f"run directory not found: {args.run_dir}")
+        import warnings
+
+        from cptlab.cli import quiet_libraries
+
+        quiet_libraries()
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        out = export_run(args.run_dir, args.out, adapter_only=args.adapter_only, weights=args.weights)
+    except CptlabError as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"cptlab-export: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    kind = "adapter" if args.adapter_only else "model"
+    print(f"cptlab-export: wrote the {kind} of {args.run_dir} to {out}")
+
+
+if __name__ == "__main__":
+    main()

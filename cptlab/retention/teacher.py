@@ -1,0 +1,42 @@
+"""Mean-teacher retention: the EMA weights act as a teacher, and the student pays
+`retention.weight` x KL(teacher || student) on the token distributions of the chosen rows."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+ROWS = ("replay", "all", "new")
+
+
+def kl_teacher_student(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    """Mean over positions of KL(p_teacher || p_student), in nats (float32)."""
+    t = F.log_softmax(teacher_logits.float(), dim=-1)
+    s = F.log_softmax(student_logits.float(), dim=-1)
+    return (t.exp() * (t - s)).sum(-1).mean()
+
+
+class MeanTeacher:
+    """Callable retention loss: `(model, batch, student_logits) -> KL` on the selected rows."""
+
+    def __init__(self, ema, *, on: str = "replay"):
+        if on not in ROWS:
+            from cptlab.errors import CptlabError
+
+            raise CptlabError(f"retention.on={on!r} must be one of {', '.join(ROWS)}")
+        self.ema, self.on = ema, on
+
+    def rows(self, batch) -> torch.Tensor:
+        if self.on == "all":
+            return torch.ones_like(batch["is_replay"])
+        return batch["is_replay"] if self.on == "replay" else ~batch["is_replay"]
+
+    def __call__(self, model, batch, student_logits) -> torch.Tensor:
+        rows = self.rows(batch)
+        if not self.ema.shadow or not bool(rows.any()):
+            return student_logits.new_zeros(())
+        with torch.no_grad():
+            teacher = functional_call(model, self.ema.weights(model), args=(),
+                                      kwargs={"input_ids": batch["input_ids"][rows]}, strict=False).logits
+        return kl_teacher_student(teacher, student_logits[rows])

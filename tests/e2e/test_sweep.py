@@ -1,0 +1,111 @@
+"""Sweeps as users launch them: Hydra multiruns through the real CLI, resumed, with failing jobs,
+with the submitit local launcher, and the SLURM preset rendered to an sbatch script."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE = ["experiment=demo_zh", "debug=smoke", "trainer.max_steps=4", "eval.every_n_steps=2"]
+
+
+def cptlab_train(*args, timeout=600, wait=True):
+    cmd = [sys.executable, "-m", "cptlab.train", *args]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def statuses(sweep_dir):
+    out = {}
+    for summary in Path(sweep_dir).glob("*/summary.json"):
+        out[summary.parent.name] = json.loads(summary.read_text())["status"]
+    return out
+
+
+def test_grid_completes_then_resumes_only_missing_work(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", *SMOKE, "data.replay_ratio=0,0.25", "optim.lr=0.001,0.002", f"hydra.sweep.dir={sweep}"]
+    # Kill the sweep once its first job has finished: the rest must be done by the re-run alone.
+    proc = cptlab_train(*args, wait=False)
+    deadline = time.time() + 300
+    while not statuses(sweep) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = [k for k, v in statuses(sweep).items() if v == "completed"]
+    assert 1 <= len(done_before) < 4
+
+    rerun = cptlab_train(*args)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    final = statuses(sweep)
+    assert sorted(final) == sorted([
+        "data.replay_ratio=0,optim.lr=0.001", "data.replay_ratio=0,optim.lr=0.002",
+        "data.replay_ratio=0.25,optim.lr=0.001", "data.replay_ratio=0.25,optim.lr=0.002"])
+    assert set(final.values()) == {"completed"}
+    assert rerun.stdout.count("already completed") == len(done_before)
+
+    again = cptlab_train(*args)
+    assert again.returncode == 0 and again.stdout.count("already completed") == 4
+
+
+def test_a_failing_job_is_recorded_and_the_others_complete(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = cptlab_train("-m", *SMOKE, "data.replay_ratio=0.25,1.5", f"hydra.sweep.dir={sweep}")
+    assert proc.returncode != 0
+    final = statuses(sweep)
+    assert final == {"data.replay_ratio=0.25": "completed", "data.replay_ratio=1.5": "failed"}
+    failed = json.loads((sweep / "data.replay_ratio=1.5" / "summary.json").read_text())
+    assert "data.replay_ratio=1.5" in failed["error"]
+    assert "1 job(s) of the sweep failed" in proc.stderr and "data.replay_ratio=1.5" in proc.stderr.splitlines()[-1]
+
+
+def test_in_process_ddp_inside_a_local_multirun_is_refused(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = cptlab_train("-m", *SMOKE, "trainer=ddp", "trainer.accelerator=cpu", "trainer.precision=32-true",
+                        "data.replay_ratio=0,0.25", f"hydra.sweep.dir={sweep}")
+    assert proc.returncode != 0
+    assert "trainer.strategy=ddp" in proc.stderr and "submitit" in proc.stderr
+    assert set(statuses(sweep).values()) == {"failed"}
+
+
+def test_submitit_local_runs_a_two_job_sweep(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep = tmp_path / "sweep"
+    proc = cptlab_train("-m", *SMOKE, "hydra/launcher=submitit_local", "data.replay_ratio=0,0.25",
+                        f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert statuses(sweep) == {"data.replay_ratio=0": "completed", "data.replay_ratio=0.25": "completed"}
+
+
+def test_slurm_preset_renders_one_task_per_gpu(compose_cfg, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    import submitit
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=demo_zh", "trainer=ddp", "trainer.devices=4",
+                                          "hydra/launcher=slurm_gpu", "hydra.launcher.partition=gpu",
+                                          f"hydra.sweep.dir={tmp_path}"], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert launcher["gpus_per_node"] == launcher["tasks_per_node"] == 4
+    executor = submitit.SlurmExecutor(folder=tmp_path / "submitit", max_num_timeout=launcher["max_num_timeout"])
+    executor.update_parameters(gpus_per_node=launcher["gpus_per_node"], ntasks_per_node=launcher["tasks_per_node"],
+                               nodes=launcher["nodes"], time=launcher["timeout_min"],
+                               partition=launcher["partition"], cpus_per_task=launcher["cpus_per_task"],
+                               signal_delay_s=launcher["signal_delay_s"])
+    script = executor._make_submission_file_text("python -m cptlab.train", "job")
+    assert "#SBATCH --gpus-per-node=4" in script
+    assert "#SBATCH --ntasks-per-node=4" in script
+    assert "#SBATCH --partition=gpu" in script
+    assert "--signal=USR2@120" in script or "--signal=USR1@120" in script
