@@ -143,3 +143,55 @@ class PeriodicEval(pl.Callback):
     def load_state_dict(self, state):
         self.bpb0, self.first = dict(state["bpb0"]), dict(state["first"])
         self.latest, self.last_eval_step = dict(state["latest"]), state["last_eval_step"]
+
+
+class Preempted(Exception):
+    """Raised after a SIGTERM/SIGUSR1 checkpoint: the run stops, and re-running the command resumes it."""
+
+
+class PreemptionCheckpoint(pl.Callback):
+    """SIGTERM / SIGUSR1 (SLURM pre-emption, `kill`, a scheduler's time limit) finish the current step,
+    write `last.ckpt` (atomically) and stop with status failed: "interrupted ... re-run to resume"."""
+
+    SIGNALS = ("SIGTERM", "SIGUSR1")
+
+    def __init__(self, last_checkpoint):
+        self.last_checkpoint = last_checkpoint
+        self.received: str | None = None
+        self._previous = {}
+
+    def on_train_start(self, trainer, pl_module):
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be installed from the main thread
+        for name in self.SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is not None:
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        import signal
+
+        self.received = signal.Signals(signum).name
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        # SLURM and torchrun signal every rank, so all ranks enter the (collective) save together.
+        if self.received:
+            trainer.save_checkpoint(self.last_checkpoint, weights_only=False)
+            raise Preempted(f"interrupted by {self.received} at step {trainer.global_step}; checkpoint saved to "
+                            f"{self.last_checkpoint}: re-run the same command to resume")
+
+    def _restore_handlers(self):
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def on_train_end(self, trainer, pl_module):
+        self._restore_handlers()
+
+    def on_exception(self, trainer, pl_module, exception):
+        self._restore_handlers()

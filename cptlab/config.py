@@ -130,6 +130,11 @@ class TrainerConfig:
 
 
 @dataclass
+class TrainOptions:
+    nan_policy: str = "stop"  # stop | skip_batch: what a non-finite train loss does
+
+
+@dataclass
 class EvalConfig:
     every_n_steps: int = 50
     max_blocks: int = 32
@@ -156,6 +161,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: dict[str, Any] = field(default_factory=dict)
+    train: TrainOptions = field(default_factory=TrainOptions)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 

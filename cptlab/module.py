@@ -28,7 +28,8 @@ PREFIX = "model."
 
 class CPTModule(pl.LightningModule):
     def __init__(self, model: torch.nn.Module, *, lr: float, weight_decay: float, betas, eps: float,
-                 schedule: LRSchedule, freeze: FreezePlan | None = None, base_rows: int | None = None):
+                 schedule: LRSchedule, freeze: FreezePlan | None = None, base_rows: int | None = None,
+                 nan_policy: str = "stop"):
         super().__init__()
         self.model = model
         self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, list(betas), eps
@@ -45,6 +46,9 @@ class CPTModule(pl.LightningModule):
         # Optional retention loss `(model, batch, logits) -> tensor` (mean teacher), added with this weight.
         self.retention, self.retention_weight = None, 0.0
         self.retention_sum = torch.zeros(())
+        # train.nan_policy: "stop" fails the run at a non-finite loss (the last checkpoint stays the last
+        # good one); "skip_batch" skips that batch's update and counts it.
+        self.nan_policy, self.skipped_batches = nan_policy, 0
         # The freezing phase the parameters and the optimizer are set up for.
         self.phase = 0
         self._keep_requires_grad = False
@@ -137,6 +141,13 @@ class CPTModule(pl.LightningModule):
         self.batches_done += 1
         self.rows_seen += batch["rows"]
         self.replay_rows_seen += batch["replay_rows"]
+        if not torch.isfinite(loss):  # one host sync per step: the price of never training on a NaN
+            if self.nan_policy == "skip_batch":
+                self.skipped_batches += 1
+                return None  # Lightning skips backward and the optimizer step
+            raise CptlabError(f"non-finite train loss ({float(loss)}) at step {self.trainer.global_step} (batch "
+                              f"{batch['step']}); stopped by train.nan_policy=stop, the last checkpoint is the "
+                              f"last good state")
         self.loss_sum = self.loss_sum.to(loss.device) + loss.detach()
         self.loss_count += 1
         if len(self.plan.phases) > 1:
@@ -178,13 +189,19 @@ class CPTModule(pl.LightningModule):
         # Merged into what callbacks (which run first) may have put there, e.g. EMA weights.
         checkpoint.setdefault("cptlab", {}).update({
             "batches_done": self.batches_done, "rows_seen": self.rows_seen, "replay_rows_seen": self.replay_rows_seen,
-            "phase": self.phase, "base_rows": self.base_rows, "rows": rows, "rng": _rng_state()})
+            "phase": self.phase, "base_rows": self.base_rows, "rows": rows, "rng": _rng_state(),
+            # the train-loss window in progress (a pre-emption checkpoint can fall between two logs)
+            "loss_window": (self.loss_sum.detach().cpu(), self.retention_sum.detach().cpu(), self.loss_count),
+            "skipped_batches": self.skipped_batches})
 
     def on_load_checkpoint(self, checkpoint):
         state = checkpoint.get("cptlab", {})
         self.batches_done = state.get("batches_done", 0)
         self.rows_seen = state.get("rows_seen", 0)
         self.replay_rows_seen = state.get("replay_rows_seen", 0)
+        self.skipped_batches = state.get("skipped_batches", 0)
+        if "loss_window" in state:
+            self.loss_sum, self.retention_sum, self.loss_count = state["loss_window"]
         base_rows = state.get("base_rows", self.base_rows)
         if base_rows != self.base_rows:
             raise CptlabError(f"the checkpoint was trained with {base_rows} base embedding rows, this run's model "

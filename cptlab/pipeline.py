@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from cptlab.callbacks import PeriodicEval, TrainMetrics
+from cptlab.callbacks import PeriodicEval, PreemptionCheckpoint, TrainMetrics
 from cptlab.checkpoint import AtomicCheckpointIO
 from cptlab.data.datamodule import CPTDataModule
 from cptlab.data.mixture import MixtureSampler, eval_blocks
@@ -172,7 +172,8 @@ def build_lightning(cfg: DictConfig, model, domains: list[DomainTokens], tokeniz
                           min_lr_ratio=cfg.optim.min_lr_ratio, decay_fraction=cfg.optim.decay_fraction,
                           restarts=plan.stage_starts if cfg.schedule.rewarm else ())
     module = CPTModule(model, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, betas=cfg.optim.betas,
-                       eps=cfg.optim.eps, schedule=schedule, freeze=plan)
+                       eps=cfg.optim.eps, schedule=schedule, freeze=plan,
+                       nan_policy=cfg.train.nan_policy)
     ema = build_retention(cfg.retention, module, plan)
     train_metrics = TrainMetrics(tr.log_every_n_steps, tokens_per_batch)
     evaluator = PeriodicEval(evals, token_bytes, every_n_steps=cfg.eval.every_n_steps,
@@ -181,7 +182,8 @@ def build_lightning(cfg: DictConfig, model, domains: list[DomainTokens], tokeniz
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step}", save_last=True,
                                   save_top_k=0, every_n_train_steps=cfg.checkpoint.every_n_steps)
     # EMA first: its average exists before the step-0 evaluation and is updated before each evaluation.
-    callbacks = [c for c in (ema, train_metrics, evaluator, checkpoints) if c is not None]
+    preemption = PreemptionCheckpoint(run_dir / "checkpoints" / "last.ckpt")
+    callbacks = [c for c in (ema, train_metrics, evaluator, preemption, checkpoints) if c is not None]
     if show_progress():
         from pytorch_lightning.callbacks import RichProgressBar
 

@@ -115,6 +115,8 @@ def validate(cfg: DictConfig) -> None:
     _positive(cfg, "data.num_workers", minimum=0)
     if cfg.data.max_docs is not None:
         _positive(cfg, "data.max_docs")
+    if cfg.train.nan_policy not in ("stop", "skip_batch"):
+        raise CptlabError(f"train.nan_policy={cfg.train.nan_policy!r} must be 'stop' or 'skip_batch'")
     if cfg.optim.lr <= 0:
         raise CptlabError(f"optim.lr={cfg.optim.lr} must be > 0")
     LRSchedule(total_steps=cfg.trainer.max_steps, warmup_steps=cfg.optim.warmup_steps, kind=cfg.optim.schedule,

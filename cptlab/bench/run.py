@@ -19,7 +19,8 @@ from cptlab.bench.common import BenchResult, Context, Ratio, Sizes, environment
 BENCHMARKS = ("training", "loader", "pretokenize", "tokenizer", "startup")
 # Every headline ratio the JSON holds (the smoke test checks them all).
 RATIO_KEYS = {
-    "training": ("training.tokens_per_s_vs_hf_trainer", "training.cpu_mfu"),
+    "training": ("training.tokens_per_s_vs_hf_trainer", "training.fused_adamw_cptlab_vs_hf_trainer",
+                 "training.cpu_mfu", "training.adamw_step_fused_speedup"),
     "loader": ("loader.batches_per_s_vs_train_steps_per_s", "loader.rss_anon_growth_per_corpus_byte"),
     "pretokenize": ("pretokenize.num_proc1_vs_batch_encode", "pretokenize.num_proc2_vs_batch_encode"),
     "tokenizer": ("tokenizer.hf_vs_spm_encode_en", "tokenizer.hf_vs_spm_encode_zh",

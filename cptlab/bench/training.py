@@ -2,7 +2,10 @@
 
 Both train the same random-init Llama (same config, same seed), on the same packed token blocks (the first
 `steps` global batches of cptlab's MixtureSampler), with the same batch size, sequence length, fp32, AdamW
-(lr, betas, eps, weight decay, warm-up + cosine, grad clip 1.0), thread count and number of steps. Throughput
+hyper-parameters (lr, betas, eps, weight decay, warm-up + cosine, grad clip 1.0), thread count and number of
+steps. Each side uses its own AdamW implementation as a user gets it: the Trainer's documented default
+(`adamw_torch_fused` on torch >= 2.8), cptlab's `RowMaskedAdamW` (fused on CUDA only); `optimizer_ab` times
+the two optimizer steps alone. Throughput
 is timed from the end of step `warmup` to the end of the last step, by a callback in each loop that records
 the wall clock at the end of every optimizer step (so data loading, logging and callbacks between steps
 count on both sides). The two loops run at the same time in one process, each in its own thread, but never
@@ -138,33 +141,53 @@ def setup_for(ctx: Context) -> TrainingSetup:
 
 
 class Pacer:
-    """Runs two training loops step by step in turn (each in its own thread) and clocks every step.
+    """Runs several training loops step by step in turn (each in its own thread) and clocks every step.
 
     A side's step k is the time from getting its turn back after step k-1 (or the start of training) to the
     end of step k, so everything its loop does between two optimizer steps counts (data, forward, backward,
-    optimizer, callbacks, logging), and the two sides' step k run back to back: a burst of load from other
-    processes hits both alike, which the medians and the per-pair ratios then discount.
+    optimizer, callbacks, logging), and the sides' step k run back to back: a burst of load from other
+    processes hits them alike, which the medians and the per-pair ratios then discount.
+
+    Nothing ever runs concurrently: the sides set up one at a time (`enter_setup` .. `begin`: model init
+    and the Trainer's seeding use torch's global generator), wait for each other at `begin`, then step in turn.
     """
 
-    def __init__(self, sides: tuple[str, str] = ("hf", "cptlab"), timeout_s: float = 1800.0):
+    def __init__(self, sides: tuple[str, ...], timeout_s: float = 1800.0):
         import threading
 
-        self.sides, self.timeout_s = sides, timeout_s
+        self.sides, self.timeout_s = tuple(sides), timeout_s
         self.cond = threading.Condition()
-        self.turn = sides[0]
+        self.turn = self.sides[0]
         self.done: set[str] = set()
         self.failed: str | None = None
         self.step_s: dict[str, list[float]] = {side: [] for side in sides}
         self._start: dict[str, float] = {}
+        self._setup_lock = threading.Lock()
+        self._setup_holder: str | None = None
+        self._all_set_up = threading.Barrier(len(self.sides), timeout=timeout_s)
 
-    def _other(self, side: str) -> str:
-        return self.sides[1] if side == self.sides[0] else self.sides[0]
+    def enter_setup(self, side: str) -> None:
+        if not self._setup_lock.acquire(timeout=self.timeout_s):
+            raise TimeoutError(f"training benchmark: {side} waited {self.timeout_s:.0f} s to set up")
+        self._setup_holder = side
+
+    def _leave_setup(self, side: str) -> None:
+        if self._setup_holder == side:
+            self._setup_holder = None
+            self._setup_lock.release()
+
+    def _next(self, side: str) -> str:
+        """The side after `side` in turn order that has not finished (under the lock)."""
+        i = self.sides.index(side)
+        for k in range(1, len(self.sides) + 1):
+            other = self.sides[(i + k) % len(self.sides)]
+            if other not in self.done:
+                return other
+        return side
 
     def _wait(self, side: str) -> None:
-        other = self._other(side)
         with self.cond:
-            ok = self.cond.wait_for(lambda: self.turn == side or other in self.done or self.failed is not None,
-                                    timeout=self.timeout_s)
+            ok = self.cond.wait_for(lambda: self.turn == side or self.failed is not None, timeout=self.timeout_s)
             if self.failed is not None:
                 raise RuntimeError(f"training benchmark: the {self.failed} loop failed")
             if not ok:
@@ -172,25 +195,34 @@ class Pacer:
         self._start[side] = time.perf_counter()
 
     def begin(self, side: str) -> None:
+        import threading
+
+        self._leave_setup(side)
+        try:
+            self._all_set_up.wait()
+        except threading.BrokenBarrierError:
+            raise RuntimeError(f"training benchmark: the {self.failed} loop failed") from None
         self._wait(side)
 
     def step_end(self, side: str) -> None:
         self.step_s[side].append(time.perf_counter() - self._start[side])
         with self.cond:
-            self.turn = self._other(side)
+            self.turn = self._next(side)
             self.cond.notify_all()
         self._wait(side)
 
     def end(self, side: str) -> None:
         with self.cond:
             self.done.add(side)
-            self.turn = self._other(side)
+            self.turn = self._next(side)
             self.cond.notify_all()
 
     def fail(self, side: str) -> None:
+        self._leave_setup(side)
         with self.cond:
             if side not in self.done:
                 self.failed = side
+                self._all_set_up.abort()
             self.cond.notify_all()
 
 
@@ -204,8 +236,12 @@ def _side_stats(step_s: list[float], warmup: int, tokens_per_step: int) -> dict:
             "min_step_s": min(timed), "max_step_s": max(timed), "step_s": [round(t, 4) for t in step_s]}
 
 
-def run_cptlab(setup: TrainingSetup, pacer: Pacer | None = None, callbacks=(), profiler=None) -> dict:
-    """cptlab's loop: the Lightning objects cptlab-train builds, `trainer.fit(module, datamodule)`."""
+def run_cptlab(setup: TrainingSetup, pacer: Pacer | None = None, callbacks=(), profiler=None,
+               side: str = "cptlab", fused_adamw: bool = False) -> dict:
+    """cptlab's loop: the Lightning objects cptlab-train builds, `trainer.fit(module, datamodule)`.
+
+    `fused_adamw` (a diagnostic, not what cptlab does on CPU): the optimizer that the module's
+    `configure_optimizers` hook returns is switched to torch's fused AdamW kernel before its first step."""
     import pytorch_lightning as pl
     import torch
 
@@ -215,31 +251,59 @@ def run_cptlab(setup: TrainingSetup, pacer: Pacer | None = None, callbacks=(), p
 
         def on_train_start(self, trainer, pl_module):
             if pacer:
-                pacer.begin("cptlab")
+                pacer.begin(side)
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             self.threads.add(torch.get_num_threads())
             if pacer:
-                pacer.step_end("cptlab")
+                pacer.step_end(side)
 
         def on_train_end(self, trainer, pl_module):
             if pacer:
-                pacer.end("cptlab")
+                pacer.end(side)
 
     torch.set_num_threads(setup.ctx.sizes.threads)
     clock = Clock()
     try:
+        if pacer:
+            pacer.enter_setup(side)
         run, _ = setup.build_cptlab()
         # first: the other callbacks' work at the end of step k (logging, eval) counts in step k+1
         run.trainer.callbacks[:0] = [clock, *callbacks]
         if profiler is not None:  # Lightning's own per-hook timer (what Trainer(profiler="simple") sets)
             run.trainer.profiler = profiler
+        if fused_adamw:
+            _use_fused_adamw(run.module)
         run.trainer.fit(run.module, datamodule=run.datamodule)
     finally:
         if pacer:
-            pacer.fail("cptlab")
+            pacer.fail(side)
+    optimizer = run.trainer.optimizers[0] if run.trainer.optimizers else None
     return {"threads_seen": sorted(clock.threads), "steps": run.trainer.global_step,
-            "final_loss": float(run.train_metrics.latest.get("train/loss", float("nan")))}
+            "final_loss": float(run.train_metrics.latest.get("train/loss", float("nan"))),
+            "optimizer": type(optimizer).__name__, "optimizer_fused": _fused(optimizer)}
+
+
+def _use_fused_adamw(module) -> None:
+    """Wrap the module's configure_optimizers hook so that the AdamW it returns steps with the fused kernel
+    (torch reads `fused` from the parameter group at every step; the state is created at the first step)."""
+    original = module.configure_optimizers
+
+    def configure_optimizers():
+        out = original()
+        optimizer = out["optimizer"] if isinstance(out, dict) else out
+        for group in optimizer.param_groups:
+            group["fused"], group["foreach"] = True, False
+        optimizer.defaults["fused"], optimizer.defaults["foreach"] = True, False
+        return out
+
+    module.configure_optimizers = configure_optimizers
+
+
+def _fused(optimizer) -> bool | None:
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps it
+    groups = getattr(optimizer, "param_groups", None)
+    return bool(groups[0].get("fused")) if groups else None
 
 
 def run_hf_trainer(setup: TrainingSetup, blocks, out_dir: Path, pacer: Pacer | None = None, callbacks=()) -> dict:
@@ -271,6 +335,8 @@ def run_hf_trainer(setup: TrainingSetup, blocks, out_dir: Path, pacer: Pacer | N
     torch.set_num_threads(s.threads)
     clock = Clock()
     try:
+        if pacer:
+            pacer.enter_setup("hf")
         tok = setup.tokenizer
         config = LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                              pad_token_id=None, **setup.model_config)
@@ -283,7 +349,7 @@ def run_hf_trainer(setup: TrainingSetup, blocks, out_dir: Path, pacer: Pacer | N
             output_dir=str(out_dir), max_steps=setup.steps, per_device_train_batch_size=cfg.data.batch_size,
             learning_rate=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, adam_beta1=cfg.optim.betas[0],
             adam_beta2=cfg.optim.betas[1], adam_epsilon=cfg.optim.eps, max_grad_norm=cfg.optim.grad_clip,
-            lr_scheduler_type="cosine", warmup_steps=cfg.optim.warmup_steps, optim="adamw_torch",
+            lr_scheduler_type="cosine", warmup_steps=cfg.optim.warmup_steps,  # optim: the documented default
             logging_steps=cfg.trainer.log_every_n_steps, save_strategy="no", report_to="none", disable_tqdm=True,
             use_cpu=True, dataloader_num_workers=0, dataloader_pin_memory=False, seed=cfg.seed,
         )
@@ -293,34 +359,73 @@ def run_hf_trainer(setup: TrainingSetup, blocks, out_dir: Path, pacer: Pacer | N
         if pacer:
             pacer.fail("hf")
     return {"threads_seen": sorted(clock.threads), "steps": trainer.state.global_step,
-            "final_loss": float(result.training_loss)}
+            "final_loss": float(result.training_loss), "optim": str(getattr(args.optim, "value", args.optim)),
+            "optimizer": type(trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer")
+                              else trainer.optimizer).__name__,
+            "optimizer_fused": _fused(trainer.optimizer)}
 
 
-def run_paced(setup: TrainingSetup, blocks, out_dir: Path) -> tuple[Pacer, dict]:
-    """Both loops, step by step in turn: the baseline in a worker thread, cptlab in the main thread (Lightning
-    installs signal handlers, which only the main thread may)."""
+SIDES = ("hf", "cptlab", "cptlab_fused")
+
+
+def run_paced(setup: TrainingSetup, blocks, out_dir: Path, sides=SIDES) -> tuple[Pacer, dict]:
+    """The loops step by step in turn: cptlab in the main thread (Lightning installs signal handlers there
+    only), the baseline and the diagnostic cptlab-with-fused-AdamW in worker threads."""
     import threading
 
-    pacer = Pacer(("hf", "cptlab"))
+    pacer = Pacer(sides)
     info: dict = {}
+    workers = {"hf": lambda: run_hf_trainer(setup, blocks, out_dir, pacer),
+               "cptlab_fused": lambda: run_cptlab(setup, pacer, side="cptlab_fused", fused_adamw=True)}
 
-    def baseline():
+    def worker(side):
         try:
-            info["hf"] = run_hf_trainer(setup, blocks, out_dir, pacer)
-        except BaseException as err:  # noqa: BLE001 - reported by the main thread
-            info["hf_error"] = err
+            info[side] = workers[side]()
+        except BaseException as err:  # noqa: BLE001 - re-raised by the main thread
+            info[f"{side}_error"] = err
 
     # disable_tqdm makes the Trainer print its logs instead: kept (it is the loop), but not on our terminal
     with _quiet(), contextlib.redirect_stdout(io.StringIO()):
-        thread = threading.Thread(target=baseline, name="hf-trainer", daemon=True)
-        thread.start()
+        threads = [threading.Thread(target=worker, args=(side,), name=f"bench-{side}", daemon=True)
+                   for side in sides if side != "cptlab"]
+        for t in threads:
+            t.start()
         try:
             info["cptlab"] = run_cptlab(setup, pacer)
         finally:
-            thread.join(timeout=pacer.timeout_s)
-    if "hf_error" in info:
-        raise info["hf_error"]
+            for t in threads:
+                t.join(timeout=pacer.timeout_s)
+    for side in sides:
+        if f"{side}_error" in info:
+            raise info[f"{side}_error"]
     return pacer, info
+
+
+def optimizer_ab(setup: TrainingSetup, blocks, steps: int) -> dict:
+    """cptlab's AdamW step on this model as cptlab builds it on CPU (not fused) vs with `fused=True` (what
+    the Trainer's default `adamw_torch_fused` uses), alternating step by step; median milliseconds."""
+    import torch
+
+    from cptlab.model.load import load_model
+    from cptlab.optim import build_optimizer
+
+    cfg, s = setup.cfg, setup.ctx.sizes
+    torch.set_num_threads(s.threads)
+    model = load_model(None, config=setup.model_config, dtype="float32", vocab_size=len(setup.tokenizer), seed=SEED)
+    batch = blocks[: s.batch_size]
+    model(input_ids=batch, labels=batch).loss.backward()
+    kw = dict(lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, betas=cfg.optim.betas, eps=cfg.optim.eps)
+    opts = {"cptlab_cpu": build_optimizer(model, fused=False, **kw), "fused": build_optimizer(model, fused=True, **kw)}
+    times = {k: [] for k in opts}
+    for i in range(steps + 2):
+        for name, opt in opts.items():
+            t0 = time.perf_counter()
+            opt.step()
+            if i >= 2:
+                times[name].append(time.perf_counter() - t0)
+    out = {f"{k}_ms": 1e3 * median(v) for k, v in times.items()}
+    out["speedup"] = out["cptlab_cpu_ms"] / out["fused_ms"]
+    return out
 
 
 def model_flops(setup: TrainingSetup, blocks) -> dict:
@@ -441,14 +546,17 @@ def run(ctx: Context) -> BenchResult:
     peaks.append(matmul_peak(s.peak_n, s.threads, peak_s))
     peak = max(peaks)  # before and after training: the less disturbed one
     stats = {side: {**_side_stats(pacer.step_s[side], s.warmup_steps, tokens_per_step), **info[side]}
-             for side in ("cptlab", "hf")}
+             for side in SIDES}
     # step k of the baseline and step k of cptlab ran back to back: their ratio is the least disturbed
     pairs = [h / c for h, c in zip(pacer.step_s["hf"][s.warmup_steps:], pacer.step_s["cptlab"][s.warmup_steps:])]
     flops = model_flops(setup, blocks)
     ctx.measured["train_steps_per_s"] = stats["cptlab"]["steps_per_s"]
     ctx.measured["train_tokens_per_s"] = stats["cptlab"]["tokens_per_s"]
     fps = {side: flops["flops_per_step"] * stats[side]["steps_per_s"] for side in stats}
-    c, h = stats["cptlab"], stats["hf"]
+    c, h, f = stats["cptlab"], stats["hf"], stats["cptlab_fused"]
+    fused_pairs = [hh / ff for hh, ff in zip(pacer.step_s["hf"][s.warmup_steps:],
+                                             pacer.step_s["cptlab_fused"][s.warmup_steps:])]
+    opt_ab = optimizer_ab(setup, blocks, 10 if s.quick else 20)
     res.details = {
         "model": {**setup.model_config, "vocab_size": len(setup.tokenizer), **{k: flops[k] for k in (
             "params_total", "params_matmul")}},
@@ -458,10 +566,12 @@ def run(ctx: Context) -> BenchResult:
         "ratio_of_medians": c["tokens_per_s"] / h["tokens_per_s"],
         "ratio_of_means": c["mean_tokens_per_s"] / h["mean_tokens_per_s"],
         "median_of_pair_ratios": median(pairs), "pair_ratios": [round(p, 4) for p in pairs],
+        "fused_ratio_of_medians": f["tokens_per_s"] / h["tokens_per_s"],
+        "fused_median_of_pair_ratios": median(fused_pairs),
         "flops": {k: v for k, v in flops.items() if k != "counted_by_op"},
         "flops_by_op": flops["counted_by_op"],
         "matmul_peak_flops": peak, "matmul_peak_n": s.peak_n, "matmul_peak_before_after": peaks,
-        "achieved_flops": fps,
+        "achieved_flops": fps, "optimizer_step_ab": opt_ab,
         "torch_threads_now": torch.get_num_threads(),
     }
     res.ratios.append(Ratio(
@@ -470,10 +580,19 @@ def run(ctx: Context) -> BenchResult:
         ">= 1.0", note=f"median steps; per-pair median {median(pairs):.3f}, means "
                        f"{c['mean_tokens_per_s']:,.0f} vs {h['mean_tokens_per_s']:,.0f}"))
     res.ratios.append(Ratio(
+        "training.fused_adamw_cptlab_vs_hf_trainer", f["tokens_per_s"] / h["tokens_per_s"],
+        f"cptlab + fused AdamW {f['tokens_per_s']:,.0f} tok/s", f"transformers.Trainer {h['tokens_per_s']:,.0f} tok/s",
+        None, note=f"diagnostic: the proposed change; per-pair median {median(fused_pairs):.3f}"))
+    res.ratios.append(Ratio(
         "training.cpu_mfu", fps["cptlab"] / peak,
         f"cptlab {fps['cptlab'] / 1e9:,.1f} GFLOP/s achieved",
         f"fp32 mm {s.peak_n}² peak {peak / 1e9:,.1f} GFLOP/s", None,
         note=f"HF Trainer: {fps['hf'] / peak:.3f}"))
+    res.ratios.append(Ratio(
+        "training.adamw_step_fused_speedup", opt_ab["speedup"],
+        f"AdamW step as cptlab builds it on CPU {opt_ab['cptlab_cpu_ms']:.1f} ms",
+        f"fused=True {opt_ab['fused_ms']:.1f} ms", None,
+        note=f"{opt_ab['cptlab_cpu_ms'] - opt_ab['fused_ms']:.1f} ms of a {1e3 * c['median_step_s']:.0f} ms step"))
     if s.profile_steps:
         res.details["profile"] = {
             "cptlab": _profiled(lambda cbs, hooks: run_cptlab(setup, callbacks=cbs, profiler=hooks), "cptlab",

@@ -53,6 +53,10 @@ class RunRecord(pl.Callback):
             "domains": domain_rows(ev.first, ev.latest, roles, unigram={
                 d.name: unigram_bpb(d.train_tokens(), ev.eval_sets[d.name], ev.token_bytes) for d in self.domains}),
             "tokens_per_char": self.tokenizer_stats,
+            "data": {d.name: {"train_tokens": d.n_train_tokens, "heldout_tokens": d.n_val_tokens,
+                              "train_docs": d.n_train_docs, "heldout_docs": d.n_val_docs, **d.stats}
+                     for d in self.domains},
+            "skipped_batches": module.skipped_batches,
             "vocabulary": self.vocabulary,
             "params": dict(zip(("trainable", "total"), count_parameters(model))),
             "throughput": {"tokens_per_sec": self.train_metrics.mean_tokens_per_sec},

@@ -65,3 +65,30 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path, extra):
     summary = json.loads((killed / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == 24
     assert summary["replay_share"] == json.loads((reference / "summary.json").read_text())["replay_share"]
+
+
+def test_sigterm_saves_a_checkpoint_and_the_rerun_matches(tmp_path):
+    reference = tmp_path / "reference"
+    assert train(reference).returncode == 0
+
+    stopped = tmp_path / "stopped"
+    proc = train(stopped, wait=False)
+    metrics = stopped / "metrics.csv"
+    deadline = time.time() + 240
+    while not (metrics.exists() and "\n3," in metrics.read_text()) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be signalled"
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=120) != 0
+    summary = json.loads((stopped / "summary.json").read_text())
+    assert summary["status"] == "failed" and "interrupted by SIGTERM" in summary["error"]
+    import torch
+
+    step = torch.load(stopped / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    assert 3 <= step < 24  # the step it was signalled at, not necessarily a multiple of the interval
+
+    resumed = train(stopped)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    ref, got = series(reference), series(stopped)
+    assert set(ref) == set(got)
+    assert {k: (ref[k], got[k]) for k in ref if ref[k] != got[k]} == {}

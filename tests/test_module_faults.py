@@ -1,0 +1,42 @@
+"""A non-finite loss stops the run (train.nan_policy=stop) or skips the batch (skip_batch)."""
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from cptlab.errors import CptlabError
+from cptlab.module import CPTModule
+from cptlab.optim import LRSchedule
+
+
+class Trainer:
+    global_step = 3
+
+
+def module(policy):
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    m = CPTModule(model, lr=1e-3, weight_decay=0.0, betas=[0.9, 0.95], eps=1e-8,
+                  schedule=LRSchedule(total_steps=10), nan_policy=policy)
+    m._trainer = Trainer()
+    with torch.no_grad():
+        model.lm_head.weight[0, 0] = float("nan")
+    return m
+
+
+def batch():
+    ids = torch.randint(0, 32, (2, 9))
+    return {"input_ids": ids[:, :-1], "targets": ids[:, 1:], "step": 0, "rows": 2, "replay_rows": 0,
+            "is_replay": torch.zeros(2, dtype=torch.bool)}
+
+
+def test_stop_policy_fails_with_a_clear_message():
+    with pytest.raises(CptlabError, match=r"non-finite train loss .* train.nan_policy=stop"):
+        module("stop").training_step(batch(), 0)
+
+
+def test_skip_batch_policy_skips_and_counts_but_keeps_the_stream_in_step():
+    m = module("skip_batch")
+    assert m.training_step(batch(), 0) is None
+    assert m.skipped_batches == 1 and m.batches_done == 1 and m.loss_count == 0
