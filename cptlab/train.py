@@ -59,7 +59,12 @@ def train(cfg: DictConfig, run_dir: Path) -> tuple[dict, bool]:
     run.trainer.callbacks.append(record)
     run.trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=resume_checkpoint(run_dir))
     # The record is written by the process that trained (a spawned rank under ddp_spawn): read it back.
-    return record.summary or read_summary(run_dir), run.trainer.is_global_zero
+    summary = record.summary or read_summary(run_dir)
+    if run.trainer.is_global_zero and (summary or {}).get("status") != "completed":
+        # The checkpoint was already at max_steps (killed after its final save): fit restored it and
+        # had nothing to do, so the record is written from the restored state here.
+        summary = record.finish(run.trainer, run.module)
+    return summary, run.trainer.is_global_zero
 
 
 def refuse_relaunch_in_multirun(cfg: DictConfig) -> None:
@@ -88,17 +93,20 @@ def hydra_main(cfg: DictConfig) -> None:
     quiet_libraries()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     previous = read_summary(run_dir)
+    completed = bool(previous) and previous.get("status") == "completed"
     published = not cfg.publish_dir or (Path(cfg.publish_dir).expanduser() / "config.json").is_file()
-    if previous and previous.get("status") == "completed" and published:
-        print(f"cptlab-train: {run_dir} already completed; delete it to run again")
-        render_table(previous)
-        return
     try:
+        validate(cfg)  # bad input is reported even when it is aimed at a completed run
+        if completed and published:
+            print(f"cptlab-train: {run_dir} already completed; delete it to run again")
+            render_table(previous)
+            return
         summary, reporter = train(cfg, run_dir)
     except Exception as err:
         message = str(err) if isinstance(err, CptlabError) else one_line(err)
-        write_summary(run_dir, {"status": "failed", "error": message, "name": cfg.name,
-                                "overrides": task_overrides()})
+        if not completed:  # a completed run's record is never overwritten by a later failure
+            write_summary(run_dir, {"status": "failed", "error": message, "name": cfg.name,
+                                    "overrides": task_overrides()})
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or not isinstance(err, CptlabError):
             traceback.print_exc()
         print(f"cptlab-train: error: {message}", file=sys.stderr)

@@ -7,11 +7,11 @@ import glob
 import json
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from cptlab.errors import CptlabError
-from cptlab.model.load import check_model_source
-from cptlab.model.adapter import check_adapter_config
+from cptlab.model.load import check_model_source, random_llama_config
+from cptlab.model.adapter import check_adapter_config, check_targets
 from cptlab.model.freeze import phases_from_config
 from cptlab.optim import LRSchedule
 
@@ -96,6 +96,27 @@ def validate_model(cfg: DictConfig) -> None:
         raise CptlabError(f"data.seq_len={cfg.data.seq_len} exceeds the model's maximum positions ({limit})")
 
 
+def validate_adapter_targets(cfg: DictConfig) -> None:
+    """adapter.target_modules name modules of the model: checked on a weightless (meta-device) copy built from
+    its config, so a typo fails before the tokenizer and the token caches are built (a hub id: at load time)."""
+    if cfg.adapter.name == "none":
+        return
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if cfg.model.name_or_path:
+        path = Path(str(cfg.model.name_or_path)).expanduser()
+        if not (path / "config.json").is_file():
+            return
+        config = AutoConfig.from_pretrained(path)
+    else:
+        fields = OmegaConf.to_container(cfg.model.config, resolve=True)
+        config = random_llama_config(fields, vocab_size=256, bos_id=None, eos_id=None)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    check_targets(skeleton, [str(t) for t in cfg.adapter.target_modules])
+
+
 def validate(cfg: DictConfig) -> None:
     for group, options in IMPLEMENTED.items():
         if cfg[group].name not in options:
@@ -124,3 +145,4 @@ def validate(cfg: DictConfig) -> None:
     validate_schedule_and_adapter(cfg)
     validate_data(cfg.data)
     validate_model(cfg)
+    validate_adapter_targets(cfg)

@@ -55,6 +55,9 @@ class Sizes:
     encode_chars: int = 1_000_000
     # 5. start-up
     startup_overrides: tuple[str, ...] = ()
+    # quick: the smoke job reads small local .txt slices of the corpora (data=files) instead of demo:zh / demo:en,
+    # whose reading (demo:en parses the standard library) would dominate a quick run
+    startup_local_files: bool = False
 
     @classmethod
     def make(cls, quick: bool, threads: int | None = None) -> "Sizes":
@@ -66,8 +69,9 @@ class Sizes:
             heads=4, seq_len=64, batch_size=4, train_steps=6, warmup_steps=2, train_docs=300,
             peak_n=512, profile_steps=0, pretok_docs=300, pretok_procs=(1, 2), loader_batches=200,
             rss_tokens=200_000, encode_chars=100_000,
-            startup_overrides=("trainer.max_steps=2", "data.max_docs=150", "eval.max_blocks=1",
-                               "eval.every_n_steps=2", "checkpoint.every_n_steps=2"),
+            startup_overrides=("trainer.max_steps=2", "eval.max_blocks=1", "eval.every_n_steps=2",
+                               "checkpoint.every_n_steps=2"),
+            startup_local_files=True,
         )
 
 

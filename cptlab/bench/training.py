@@ -24,6 +24,7 @@ import contextlib
 import io
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -478,11 +479,13 @@ def _profiled(run_side, side: str, steps: int) -> dict:
         """True when the run should stop."""
         if step == first:
             window["prof"] = profile(activities=[ProfilerActivity.CPU], record_shapes=False)
-            window["prof"].__enter__()
+            with _no_fd2():
+                window["prof"].__enter__()
             window["t0"] = time.perf_counter()
         elif step == first + steps and window["prof"] is not None:
             window["t1"] = time.perf_counter()
-            window["prof"].__exit__(None, None, None)
+            with _no_fd2():
+                window["prof"].__exit__(None, None, None)
             return True
         return False
 
@@ -513,6 +516,21 @@ def _profiled(run_side, side: str, steps: int) -> dict:
         top = sorted(rows.items(), key=lambda kv: kv[1]["median_ms"], reverse=True)[:20]
         out["lightning_actions"] = dict(top)
     return out
+
+
+@contextlib.contextmanager
+def _no_fd2():
+    """Silence file descriptor 2 (the profiler's C++ side prints start/stop lines there)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _summarise_profile(prof, wall_s: float, steps: int) -> dict:

@@ -192,7 +192,7 @@ def _read_jsonl(path: str, text_field: str, policy: str, stats: dict) -> list[st
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            raise CptlabError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+            raise CptlabError(f"{path}:{lineno}: malformed JSON ({e.msg}: column {e.colno})") from None
         if not isinstance(record, dict):
             raise CptlabError(f"{path}:{lineno}: expected a JSON object, got {_json_type(record)}")
         if text_field not in record:

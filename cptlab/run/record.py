@@ -35,10 +35,15 @@ class RunRecord(pl.Callback):
         last = self.run_dir / "checkpoints" / "last.ckpt"
         trainer.save_checkpoint(last, weights_only=False)
         if trainer.is_global_zero:
-            self.summary = self.build(trainer, pl_module)
-            write_summary(self.run_dir, self.summary)
-            write_report(self.run_dir, self.summary)
-            report_to_wandb(trainer.loggers, self.summary, self.run_dir, {d.name: d.role for d in self.domains})
+            self.finish(trainer, pl_module)
+
+    def finish(self, trainer, pl_module) -> dict:
+        """Write summary.json, report.md, the plot (and the published model); global rank zero only."""
+        self.summary = self.build(trainer, pl_module)
+        write_summary(self.run_dir, self.summary)
+        write_report(self.run_dir, self.summary)
+        report_to_wandb(trainer.loggers, self.summary, self.run_dir, {d.name: d.role for d in self.domains})
+        return self.summary
 
     def build(self, trainer, module) -> dict:
         ev, roles = self.evaluator, {d.name: d.role for d in self.domains}

@@ -38,8 +38,8 @@ def series(run_dir):
 @pytest.mark.parametrize("extra", [
     (),
     # EMA teacher state, the KL loss and a two-stage LoRA schedule must all resume exactly too.
-    ("retention=mean_teacher", "schedule=two_stage", "schedule.stage1_rows=all", "schedule.stage1_steps=9",
-     "adapter=lora"),
+    pytest.param(("retention=mean_teacher", "schedule=two_stage", "schedule.stage1_rows=all",
+                  "schedule.stage1_steps=9", "adapter=lora"), marks=pytest.mark.slow),
 ], ids=["plain", "mean_teacher_two_stage_lora"])
 def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path, extra):
     reference = tmp_path / "reference"
