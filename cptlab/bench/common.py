@@ -4,7 +4,6 @@ the demo corpora split as a run splits them, timing and memory helpers, and the 
 from __future__ import annotations
 
 import functools
-import gc
 import os
 import shutil
 import statistics
@@ -12,7 +11,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 # The demo_zh experiment's domains (conf/data/demo_zh.yaml): the held-out shares and seed a run uses.
 EN_HELDOUT, ZH_HELDOUT, SEED = 0.03, 0.02, 0
@@ -123,7 +122,7 @@ class BenchResult:
 class Context:
     """A scratch workspace and the artefacts several benchmarks use, built once per invocation."""
 
-    def __init__(self, sizes: Sizes, root: Path | None = None):  # noqa: D107
+    def __init__(self, sizes: Sizes, root: Path | None = None):
         self.sizes = sizes
         self._own_root = root is None
         self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="cptlab-bench-"))
@@ -186,18 +185,6 @@ class Context:
 
 
 # -- measuring ----------------------------------------------------------------------------------------------
-
-
-def best_of(fn: Callable[[], float], repeats: int) -> float:
-    """The smallest of `repeats` timings of fn() (seconds): the least disturbed by other load."""
-    return min(fn() for _ in range(repeats))
-
-
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    gc.collect()
-    t0 = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t0, out
 
 
 def median(xs):

@@ -3,15 +3,18 @@
 Both train the same random-init Llama (same config, same seed), on the same packed token blocks (the first
 `steps` global batches of cptlab's MixtureSampler), with the same batch size, sequence length, fp32, AdamW
 hyper-parameters (lr, betas, eps, weight decay, warm-up + cosine, grad clip 1.0), thread count and number of
-steps. Each side uses its own AdamW implementation as a user gets it: the Trainer's documented default
-(`adamw_torch_fused` on torch >= 2.8), cptlab's `RowMaskedAdamW` (fused on CUDA only); `optimizer_ab` times
-the two optimizer steps alone. Throughput
-is timed from the end of step `warmup` to the end of the last step, by a callback in each loop that records
-the wall clock at the end of every optimizer step (so data loading, logging and callbacks between steps
-count on both sides). The two loops run at the same time in one process, each in its own thread, but never
-at once: they take turns step by step (`Pacer`), so step k of both meets the same background load. The
-headline tokens/s of a side is batch tokens / the median of its timed step times (robust to bursts of other
-load on a shared machine); the plain means and the median of the per-step-pair ratios are reported too.
+steps. Each side uses its AdamW implementation as a user gets it: the Trainer's documented default
+(`adamw_torch_fused` on torch >= 2.8) and cptlab's `RowMaskedAdamW` (fused on CUDA only). A third, diagnostic
+side is cptlab with its optimizer switched to the fused kernel (the proposed change); `optimizer_ab` times
+the two optimizer steps alone.
+
+The loops run in one process, each in its own thread, but never at once: they take turns step by step
+(`Pacer`), so step k of every side meets the same background load. A step is clocked by a callback in each
+loop from the moment the loop gets its turn back to the end of its next optimizer step, so data loading,
+logging and callbacks count on every side; the first `warmup` steps are not timed. The headline ratio is the
+median over k of (baseline step k time / cptlab step k time), two steps that ran back to back (robust to
+bursts and drifts of other load on a shared machine); a side's tokens/s is batch tokens / its median step
+time; the ratio of the medians and of the plain means are reported too.
 
 cptlab side: the config is composed from conf/ (`experiment=demo_zh debug=smoke` with the model sized up) and
 built with the same public functions as `cptlab-train` (pipeline.build_data / build_model / build_lightning),
@@ -592,15 +595,17 @@ def run(ctx: Context) -> BenchResult:
         "achieved_flops": fps, "optimizer_step_ab": opt_ab,
         "torch_threads_now": torch.get_num_threads(),
     }
+    # Headline: the median over k of (baseline step k time / cptlab step k time), the two steps having run
+    # back to back; the ratio of the sides' median tokens/s and of their means are in the note and the JSON.
     res.ratios.append(Ratio(
-        "training.tokens_per_s_vs_hf_trainer", c["tokens_per_s"] / h["tokens_per_s"],
+        "training.tokens_per_s_vs_hf_trainer", median(pairs),
         f"cptlab Lightning {c['tokens_per_s']:,.0f} tok/s", f"transformers.Trainer {h['tokens_per_s']:,.0f} tok/s",
-        ">= 1.0", note=f"median steps; per-pair median {median(pairs):.3f}, means "
-                       f"{c['mean_tokens_per_s']:,.0f} vs {h['mean_tokens_per_s']:,.0f}"))
+        ">= 1.0", note=f"median of step pairs; ratio of medians {c['tokens_per_s'] / h['tokens_per_s']:.3f}, "
+                       f"of means {c['mean_tokens_per_s'] / h['mean_tokens_per_s']:.3f}"))
     res.ratios.append(Ratio(
-        "training.fused_adamw_cptlab_vs_hf_trainer", f["tokens_per_s"] / h["tokens_per_s"],
+        "training.fused_adamw_cptlab_vs_hf_trainer", median(fused_pairs),
         f"cptlab + fused AdamW {f['tokens_per_s']:,.0f} tok/s", f"transformers.Trainer {h['tokens_per_s']:,.0f} tok/s",
-        None, note=f"diagnostic: the proposed change; per-pair median {median(fused_pairs):.3f}"))
+        None, note=f"diagnostic of the proposed change; ratio of medians {f['tokens_per_s'] / h['tokens_per_s']:.3f}"))
     res.ratios.append(Ratio(
         "training.cpu_mfu", fps["cptlab"] / peak,
         f"cptlab {fps['cptlab'] / 1e9:,.1f} GFLOP/s achieved",
