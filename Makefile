@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-all demo sweep train clean
+.PHONY: help install test test-all demo sweep bench train clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ demo:  ## build the demo base model if not cached, continue it on Chinese, print
 
 sweep:  ## the demo study: replay ratio x LoRA rank multirun, then cptlab-compare on the sweep
 	$(BIN)/python -m cptlab.demo sweep
+
+bench:  ## benchmarks, each a ratio against a baseline run side by side (bench_results/bench.json)
+	$(BIN)/python -m cptlab.bench
 
 train:  ## one run: make train ARGS="experiment=demo_zh data.replay_ratio=0.5"
 	$(BIN)/cptlab-train $(ARGS)
