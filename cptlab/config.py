@@ -30,6 +30,8 @@ class ModelConfig:
     dtype: str = "float32"
     # Llama config fields for a random-init model (used when name_or_path is null).
     config: Optional[dict[str, Any]] = None
+    # Recompute block activations in the backward pass: less memory, about a third more compute.
+    gradient_checkpointing: bool = False
 
 
 @dataclass

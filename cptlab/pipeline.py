@@ -119,6 +119,9 @@ def build_model(cfg: DictConfig, tokenizer, base_tokenizer=None):
     limit = max_positions(model)
     if limit is not None and cfg.data.seq_len > limit:
         raise CptlabError(f"data.seq_len={cfg.data.seq_len} exceeds the model's maximum positions ({limit})")
+    if cfg.model.gradient_checkpointing:
+        # Non-reentrant checkpointing also works when the embeddings are frozen (LoRA, two-stage).
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return apply_adapter(model, cfg.adapter, base_rows=base_rows), base_rows
 
 
