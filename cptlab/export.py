@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +29,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cptlab.errors import CptlabError
+from cptlab.model.save import copy_tokenizer_files, save_hf_model
+from cptlab.utils.io import replace_dir
 
 WEIGHTS = ("raw", "ema")
 
@@ -220,34 +220,12 @@ def _write_atomically(out: Path, write) -> Path:
             raise CptlabError(f"--out {out} exists and is not a directory")
         if any(out.iterdir()) and not any((out / f).is_file() for f in ("config.json", "adapter_config.json")):
             raise CptlabError(f"--out {out} is a non-empty directory that is not a model export: choose another")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        write(tmp)
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
-
-
-def _copy_tokenizer(tokenizer_dir: Path, out: Path) -> None:
-    for f in Path(tokenizer_dir).iterdir():
-        if f.is_file() and not f.name.startswith("."):
-            shutil.copy2(f, out / f.name)
+    return replace_dir(out, write)
 
 
 def export_run(run_dir: Path | str, out: Path | str, *, adapter_only: bool = False, weights: str = "raw") -> Path:
     """Write the run's model to `out` (merged HF model, or the peft adapter with `adapter_only`) with the
     run's tokenizer. Returns `out`."""
-    from cptlab.model.save import save_hf_model
-
     run = load_trained(run_dir, weights=weights)
     if adapter_only:
         peft_model = adapter_model(run)
@@ -255,7 +233,7 @@ def export_run(run_dir: Path | str, out: Path | str, *, adapter_only: bool = Fal
         def write(tmp: Path) -> None:
             # The base it loads onto is the extended one: no copy of its embedding matrices.
             peft_model.save_pretrained(tmp, save_embedding_layers=False)
-            _copy_tokenizer(run.tokenizer_dir, tmp)
+            copy_tokenizer_files(run.tokenizer_dir, tmp)
     else:
         model = merged_model(run.model)
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from transformers import PreTrainedModel
 
-from cptlab.utils.io import public_mode
+from cptlab.utils.io import replace_dir
 
 
 def save_hf_model(model: PreTrainedModel, tokenizer_dir: Path, out_dir: Path) -> None:
@@ -20,28 +18,15 @@ def save_hf_model(model: PreTrainedModel, tokenizer_dir: Path, out_dir: Path) ->
         model.save_pretrained(out_dir)
     finally:
         model.config.use_cache = False
+    copy_tokenizer_files(tokenizer_dir, out_dir)
+
+
+def copy_tokenizer_files(tokenizer_dir: Path, out_dir: Path) -> None:
     for f in Path(tokenizer_dir).iterdir():
         if f.is_file() and not f.name.startswith("."):
             shutil.copy2(f, out_dir / f.name)
 
 
 def publish_model(model: PreTrainedModel, tokenizer_dir: Path, out_dir: Path) -> Path:
-    """Replace `out_dir` with a fresh copy of the model, never leaving a half-written directory:
-    build beside it, then swap it in with renames."""
-    out_dir = Path(out_dir).expanduser()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        save_hf_model(model, tokenizer_dir, tmp)
-        public_mode(tmp)
-        old = None
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    """Replace `out_dir` with a fresh copy of the model, never leaving a half-written directory."""
+    return replace_dir(out_dir, lambda tmp: save_hf_model(model, tokenizer_dir, tmp))

@@ -80,3 +80,25 @@ def build_once(final_dir: str | os.PathLike, build: Callable[[Path], None]) -> P
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return final_dir
+
+
+def replace_dir(out_dir: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Replace `out_dir` with a directory that `write(tmp)` fills: built beside it, then swapped in with
+    renames, so `out_dir` is never half-written (the old one is removed once the new one is in place)."""
+    out_dir = Path(out_dir).expanduser()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        write(tmp)
+        public_mode(tmp)
+        old = None
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
