@@ -5,6 +5,7 @@ Hydra stops here: each step reads the config and calls library code with plain a
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from cptlab.callbacks import PeriodicEval, PreemptionCheckpoint, TrainMetrics
 from cptlab.checkpoint import AtomicCheckpointIO
 from cptlab.data.datamodule import CPTDataModule
 from cptlab.data.mixture import MixtureSampler, eval_blocks
-from cptlab.data.tokens import DomainSpec, DomainTokens, load_domain_documents, prepare_domain
+from cptlab.data.tokens import DomainSpec, DomainTokens, documents_key, load_domain_documents, prepare_domain
 from cptlab.errors import CptlabError
 from cptlab.model.adapter import apply_adapter
 from cptlab.model.freeze import FreezePlan
@@ -34,6 +35,8 @@ from cptlab.tokenizer.byte_lengths import token_byte_lengths
 from cptlab.tokenizer.hf import load_tokenizer
 from cptlab.tokenizer.prepare import prepare_tokenizer
 from cptlab.tokenizer.report import tokens_per_char
+from cptlab.utils.hashing import hash_dir, hash_obj
+from cptlab.utils.io import atomic_write_json
 
 
 def show_progress() -> bool:
@@ -53,10 +56,19 @@ def domain_specs(data: DictConfig) -> list[DomainSpec]:
 def _train_docs(cfg: DictConfig, role: str | None = None):
     """The train-split documents of the domains (of one role), streamed domain by domain."""
     def docs():
-        for spec in domain_specs(cfg.data):
-            if role is None or spec.role == role:
-                yield from load_domain_documents(spec, on_bad_text=cfg.data.on_bad_text, seed=cfg.seed)[0]
+        for spec in _specs(cfg, role):
+            yield from load_domain_documents(spec, on_bad_text=cfg.data.on_bad_text, seed=cfg.seed)[0]
     return docs
+
+
+def _train_docs_key(cfg: DictConfig, role: str | None = None) -> str:
+    """What identifies those documents without reading them (the shared tokenizer cache's key)."""
+    return hash_obj([documents_key(spec, seed=cfg.seed, on_bad_text=cfg.data.on_bad_text)
+                     for spec in _specs(cfg, role)])
+
+
+def _specs(cfg: DictConfig, role: str | None) -> list[DomainSpec]:
+    return [spec for spec in domain_specs(cfg.data) if role is None or spec.role == role]
 
 
 def base_tokenizer_source(cfg: DictConfig) -> str | None:
@@ -67,9 +79,10 @@ def build_tokenizer(cfg: DictConfig, run_dir: Path) -> Path:
     """The run's tokenizer directory (run_dir/tokenizer): the base model's, a freshly trained one, or
     the base extended with a vocabulary trained on the new-role domains' train split."""
     tok = cfg.tokenizer
-    texts = _train_docs(cfg, "new") if tok.kind == "extend" else _train_docs(cfg)
+    role = "new" if tok.kind == "extend" else None
     return prepare_tokenizer(tok.kind, run_dir / "tokenizer", cache_root=Path(cfg.paths.cache_dir),
-                             source=base_tokenizer_source(cfg), texts=texts,
+                             source=base_tokenizer_source(cfg), texts=_train_docs(cfg, role),
+                             texts_key=_train_docs_key(cfg, role),
                              base_texts=_train_docs(cfg, "replay") if tok.kind == "extend" else None,
                              vocab_size=tok.vocab_size, model_type=tok.model_type,
                              character_coverage=tok.character_coverage, seed=cfg.seed)
@@ -83,14 +96,27 @@ def build_base_tokenizer(cfg: DictConfig, run_dir: Path) -> Path | None:
                              source=base_tokenizer_source(cfg))
 
 
-def tokenizer_stats(cfg: DictConfig, tokenizer, base_tokenizer, max_docs: int = 2000) -> dict[str, dict]:
-    """Tokens per character of each domain's held-out text, for the base and the final tokenizer."""
+def tokenizer_stats(cfg: DictConfig, tokenizer_dir: Path, base_dir: Path | None, max_docs: int = 2000
+                    ) -> dict[str, dict]:
+    """Tokens per character of each domain's held-out text, for the base and the final tokenizer.
+    Kept in the shared cache (keyed by the sources' fingerprints and the tokenizers' files), so a warm
+    start of a sweep job reads no document."""
+    key = hash_obj({"version": 1, "max_docs": max_docs, "tokenizers": [hash_dir(d) for d in (tokenizer_dir, base_dir) if d],
+                    "domains": {spec.name: documents_key(spec, seed=cfg.seed, on_bad_text=cfg.data.on_bad_text)
+                                for spec in domain_specs(cfg.data)}})
+    path = Path(cfg.paths.cache_dir) / "stats" / f"tokens_per_char-{key}.json"
+    if path.is_file():
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            pass  # a damaged entry is computed and written again
+    tokenizer, base = load_tokenizer(tokenizer_dir), load_tokenizer(base_dir) if base_dir else None
     stats = {}
     for spec in domain_specs(cfg.data):
         held_out = load_domain_documents(spec, on_bad_text=cfg.data.on_bad_text, seed=cfg.seed)[1][:max_docs]
         final = tokens_per_char(tokenizer, held_out)
-        stats[spec.name] = {"base": tokens_per_char(base_tokenizer, held_out) if base_tokenizer else final,
-                            "final": final}
+        stats[spec.name] = {"base": tokens_per_char(base, held_out) if base else final, "final": final}
+    atomic_write_json(path, stats)
     return stats
 
 

@@ -41,21 +41,27 @@ def train(cfg: DictConfig, run_dir: Path) -> tuple[dict, bool]:
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
 
+    clock = SetupClock(started)
     tokenizer_dir = pipeline.build_tokenizer(cfg, run_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
     base_dir = pipeline.build_base_tokenizer(cfg, run_dir)
     base_tokenizer = load_tokenizer(base_dir) if base_dir else None
+    tokenizer_stats = pipeline.tokenizer_stats(cfg, tokenizer_dir, base_dir)
+    clock.lap("tokenizer_s")
     domains = pipeline.build_data(cfg, tokenizer_dir)
+    clock.lap("data_s")
     model, base_rows = pipeline.build_model(cfg, tokenizer, base_tokenizer)
     run = pipeline.build_lightning(cfg, model, domains, tokenizer, run_dir)
+    clock.lap("model_s")
 
     record = RunRecord(run_dir=run_dir, name=cfg.name, overrides=task_overrides(), domains=domains,
                        tokenizer_dir=tokenizer_dir, replay_ratio=cfg.data.replay_ratio,
                        tokens_per_batch=cfg.data.batch_size * cfg.data.seq_len, train_metrics=run.train_metrics,
                        evaluator=run.evaluator, publish_dir=cfg.publish_dir,
-                       tokenizer_stats=pipeline.tokenizer_stats(cfg, tokenizer, base_tokenizer),
+                       tokenizer_stats=tokenizer_stats,
                        vocabulary={"base_rows": base_rows, "final_tokens": len(tokenizer),
-                                   "extension": extension_stats(tokenizer_dir)}, started=started)
+                                   "extension": extension_stats(tokenizer_dir)}, started=started,
+                       setup=clock.laps)
     run.trainer.callbacks.append(record)
     run.trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=resume_checkpoint(run_dir))
     # The record is written by the process that trained (a spawned rank under ddp_spawn): read it back.
@@ -65,6 +71,19 @@ def train(cfg: DictConfig, run_dir: Path) -> tuple[dict, bool]:
         # had nothing to do, so the record is written from the restored state here.
         summary = record.finish(run.trainer, run.module)
     return summary, run.trainer.is_global_zero
+
+
+class SetupClock:
+    """Seconds spent in each set-up phase (tokenizer, data, model) before training starts: with warm
+    shared caches a sweep's later jobs spend almost nothing in the first two (summary.json "setup")."""
+
+    def __init__(self, started: float):
+        self.last, self.laps = started, {}
+
+    def lap(self, name: str) -> None:
+        now = time.time()
+        self.laps[name] = round(now - self.last, 3)
+        self.last = now
 
 
 def refuse_relaunch_in_multirun(cfg: DictConfig) -> None:

@@ -144,7 +144,7 @@ def breakdown_child(overrides: list[str], output_dir: str) -> dict:
     mark("model")
     pipeline.build_lightning(cfg, model, domains, tokenizer, run_dir)
     mark("Lightning objects")
-    pipeline.tokenizer_stats(cfg, tokenizer, base_tokenizer)
+    pipeline.tokenizer_stats(cfg, tokenizer_dir, base_dir)
     mark("tokenizer stats")
     return stages
 

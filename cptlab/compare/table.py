@@ -16,7 +16,7 @@ from cptlab.compare.runs import Roles, Run
 from cptlab.utils.io import atomic_write_text
 
 CSV_FIELDS = ["label", "status", "error", "new_bpb", "learning", "old_bpb", "forgetting", "forgetting_auc",
-              "pareto_front", "tokens_per_sec", "steps", "tokens_seen", "wall_time_s", "run_dir"]
+              "pareto_front", "tokens_per_sec", "steps", "tokens_seen", "setup_s", "wall_time_s", "run_dir"]
 
 
 def _mean(values) -> float | None:
@@ -74,6 +74,8 @@ def build_rows(runs: list[Run], roles: Roles) -> list[dict]:
             "tokens_per_sec": (s.get("throughput") or {}).get("tokens_per_sec") or _mean(token_rates),
             "steps": _int(s.get("steps", max(steps) if steps else None)),
             "tokens_seen": s.get("tokens_seen", run.latest("trainer/tokens_seen")),
+            # Tokenizer + data + model set-up before the first step (None for runs written before it was kept).
+            "setup_s": sum((s.get("setup") or {}).values()) if s.get("setup") else None,
             "wall_time_s": s.get("wall_time_s"),
             "run_dir": str(run.path),
         })
@@ -90,7 +92,7 @@ def headers(roles: Roles) -> list[str]:
     """Column titles; the line breaks keep the printed table narrow (markdown joins them with a space)."""
     new, old = ", ".join(roles.new) or "-", ", ".join(roles.old) or "-"
     return ["run", "status", f"new bpb\n({new})", "learning\n↑", f"old bpb\n({old})", "forgetting\n↓",
-            "forgetting\nAUC ↓", "Pareto", "tokens/s", "steps", "wall\ntime (s)", "run dir"]
+            "forgetting\nAUC ↓", "Pareto", "tokens/s", "steps", "set-up\n(s)", "wall\ntime (s)", "run dir"]
 
 
 def _fmt(value, spec: str) -> str:
@@ -111,7 +113,7 @@ def cells(row: dict, root: Path) -> list[str]:
     return [row["label"], status, _fmt(row["new_bpb"], ".4f"), _fmt(row["learning"], "+.4f"),
             _fmt(row["old_bpb"], ".4f"), _fmt(row["forgetting"], "+.4f"), _fmt(row["forgetting_auc"], "+.4f"),
             {True: "★", False: ""}.get(row["pareto_front"], "-"), _fmt(row["tokens_per_sec"], ",.0f"),
-            _fmt(row["steps"], "d"), _fmt(row["wall_time_s"], ".1f"),
+            _fmt(row["steps"], "d"), _fmt(row["setup_s"], ".1f"), _fmt(row["wall_time_s"], ".1f"),
             os.path.relpath(Path(row["run_dir"]).resolve(), root)]
 
 

@@ -124,18 +124,23 @@ def load_domain_documents(
     return train, val, stats
 
 
-def cache_key_inputs(spec: DomainSpec, tokenizer_dir: Path, *, seed: int, on_bad_text: str) -> dict:
-    """Everything that determines a domain's token arrays (but not its role or weight, which only the sampler uses)."""
+def documents_key(spec: DomainSpec, *, seed: int, on_bad_text: str) -> dict:
+    """What determines a domain's train/held-out documents, without reading them: its sources' fingerprints
+    (path, size, mtime of local files), text field, cap, split and bad-text policy."""
     return {
-        "format": FORMAT_VERSION,
         "sources": [{"source": s, "fingerprint": source_fingerprint(s)} for s in _sources(spec)],
         "text_field": spec.text_field,
         "heldout": spec.heldout,
         "max_docs": spec.max_docs,
         "seed": seed,
         "on_bad_text": on_bad_text,
-        "tokenizer": hash_dir(tokenizer_dir),
     }
+
+
+def cache_key_inputs(spec: DomainSpec, tokenizer_dir: Path, *, seed: int, on_bad_text: str) -> dict:
+    """Everything that determines a domain's token arrays (but not its role or weight, which only the sampler uses)."""
+    return {"format": FORMAT_VERSION, **documents_key(spec, seed=seed, on_bad_text=on_bad_text),
+            "tokenizer": hash_dir(tokenizer_dir)}
 
 
 def prepare_domain(

@@ -22,13 +22,14 @@ class RunRecord(pl.Callback):
     def __init__(self, *, run_dir: Path, name: str, overrides: list[str], domains, tokenizer_dir: Path,
                  replay_ratio: float, tokens_per_batch: int, train_metrics, evaluator,
                  publish_dir: str | None = None, tokenizer_stats: dict | None = None,
-                 vocabulary: dict | None = None, started: float | None = None):
+                 vocabulary: dict | None = None, started: float | None = None, setup: dict | None = None):
         self.run_dir, self.name, self.overrides = Path(run_dir), name, overrides
         self.domains, self.tokenizer_dir = domains, tokenizer_dir
         self.replay_ratio, self.tokens_per_batch = replay_ratio, tokens_per_batch
         self.train_metrics, self.evaluator, self.publish_dir = train_metrics, evaluator, publish_dir
         self.tokenizer_stats, self.vocabulary = tokenizer_stats or {}, vocabulary or {}
         self.started = started or time.time()  # wall time counts tokenizer and data preparation too
+        self.setup = setup or {}  # seconds per set-up phase (train.SetupClock)
         self.summary: dict | None = None
 
     def on_train_end(self, trainer, pl_module):
@@ -66,6 +67,7 @@ class RunRecord(pl.Callback):
             "params": dict(zip(("trainable", "total"), count_parameters(model))),
             "throughput": {"tokens_per_sec": self.train_metrics.mean_tokens_per_sec},
             "wall_time_s": time.time() - self.started,
+            "setup": self.setup,
             "paths": {"run_dir": str(self.run_dir), "metrics": str(self.run_dir / "metrics.csv"),
                       "tokenizer": str(self.tokenizer_dir),
                       "checkpoint": str(self.run_dir / "checkpoints" / "last.ckpt")},

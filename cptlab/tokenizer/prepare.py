@@ -52,6 +52,7 @@ def prepare_tokenizer(
     character_coverage: float = 0.9995,
     seed: int = 0,
     base_texts: Callable[[], Iterable[str]] | None = None,
+    texts_key: str | None = None,
 ) -> Path:
     """Write the tokenizer for a run into `out_dir` (a HF tokenizer directory) and return `out_dir`.
 
@@ -61,6 +62,8 @@ def prepare_tokenizer(
     kind="extend": the base `source` extended with a `vocab_size` vocabulary trained on `texts()` (the new
     domain; `model_type` defaults to the base's), checked on up to BASE_CHECK_DOCS of `base_texts()` (the
     base language), shared through `cache_root/tokenizers`. `extension_stats(out_dir)` reads its stats.
+    The shared cache is keyed by `texts_key` when given (a cheap identity of the texts, e.g. their sources'
+    fingerprints: a warm start then reads no document) and otherwise by a hash of every text.
     """
     out_dir = Path(out_dir)
     if kind == "base":
@@ -73,7 +76,7 @@ def prepare_tokenizer(
         options = dict(
             vocab_size=vocab_size, model_type=model_type or "bpe", character_coverage=character_coverage, seed=seed
         )
-        cached = _train_cached(Path(cache_root), texts, options)
+        cached = _train_cached(Path(cache_root), texts, options, texts_key)
         _publish(out_dir, lambda tmp: _copy_files(cached, tmp, [p.name for p in cached.iterdir() if _visible(p)]))
     elif kind == "extend":
         if not source:
@@ -83,7 +86,7 @@ def prepare_tokenizer(
         options = dict(
             vocab_size=vocab_size, model_type=model_type, character_coverage=character_coverage, seed=seed
         )
-        cached = _extend_cached(Path(cache_root), Path(source), texts, base_texts, options)
+        cached = _extend_cached(Path(cache_root), Path(source), texts, base_texts, options, texts_key)
         _publish(out_dir, lambda tmp: _copy_files(cached, tmp, [p.name for p in cached.iterdir() if _visible(p)]))
     else:
         raise CptlabError(f"tokenizer.kind={kind!r} is not one of {list(KINDS)}")
@@ -104,15 +107,21 @@ def _texts_sha256(texts: Iterable[str]) -> str:
     return digest.hexdigest()
 
 
-def _train_cached(cache_root: Path, texts: Callable[[], Iterable[str]], options: dict) -> Path:
-    """Train (once, even across concurrent jobs) and export a SentencePiece tokenizer keyed by content."""
-    texts_sha = _texts_sha256(texts())
-    key = hash_obj({"version": TRAIN_VERSION, "options": options, "texts": texts_sha})
+def _texts_id(texts: Callable[[], Iterable[str]], texts_key: str | None) -> dict:
+    """The texts' part of a cache key: the caller's identity of them, or else their content hash."""
+    return {"key": texts_key} if texts_key else {"sha256": _texts_sha256(texts())}
+
+
+def _train_cached(cache_root: Path, texts: Callable[[], Iterable[str]], options: dict,
+                  texts_key: str | None = None) -> Path:
+    """Train (once, even across concurrent jobs) and export a SentencePiece tokenizer keyed by its texts."""
+    key = hash_obj({"version": TRAIN_VERSION, "options": options, "texts": _texts_id(texts, texts_key)})
 
     def build(tmp: Path) -> None:
         model = train_spm(texts(), tmp, **options)
         export_hf_tokenizer(model, tmp)
-        atomic_write_json(tmp / BUILD_INFO, {"version": TRAIN_VERSION, "options": options, "texts_sha256": texts_sha})
+        atomic_write_json(tmp / BUILD_INFO, {"version": TRAIN_VERSION, "options": options,
+                                             "texts_sha256": _texts_sha256(texts())})
 
     return build_once(cache_root / "tokenizers" / f"spm-{key}", build)
 
@@ -149,7 +158,6 @@ def extend_tokenizer(
     model_type: str | None = None,
     character_coverage: float = 0.9995,
     seed: int = 0,
-    texts_sha: str | None = None,
 ) -> dict:
     """Build the extended tokenizer directory `out_dir` from the base `source` (no cache) and return the
     build info also written to `out_dir/cptlab_tokenizer.json` (its "extension" key holds the stats)."""
@@ -173,7 +181,7 @@ def extend_tokenizer(
         "kind": "extend",
         "base": {"format": kind, "files": {p.name: hash_file(p) for p in files}},
         "options": dict(vocab_size=vocab_size, model_type=model_type, character_coverage=character_coverage, seed=seed),
-        "texts_sha256": texts_sha or _texts_sha256(texts()),
+        "texts_sha256": _texts_sha256(texts()),
         "base_check_docs": len(check) if check is not None else 0,
         "extension": stats,
     }
@@ -187,18 +195,19 @@ def _extend_cached(
     texts: Callable[[], Iterable[str]],
     base_texts: Callable[[], Iterable[str]] | None,
     options: dict,
+    texts_key: str | None = None,
 ) -> Path:
     """Extend (once, even across concurrent jobs) keyed by the base's files, the texts and the options.
 
     The base-language check does not change the result, so its sample is not part of the key.
     """
     kind, _, files = extension_base(source)
-    texts_sha = _texts_sha256(texts())
     base_files = {p.name: hash_file(p) for p in files}
-    key = hash_obj({"version": EXTEND_VERSION, "base": [kind, base_files], "options": options, "texts": texts_sha})
+    key = hash_obj({"version": EXTEND_VERSION, "base": [kind, base_files], "options": options,
+                    "texts": _texts_id(texts, texts_key)})
 
     def build(tmp: Path) -> None:
-        extend_tokenizer(source, tmp, texts=texts, base_texts=base_texts, texts_sha=texts_sha, **options)
+        extend_tokenizer(source, tmp, texts=texts, base_texts=base_texts, **options)
 
     return build_once(cache_root / "tokenizers" / f"extend-{key}", build)
 

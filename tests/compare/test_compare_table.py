@@ -31,6 +31,7 @@ def test_learning_forgetting_and_auc_by_hand(rows):
     assert auc == pytest.approx(0.065)
     assert r["forgetting_auc"] == pytest.approx(auc)
     assert (r["steps"], r["tokens_seen"], r["wall_time_s"]) == (100, 409600, 120.25)
+    assert r["setup_s"] == pytest.approx(4.25)  # tokenizer + data + model set-up
     assert r["tokens_per_sec"] == pytest.approx(20250.0)
 
 
@@ -38,7 +39,7 @@ def test_failed_and_unfinished_rows_keep_what_is_known(rows):
     failed = by_label(rows)["data.replay_ratio=0.25, optim.lr=10.0"]
     assert (failed["status"], failed["error"]) == ("failed", "loss is NaN at step 12 (lr too high?)")
     assert failed["new_bpb"] == pytest.approx(3.0) and failed["forgetting_auc"] is None  # step-0 eval only
-    assert failed["wall_time_s"] is None and failed["pareto_front"] is None
+    assert failed["wall_time_s"] is None and failed["setup_s"] is None and failed["pareto_front"] is None
     unfinished = by_label(rows)["data.replay_ratio=0.75"]
     assert unfinished["status"] == "unfinished" and unfinished["error"] is None
     # The latest values the partial metrics.csv has: evals at steps 0 and 50, train rows up to 60.

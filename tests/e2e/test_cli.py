@@ -61,6 +61,8 @@ def test_smoke_run_summary(smoke_run):
     assert summary["domains"]["en"]["role"] == "replay"
     assert summary["params"]["trainable"] == summary["params"]["total"] > 0
     assert summary["throughput"]["tokens_per_sec"] > 0
+    assert set(summary["setup"]) == {"tokenizer_s", "data_s", "model_s"}
+    assert 0 <= sum(summary["setup"].values()) <= summary["wall_time_s"]
     for key in ("plot", "metrics", "tokenizer", "checkpoint"):
         assert os.path.exists(summary["paths"][key]), key
     assert set(summary["tokens_per_char"]) == {"zh", "en"}

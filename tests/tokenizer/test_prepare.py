@@ -106,3 +106,20 @@ def test_unknown_kind_names_the_key(tmp_path):
 def test_train_without_texts_is_an_error(tmp_path):
     with pytest.raises(CptlabError, match="tokenizer.kind=train"):
         prepare_tokenizer("train", tmp_path / "out", cache_root=tmp_path)
+
+
+def test_texts_key_lets_a_warm_cache_skip_reading_the_texts(tmp_path, docs, make_docs, train_calls):
+    cache = tmp_path / "cache"
+
+    def unreadable():
+        raise AssertionError("a warm cache keyed by texts_key must not read the texts")
+
+    first = prepare_tokenizer("train", tmp_path / "a", cache_root=cache, texts=lambda: docs, vocab_size=400,
+                              texts_key="sources-v1")
+    second = prepare_tokenizer("train", tmp_path / "b", cache_root=cache, texts=unreadable, vocab_size=400,
+                               texts_key="sources-v1")
+    assert len(train_calls) == 1 and hash_dir(first) == hash_dir(second)
+    # Another key (the sources changed) trains again, on the texts it is given.
+    prepare_tokenizer("train", tmp_path / "c", cache_root=cache, texts=lambda: make_docs(seed=1), vocab_size=400,
+                      texts_key="sources-v2")
+    assert len(train_calls) == 2 and hash_dir(tmp_path / "c") != hash_dir(first)
