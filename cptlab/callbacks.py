@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 
 from cptlab.evaluation import eval_sums, metrics_from_sums
+from cptlab.fsdp import full_parameters, is_fsdp
 
 
 def log_metrics(trainer: pl.Trainer, metrics: dict[str, float], step: int) -> None:
@@ -56,6 +57,7 @@ class TrainMetrics(pl.Callback):
         if step == self._last_step or not (step % self.every == 0 or step >= trainer.max_steps):
             return
         self._last_step = step
+        pl_module.check_finite()  # the host syncs here anyway (the logged loss)
         popped = pl_module.pop_train_loss()
         if popped is None:
             return
@@ -99,9 +101,11 @@ class PeriodicEval(pl.Callback):
         self.last_eval_step = -1
 
     def evaluate(self, trainer, pl_module) -> dict[str, float]:
+        pl_module.check_finite()  # weights a non-finite loss has touched are not worth evaluating
         if self.clock:
             self.clock.pause()
-        metrics = self._evaluate(trainer, pl_module, "val")
+        with full_parameters(trainer, recurse=False):
+            metrics = self._evaluate(trainer, pl_module, "val")
         if self.ema is not None and self.ema.shadow:
             with self.ema.swapped(pl_module.model):
                 metrics.update(self._evaluate(trainer, pl_module, "val_ema"))
@@ -119,8 +123,10 @@ class PeriodicEval(pl.Callback):
         rank, world = trainer.global_rank, trainer.world_size
         metrics = {}
         for name, blocks in self.eval_sets.items():
+            # Under FSDP each rank makes as many forward passes as rank 0 (which has the most blocks).
+            n_batches = -(-len(blocks[0::world]) // self.batch_size) if is_fsdp(trainer) else None
             sums = eval_sums(pl_module.model, blocks[rank::world], self.token_bytes,
-                             batch_size=self.batch_size, device=pl_module.device)
+                             batch_size=self.batch_size, device=pl_module.device, n_batches=n_batches)
             m = metrics_from_sums(trainer.strategy.reduce(sums, reduce_op="sum"))
             # delta_bpb of both the raw and the EMA weights is measured from the step-0 (raw) bpb.
             self.bpb0.setdefault(name, m["bpb"])

@@ -68,7 +68,9 @@ def quiet_libraries() -> None:
     import transformers
 
     # Library deprecation chatter users cannot act on.
-    for pattern in (".*LeafSpec.*", ".*does not have many workers.*", ".*`isinstance\\(treespec.*"):
+    # (peft still calls transformers' deprecated `is_gradient_checkpointing` when it wraps a model.)
+    for pattern in (".*LeafSpec.*", ".*does not have many workers.*", ".*`isinstance\\(treespec.*",
+                    ".*is_gradient_checkpointing.*"):
         warnings.filterwarnings("ignore", message=pattern)
 
     transformers.utils.logging.set_verbosity_error()

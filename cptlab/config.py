@@ -32,6 +32,8 @@ class ModelConfig:
     config: Optional[dict[str, Any]] = None
     # Recompute block activations in the backward pass: less memory, about a third more compute.
     gradient_checkpointing: bool = False
+    # torch.compile the model's forward (in place: parameter names, checkpoints and exports are unchanged).
+    compile: bool = False
 
 
 @dataclass
@@ -124,6 +126,7 @@ class TrainerConfig:
     accelerator: str = "cpu"
     devices: Any = 1
     strategy: str = "auto"
+    fsdp_sharding: str = "FULL_SHARD"  # strategy=fsdp: FULL_SHARD | SHARD_GRAD_OP | NO_SHARD | HYBRID_SHARD
     precision: str = "32-true"
     max_steps: int = 100
     accumulate_grad_batches: int = 1

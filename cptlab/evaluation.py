@@ -20,20 +20,25 @@ def token_nll(model, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Te
 
 @torch.no_grad()
 def eval_sums(model, blocks: torch.Tensor, token_bytes: torch.Tensor, *, batch_size: int,
-              device: torch.device | str = "cpu") -> torch.Tensor:
-    """[nll_sum, n_tokens, n_bytes] (float64) over `blocks` ([n, seq_len + 1] token ids)."""
+              device: torch.device | str = "cpu", n_batches: int | None = None) -> torch.Tensor:
+    """[nll_sum, n_tokens, n_bytes] (float64) over `blocks` ([n, seq_len + 1] token ids).
+    `n_batches`: run this many forward passes even if `blocks` needs fewer (the extra ones count for
+    nothing): under FSDP every forward is collective, so all ranks must make the same number."""
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     token_bytes = token_bytes.to(device)
+    starts = list(range(0, len(blocks), batch_size))
     was_training = model.training
     model.eval()
     try:
-        for i in range(0, len(blocks), batch_size):
+        for i in starts:
             chunk = blocks[i:i + batch_size].to(device, non_blocking=True)
             inputs, targets = chunk[:, :-1], chunk[:, 1:]
             nll = token_nll(model, inputs, targets)
             sums[0] += nll.double().sum()
             sums[1] += targets.numel()
             sums[2] += token_bytes[targets].double().sum()
+        for _ in range(len(starts), n_batches or 0):
+            model(input_ids=blocks[:1, :-1].to(device))
     finally:
         model.train(was_training)
     return sums

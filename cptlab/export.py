@@ -254,12 +254,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if not args.run_dir.is_dir():  # before the heavy imports
             raise CptlabError(f"run directory not found: {args.run_dir}")
-        import warnings
-
         from cptlab.cli import quiet_libraries
 
         quiet_libraries()
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
         out = export_run(args.run_dir, args.out, adapter_only=args.adapter_only, weights=args.weights)
     except CptlabError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":

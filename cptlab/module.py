@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from pytorch_lightning.utilities.types import LRSchedulerConfig
 
 from cptlab.errors import CptlabError
-from cptlab.model.freeze import FreezePlan
+from cptlab.fsdp import STATE_DICT_KEYS, average_gradients, is_fsdp
+from cptlab.model.freeze import FreezePlan, clean_name
 from cptlab.optim import LRSchedule, build_optimizer, build_scheduler
 
 PREFIX = "model."
@@ -47,12 +48,18 @@ class CPTModule(pl.LightningModule):
         self.retention, self.retention_weight = None, 0.0
         self.retention_sum = torch.zeros(())
         # train.nan_policy: "stop" fails the run at a non-finite loss (the last checkpoint stays the last
-        # good one); "skip_batch" skips that batch's update and counts it.
+        # good one); "skip_batch" skips that batch's update and counts it. "stop" costs no host sync per
+        # step: the first bad micro-batch is noted on the device and checked (one sync) where the host
+        # looks anyway (train-metric logs, evaluations) and before every checkpoint is written.
         self.nan_policy, self.skipped_batches = nan_policy, 0
+        self.first_nonfinite = torch.full((), -1, dtype=torch.long)  # micro-batch index, -1 = none yet
         # The freezing phase the parameters and the optimizer are set up for.
         self.phase = 0
         self._keep_requires_grad = False
         self._pending_rng = None
+        # trainer.strategy=fsdp: the parameters FSDP leaves whole on every rank, whose gradients this module
+        # averages (cptlab.fsdp); empty otherwise.
+        self.replicated: list[torch.nn.Parameter] = []
         # Checkpoints hold only what training can have changed; the rest comes from the base model.
         self.strict_loading = False
         self.plan.apply(self.phase)
@@ -121,6 +128,8 @@ class CPTModule(pl.LightningModule):
 
     def on_before_optimizer_step(self, optimizer):
         # Runs before gradient clipping: frozen rows and inactive parameters must not count in the norm.
+        if self.replicated:
+            average_gradients(self.replicated, self.trainer.world_size)
         active = self.plan.trainable(self.phase)
         for name, p in self.plan.params.items():
             if p.grad is None:
@@ -129,6 +138,14 @@ class CPTModule(pl.LightningModule):
                 p.grad = None
             elif active[name] > 0:
                 p.grad[:active[name]].zero_()
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        if gradient_clip_val and is_fsdp(self.trainer):
+            # Lightning cannot clip by norm under FSDP; the root FSDP module computes the norm over the
+            # shards of every rank and the whole (replicated) parameters.
+            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # -- training ---------------------------------------------------------------------------------------
 
@@ -147,18 +164,33 @@ class CPTModule(pl.LightningModule):
         self.batches_done += 1
         self.rows_seen += batch["rows"]
         self.replay_rows_seen += batch["replay_rows"]
-        if not torch.isfinite(loss):  # one host sync per step: the price of never training on a NaN
-            if self.nan_policy == "skip_batch":
+        if self.nan_policy == "skip_batch":
+            if not torch.isfinite(loss):  # one host sync per step: skipping has to decide now
                 self.skipped_batches += 1
                 return None  # Lightning skips backward and the optimizer step
-            raise CptlabError(f"non-finite train loss ({float(loss)}) at step {self.trainer.global_step} (batch "
-                              f"{batch['step']}); stopped by train.nan_policy=stop, the last checkpoint is the "
-                              f"last good state")
+        else:
+            self._note_nonfinite(loss, batch["step"])
         self.loss_sum = self.loss_sum.to(loss.device) + loss.detach()
         self.loss_count += 1
         if len(self.plan.phases) > 1:
             self.log("stage", float(self.phase), prog_bar=True, logger=False, on_step=True, on_epoch=False)
         return loss
+
+    def _note_nonfinite(self, loss: torch.Tensor, batch_index: int) -> None:
+        """Remember (on the device, without a sync) the first micro-batch whose loss was not finite."""
+        first = self.first_nonfinite.to(loss.device)
+        self.first_nonfinite = torch.where(~torch.isfinite(loss.detach()) & (first < 0), batch_index, first)
+
+    def check_finite(self) -> None:
+        """Fail the run (train.nan_policy=stop) if a loss since the start was not finite; one host sync.
+        Called at the same points on every rank, which agree (max over ranks) and so stop together."""
+        first = self.first_nonfinite
+        if self._trainer is not None and self.trainer.world_size > 1:
+            first = self.trainer.strategy.reduce(first.to(self.device), reduce_op="max")
+        first = int(first)
+        if first >= 0:
+            raise CptlabError(f"non-finite train loss at batch {first} (found at step {self.trainer.global_step}); "
+                              f"stopped by train.nan_policy=stop, the last checkpoint is the last good state")
 
     def pop_train_loss(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Mean train loss (causal LM + weighted retention) and mean retention loss since the last call
@@ -179,12 +211,13 @@ class CPTModule(pl.LightningModule):
         """state_dict key -> first row kept, for every parameter the checkpoint holds."""
         trained = self.plan.trained_until(self.phase)
         by_id = {id(self.plan.params[n]): s for n, s in trained.items()}
-        return {PREFIX + key: by_id[id(p)] for key, p in self.model.named_parameters(remove_duplicate=False)
+        return {PREFIX + clean_name(key): by_id[id(p)] for key, p in self.model.named_parameters(remove_duplicate=False)
                 if id(p) in by_id}
 
     def on_save_checkpoint(self, checkpoint):
+        self.check_finite()  # a checkpoint is never written from weights a non-finite loss has touched
         kept = self._kept()
-        params = {PREFIX + k for k, _ in self.model.named_parameters(remove_duplicate=False)}
+        params = {PREFIX + clean_name(k) for k, _ in self.model.named_parameters(remove_duplicate=False)}
         state, rows = checkpoint["state_dict"], {}
         for key in list(state):
             if key in params and key not in kept:
@@ -215,7 +248,8 @@ class CPTModule(pl.LightningModule):
         self.phase = state.get("phase", self.current_stage(checkpoint.get("global_step", 0)))
         self.plan.apply(self.phase, keep_requires_grad=self._keep_requires_grad)
         restore_rows(self.model, state.get("rows", {}), prefix=PREFIX)
-        missing = [k for k, s in self._kept().items() if s == 0 and k not in checkpoint["state_dict"]]
+        saved = checkpoint["state_dict"] if "state_dict" in checkpoint else checkpoint.get(STATE_DICT_KEYS, ())
+        missing = [k for k, s in self._kept().items() if s == 0 and k not in saved]
         if missing:
             raise CptlabError(f"the checkpoint lacks trained weights ({missing[0]}, {len(missing)} in all): it was "
                               f"written by a run with another schedule or adapter config")
@@ -224,7 +258,7 @@ class CPTModule(pl.LightningModule):
 
 def restore_rows(model: torch.nn.Module, rows: dict, *, prefix: str = "") -> None:
     """Copy saved row blocks ({key: {"start", "rows"}}) into the model's matrices."""
-    params = dict(model.named_parameters(remove_duplicate=False))
+    params = {clean_name(n): p for n, p in model.named_parameters(remove_duplicate=False)}
     for key, entry in rows.items():
         name = key[len(prefix):] if key.startswith(prefix) else key
         if name not in params:

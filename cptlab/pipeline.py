@@ -23,6 +23,7 @@ from cptlab.data.datamodule import CPTDataModule
 from cptlab.data.mixture import MixtureSampler, eval_blocks
 from cptlab.data.tokens import DomainSpec, DomainTokens, documents_key, load_domain_documents, prepare_domain
 from cptlab.errors import CptlabError
+from cptlab.fsdp import fsdp_strategy, replicated_params
 from cptlab.model.adapter import apply_adapter
 from cptlab.model.freeze import FreezePlan
 from cptlab.model.load import load_model, max_positions
@@ -147,8 +148,11 @@ def build_model(cfg: DictConfig, tokenizer, base_tokenizer=None):
         raise CptlabError(f"data.seq_len={cfg.data.seq_len} exceeds the model's maximum positions ({limit})")
     if cfg.model.gradient_checkpointing:
         # Non-reentrant checkpointing also works when the embeddings are frozen (LoRA, two-stage).
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return apply_adapter(model, cfg.adapter, base_rows=base_rows), base_rows
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    model = apply_adapter(model, cfg.adapter, base_rows=base_rows)
+    if cfg.model.compile:
+        model.compile()  # in place (nn.Module.compile): names, state dicts and peft wrapping stay as they are
+    return model, base_rows
 
 
 def build_loggers(cfg: DictConfig) -> list:
@@ -218,7 +222,11 @@ def build_lightning(cfg: DictConfig, model, domains: list[DomainTokens], tokeniz
 
         callbacks.append(RichProgressBar(leave=True))
     loggers = build_loggers(cfg)
-    trainer = pl.Trainer(accelerator=tr.accelerator, devices=tr.devices, strategy=tr.strategy,
+    strategy = tr.strategy
+    if strategy == "fsdp":
+        strategy = fsdp_strategy(model, sharding=tr.fsdp_sharding)
+        module.replicated = replicated_params(model)
+    trainer = pl.Trainer(accelerator=tr.accelerator, devices=tr.devices, strategy=strategy,
                          precision=tr.precision, max_steps=tr.max_steps,
                          accumulate_grad_batches=tr.accumulate_grad_batches,
                          gradient_clip_val=cfg.optim.grad_clip, logger=loggers, callbacks=callbacks,

@@ -10,6 +10,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from cptlab.errors import CptlabError
+from cptlab.fsdp import SHARDING
 from cptlab.model.load import check_model_source, random_llama_config
 from cptlab.model.adapter import check_adapter_config, check_targets
 from cptlab.model.freeze import phases_from_config
@@ -146,3 +147,16 @@ def validate(cfg: DictConfig) -> None:
     validate_data(cfg.data)
     validate_model(cfg)
     validate_adapter_targets(cfg)
+    validate_strategy(cfg)
+
+
+def validate_strategy(cfg: DictConfig) -> None:
+    """What trainer.strategy=fsdp cannot do yet, said before any model is built."""
+    tr = cfg.trainer
+    if tr.strategy != "fsdp":
+        return
+    if tr.fsdp_sharding not in SHARDING:
+        raise CptlabError(f"trainer.fsdp_sharding={tr.fsdp_sharding!r} must be one of {', '.join(SHARDING)}")
+    if cfg.retention.name != "none":
+        raise CptlabError(f"retention={cfg.retention.name} keeps an average of the weights, which FSDP shards: "
+                          f"use trainer=ddp with retention, or retention=none with trainer=fsdp")

@@ -11,6 +11,7 @@ from cptlab.optim import LRSchedule
 
 class Trainer:
     global_step = 3
+    world_size = 1
 
 
 def module(policy):
@@ -31,9 +32,29 @@ def batch():
             "is_replay": torch.zeros(2, dtype=torch.bool)}
 
 
-def test_stop_policy_fails_with_a_clear_message():
-    with pytest.raises(CptlabError, match=r"non-finite train loss .* train.nan_policy=stop"):
-        module("stop").training_step(batch(), 0)
+def test_stop_policy_fails_with_a_clear_message_at_the_next_check():
+    m = module("stop")
+    m.check_finite()  # nothing seen yet
+    m.training_step(batch(), 0)  # no host sync in the step: the bad batch is noted on the device
+    assert int(m.first_nonfinite) == 0
+    with pytest.raises(CptlabError, match=r"non-finite train loss at batch 0 .* train.nan_policy=stop"):
+        m.check_finite()
+    with pytest.raises(CptlabError, match="non-finite"):  # and no checkpoint is written from these weights
+        m.on_save_checkpoint({"state_dict": {}})
+
+
+def test_stop_policy_names_the_first_bad_batch():
+    m = module("stop")
+    with torch.no_grad():
+        m.model.lm_head.weight[0, 0] = 0.0
+    for i in range(3):
+        b = batch()
+        b["step"] = i
+        if i == 1:
+            with torch.no_grad():
+                m.model.lm_head.weight[0, 0] = float("nan")
+        m.training_step(b, i)
+    assert int(m.first_nonfinite) == 1
 
 
 def test_skip_batch_policy_skips_and_counts_but_keeps_the_stream_in_step():

@@ -134,6 +134,11 @@ def adapter_params_of(model: torch.nn.Module) -> frozenset[str] | None:
     return getattr(model, ADAPTER_PARAMS_ATTR, None)
 
 
+def clean_name(name: str) -> str:
+    """A parameter name without the wrapper segments FSDP (and activation checkpointing) insert."""
+    return name.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", "")
+
+
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(trainable, total) parameters, each counted once (tied matrices, peft's wrapped base layers).
     Of a row-masked matrix only the trainable rows count as trainable."""
@@ -141,6 +146,7 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     trainable = total = 0
     for name, p in model.named_parameters():
         total += p.numel()
+        name = clean_name(name)
         if recorded is not None:
             if name in recorded:
                 start = recorded[name]

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 
 from cptlab.evaluation import unigram_bpb
-from cptlab.export import merged_model
+from cptlab.export import export_run, merged_model
+from cptlab.fsdp import full_parameters, is_fsdp
 from cptlab.model.freeze import count_parameters
 from cptlab.model.save import publish_model
 from cptlab.run.plots import plot_forgetting_curve
@@ -35,8 +36,9 @@ class RunRecord(pl.Callback):
     def on_train_end(self, trainer, pl_module):
         last = self.run_dir / "checkpoints" / "last.ckpt"
         trainer.save_checkpoint(last, weights_only=False)
-        if trainer.is_global_zero:
-            self.finish(trainer, pl_module)
+        with full_parameters(trainer):  # FSDP: every rank enters; rank 0 then sees the whole model
+            if trainer.is_global_zero:
+                self.finish(trainer, pl_module)
 
     def finish(self, trainer, pl_module) -> dict:
         """Write summary.json, report.md, the plot (and the published model); global rank zero only."""
@@ -74,7 +76,9 @@ class RunRecord(pl.Callback):
         }
         summary["paths"]["plot"] = str(plot_forgetting_curve(self.run_dir, roles, title=f"{self.name} · "
                                                              f"{self.run_dir.name}"))
-        if self.publish_dir:  # last: merging adapters changes the model in place
+        if self.publish_dir and is_fsdp(trainer):  # from the full checkpoint, onto a model outside FSDP
+            summary["paths"]["export"] = str(export_run(self.run_dir, self.publish_dir))
+        elif self.publish_dir:  # last: merging adapters changes the model in place
             summary["paths"]["export"] = str(publish_model(merged_model(model), self.tokenizer_dir,
                                                            Path(self.publish_dir)))
         return summary

@@ -16,7 +16,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(compose_cfg, t
     for flag in (False, True):
         cfg = compose_cfg(["debug=smoke", f"model.gradient_checkpointing={str(flag).lower()}"], output_dir=tmp_path)
         model, _ = pipeline.build_model(cfg, tok)
-        assert model.is_gradient_checkpointing == flag
+        assert model.is_activation_checkpointing == flag
         model.train()
         ids = torch.arange(2 * 17).view(2, 17) % 40
         loss = torch.nn.functional.cross_entropy(model(input_ids=ids[:, :-1]).logits.flatten(0, 1), ids[:, 1:].flatten())

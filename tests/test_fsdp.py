@@ -1,0 +1,71 @@
+"""cptlab.fsdp: which modules are sharded (the decoder layers) and which stay whole (everything outside
+them), with and without peft, and the strategy built from the config. Training under FSDP is tested end
+to end in tests/e2e/test_fsdp.py."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+from cptlab.errors import CptlabError
+from cptlab.fsdp import SHARDING, average_gradients, fsdp_strategy, layer_classes, replicated_params
+from cptlab.model.adapter import apply_adapter
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def tiny(tie: bool = False) -> LlamaForCausalLM:
+    return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tie))
+
+
+def lora(model):
+    return apply_adapter(model, OmegaConf.load(CONF / "adapter" / "lora.yaml"), base_rows=64)
+
+
+@pytest.mark.parametrize("wrap", [lambda m: m, lora], ids=["plain", "lora"])
+def test_layers_are_sharded_and_the_rest_is_replicated(wrap):
+    model = wrap(tiny())
+    assert layer_classes(model) == {LlamaDecoderLayer}
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    expected = [inner.model.embed_tokens.weight, inner.model.norm.weight, inner.lm_head.weight]
+    assert [id(p) for p in replicated_params(model)] == [id(p) for p in expected]
+    inside = {id(p) for layer in inner.model.layers for p in layer.parameters()}
+    every = {id(p) for p in model.parameters()}
+    assert every == inside | {id(p) for p in expected}  # nothing falls between
+
+
+def test_tied_embeddings_are_listed_once():
+    params = replicated_params(tiny(tie=True))
+    assert len(params) == len({id(p) for p in params}) == 2  # embed/lm_head (one matrix) and the final norm
+
+
+@pytest.mark.parametrize("sharding", SHARDING)
+def test_strategy_from_config(sharding):
+    from torch.distributed.fsdp import ShardingStrategy
+
+    strategy = fsdp_strategy(tiny(), sharding=sharding)
+    assert strategy.sharding_strategy == ShardingStrategy[sharding]
+    assert strategy.kwargs["use_orig_params"] is True
+    assert strategy.kwargs["auto_wrap_policy"]._module_classes == {LlamaDecoderLayer}
+    assert len(strategy.kwargs["ignored_modules"]) == 3
+
+
+def test_a_model_without_decoder_layer_classes_is_refused():
+    class Plain(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(2, 2)
+
+    with pytest.raises(CptlabError, match="_no_split_modules"):
+        fsdp_strategy(Plain())
+
+
+def test_average_gradients_is_a_no_op_in_one_process():
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.full((3,), 2.0)
+    average_gradients([p], world_size=1)
+    assert torch.equal(p.grad, torch.full((3,), 2.0))
