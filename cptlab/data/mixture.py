@@ -4,6 +4,7 @@ Everything is a pure function of (seed, step) — no iterator state — so resum
 from __future__ import annotations
 
 import math
+import os
 from fractions import Fraction
 
 import numpy as np
@@ -134,7 +135,7 @@ class MixtureSampler:
             den = math.lcm(*(f.denominator for f in fractions))  # Python ints: no overflow for odd weights
             # Replay rows are floor(ratio * B * s) so replay never runs ahead of its share; new takes the rest (ceil).
             self._extras[role] = _ExtraRows([int(f * den) for f in fractions], den, ceil_capacity=(role == "new"))
-        self._mmaps: dict[int, np.memmap] = {}
+        self._fds: dict[int, int] = {}  # domain -> file descriptor of its train.bin, opened in this process
         self._perms: dict[tuple[int, int], np.ndarray] = {}
 
     def _shares(self) -> list[Fraction]:
@@ -210,11 +211,19 @@ class MixtureSampler:
             out[sel] = self._perm(i, int(e))[pos[sel]]
         return out
 
-    def _tokens(self, i: int) -> np.memmap:
-        # Opened lazily per process: a sampler pickled into DataLoader workers carries no open file handles.
-        if i not in self._mmaps:
-            self._mmaps[i] = self.domains[i].train_tokens()
-        return self._mmaps[i]
+    def _row(self, i: int, start: int, length: int) -> np.ndarray:
+        """Tokens [start, start + length) of domain i's train array, read with os.pread: unlike slicing a
+        memmap, a random read does not map 64 KB windows of the corpus into the process's resident memory
+        (benchmarks/README.md, loader). The file is opened lazily per process: a sampler pickled into
+        DataLoader workers carries no open file handles."""
+        domain = self.domains[i]
+        if i not in self._fds:
+            self._fds[i] = os.open(domain.dir / "train.bin", os.O_RDONLY)
+        itemsize = np.dtype(domain.dtype).itemsize
+        data = os.pread(self._fds[i], length * itemsize, start * itemsize)
+        if len(data) != length * itemsize:
+            raise CptlabError(f"token cache {domain.dir / 'train.bin'} is shorter than its metadata says: delete it")
+        return np.frombuffer(data, dtype=domain.dtype)
 
     def batch(self, step: int, rank: int = 0, world_size: int = 1) -> dict[str, torch.Tensor]:
         """Rank `rank`'s rows `[rank::world_size]` of global batch `step` (shuffled within the batch)."""
@@ -241,7 +250,7 @@ class MixtureSampler:
         rows = np.empty((len(mine), length), dtype=np.int64)
         for r, j in enumerate(mine):
             start = int(block_of_row[j]) * self.seq_len
-            rows[r] = self._tokens(int(domain_of_row[j]))[start : start + length]
+            rows[r] = self._row(int(domain_of_row[j]), start, length)
         domain = domain_of_row[mine]
         # Contiguous copies: losses commonly call .view(-1) on targets, which a shifted view would not allow.
         return {
@@ -254,7 +263,7 @@ class MixtureSampler:
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_mmaps"] = {}
+        state["_fds"] = {}
         state["_perms"] = {}
         return state
 

@@ -239,7 +239,13 @@ def vocab_size_of(tok) -> int:
 
 def encode_documents(tok, docs: list[str], eos_id: int, dtype: str) -> np.ndarray:
     """The ids of every document, each followed by `eos_id`, as one flat array (no BOS, no special tokens)."""
-    ids = tok(docs, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
+    backend = getattr(tok, "backend_tokenizer", None) if getattr(tok, "is_fast", False) else None
+    if backend is not None:
+        # The Rust tokenizer directly: the same ids as tok(docs) without the offsets and BatchEncoding
+        # transformers builds around them (~1.6x faster cache builds; benchmarks/README.md).
+        ids = [e.ids for e in backend.encode_batch_fast(docs, add_special_tokens=False)]
+    else:
+        ids = tok(docs, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
     for doc_ids in ids:  # the lists are ours: appending is cheaper than interleaving EOS afterwards
         doc_ids.append(eos_id)
     flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=sum(map(len, ids)))
