@@ -126,7 +126,7 @@ class TrainerConfig:
     accelerator: str = "cpu"
     devices: Any = 1
     strategy: str = "auto"
-    fsdp_sharding: str = "FULL_SHARD"  # strategy=fsdp: FULL_SHARD | SHARD_GRAD_OP | NO_SHARD | HYBRID_SHARD
+    fsdp_sharding: str = "FULL_SHARD"  # strategy=fsdp: FULL_SHARD | SHARD_GRAD_OP | NO_SHARD
     precision: str = "32-true"
     max_steps: int = 100
     accumulate_grad_batches: int = 1

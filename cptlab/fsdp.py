@@ -17,7 +17,7 @@ import torch
 from cptlab.errors import CptlabError
 from cptlab.model.adapter import unwrap
 
-SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD")
+SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD")
 # Where a checkpoint loaded under FSDP keeps the names of the weights Lightning already loaded.
 STATE_DICT_KEYS = "cptlab_state_dict_keys"
 

@@ -47,15 +47,23 @@ def assert_same_curves(single_dir, fsdp_dir):
         assert fsdp[key] == pytest.approx(value, rel=1e-4, abs=1e-4 if "delta" in key[1] else 1e-5), key
 
 
-def test_cpu_fsdp_matches_single_process(tmp_path):
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
     # Gradient clipping on: under FSDP the norm is taken over every rank's shards by the root module.
-    single = cptlab_train(tmp_path / "single", *SMOKE, "optim.grad_clip=0.5")
-    fsdp = cptlab_train(tmp_path / "fsdp", *SMOKE, *FSDP, "optim.grad_clip=0.5")
-    assert_same_curves(tmp_path / "single", tmp_path / "fsdp")
+    run_dir = tmp_path_factory.mktemp("single") / "run"
+    return run_dir, cptlab_train(run_dir, *SMOKE, "optim.grad_clip=0.5")
+
+
+@pytest.mark.parametrize("sharding", [
+    "FULL_SHARD", *(pytest.param(s, marks=pytest.mark.slow) for s in ("SHARD_GRAD_OP", "NO_SHARD"))])
+def test_cpu_fsdp_matches_single_process(tmp_path, single, sharding):
+    single_dir, single = single
+    fsdp = cptlab_train(tmp_path / "fsdp", *SMOKE, *FSDP, "optim.grad_clip=0.5", f"trainer.fsdp_sharding={sharding}")
+    assert_same_curves(single_dir, tmp_path / "fsdp")
     assert fsdp["status"] == "completed" and fsdp["params"] == single["params"]  # counted on whole weights
     # The checkpoint is a full (unsharded) state dict with the model's own parameter names.
     state = torch.load(tmp_path / "fsdp" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    reference = torch.load(tmp_path / "single" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    reference = torch.load(single_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert set(state) == set(reference)
     for key in reference:
         assert state[key].shape == reference[key].shape, key

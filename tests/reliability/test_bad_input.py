@@ -161,8 +161,8 @@ CASES = [
     # --- strategies ---
     C([*FILES, "trainer=fsdp", "trainer.accelerator=cpu", "retention=ema"], ["retention=ema", "trainer=ddp"], False,
       id="fsdp_with_weight_averaging"),
-    C([*FILES, "trainer=fsdp", "trainer.accelerator=cpu", "trainer.fsdp_sharding=ZERO3"],
-      ["trainer.fsdp_sharding='ZERO3'", "FULL_SHARD"], False, id="fsdp_unknown_sharding"),
+    C([*FILES, "trainer=fsdp", "trainer.accelerator=cpu", "trainer.fsdp_sharding=HYBRID_SHARD"],
+      ["trainer.fsdp_sharding='HYBRID_SHARD'", "FULL_SHARD"], False, id="fsdp_unknown_sharding"),
     # --- tokenizer ---
     C([*FILES, "model=hf", "model.name_or_path={wordlevel_model}", "tokenizer=extend"],
       ["tokenizer=extend", "{wordlevel_model}"], False, id="extend_base_with_wordlevel_tokenizer"),

@@ -1,0 +1,24 @@
+"""The GPU check's code path (python -m cptlab.bench.gpu) at tiny size on CPU: it trains through cptlab's
+pipeline with Lightning's ThroughputMonitor and reports tokens/s and FLOPs; MFU needs a known GPU peak."""
+
+from cptlab.bench.gpu import flops_per_batch, run
+
+
+def test_gpu_bench_code_path_runs_on_cpu(tmp_path):
+    result = run("tiny", steps=4, warmup=1, accelerator="cpu", precision="32-true", workdir=tmp_path)
+    assert result["device"] == "cpu" and result["steps"] == 4
+    assert result["flops_per_batch"] > 0 and result["tokens_per_sec"] > 0
+    assert result["flops_per_sec"] > 0
+    assert result["peak_flops"] is None and result["mfu"] is None  # no datasheet peak for a CPU
+
+
+def test_flops_per_batch_is_about_six_flops_per_parameter_and_token():
+    config = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=4)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    params = sum(p.numel() for p in LlamaForCausalLM(LlamaConfig(vocab_size=1000, **config)).parameters())
+    tokens = 2 * 128
+    flops = flops_per_batch(config, 1000, 2, 128)
+    # 6 N T for the matmuls (the input embedding is a lookup, not a matmul), plus attention's share.
+    assert 0.8 * 6 * params * tokens < flops < 1.3 * 6 * params * tokens
