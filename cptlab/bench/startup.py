@@ -64,6 +64,15 @@ def smoke_overrides(ctx: Context) -> list[str]:
     return overrides
 
 
+def _exists(root: Path, name: str) -> bool:
+    """Whether a file `name` is under `root`, while the run writing there renames its temporary directories
+    (a directory listed by the walk can vanish before it is entered: then look again at the next poll)."""
+    try:
+        return next(root.rglob(name), None) is not None
+    except FileNotFoundError:
+        return False
+
+
 def smoke_run(ctx: Context, label: str) -> dict:
     runs = ctx.path("startup_runs", label)
     cmd = [sys.executable, "-m", "cptlab.train", *smoke_overrides(ctx)]
@@ -73,7 +82,7 @@ def smoke_run(ctx: Context, label: str) -> dict:
     first, stopped = None, False
     try:
         while proc.poll() is None:
-            if first is None and next(runs.rglob("metrics.csv"), None) is not None:
+            if first is None and _exists(runs, "metrics.csv"):
                 first = time.perf_counter() - t0
                 if ctx.sizes.quick:  # the caches are complete by now; the rest of the run is not measured
                     proc.kill()

@@ -12,6 +12,8 @@ import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from filelock import FileLock
+
 from cptlab.errors import CptlabError
 from cptlab.tokenizer.bpe_extend import SIDE_FILES, TOKENIZER_JSON, extend_bpe, is_byte_level_bpe
 from cptlab.tokenizer.extend import extend_spm
@@ -253,13 +255,16 @@ def _publish(out_dir: Path, build: Callable[[Path], None]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         build(tmp)
-        if out_dir.is_dir() and hash_dir(out_dir) == hash_dir(tmp):
-            return
-        if out_dir.exists():
-            # A directory cannot be replaced in one rename: move the old one aside first.
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
-            os.replace(out_dir, old / out_dir.name)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, out_dir)
+        # The ranks of a multi-process run publish the same directory at the same time: one swaps it in,
+        # the others then find it identical.
+        with FileLock(str(out_dir.parent / f".{out_dir.name}.lock")):
+            if out_dir.is_dir() and hash_dir(out_dir) == hash_dir(tmp):
+                return
+            if out_dir.exists():
+                # A directory cannot be replaced in one rename: move the old one aside first.
+                old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
+                os.replace(out_dir, old / out_dir.name)
+                shutil.rmtree(old, ignore_errors=True)
+            os.replace(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

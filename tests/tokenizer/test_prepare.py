@@ -60,7 +60,8 @@ def test_out_dir_is_left_alone_when_identical_and_replaced_otherwise(tmp_path, d
     assert out.stat().st_ino == inode
     prepare_tokenizer("train", out, cache_root=cache, texts=lambda: make_docs(seed=2), vocab_size=400)
     assert out.stat().st_ino != inode
-    assert sorted(p.name for p in out.parent.iterdir()) == ["tokenizer"]  # no temporary leftovers
+    # no temporary leftovers (the lock that serialises ranks stays, as cache locks do)
+    assert sorted(p.name for p in out.parent.iterdir()) == [".tokenizer.lock", "tokenizer"]
 
 
 def test_base_from_hf_directory_is_copied(tmp_path, exported):
@@ -123,3 +124,21 @@ def test_texts_key_lets_a_warm_cache_skip_reading_the_texts(tmp_path, docs, make
     prepare_tokenizer("train", tmp_path / "c", cache_root=cache, texts=lambda: make_docs(seed=1), vocab_size=400,
                       texts_key="sources-v2")
     assert len(train_calls) == 2 and hash_dir(tmp_path / "c") != hash_dir(first)
+
+
+def _publish_into(args):
+    cache, out, docs = args
+    return str(prepare_tokenizer("train", out, cache_root=cache, texts=lambda: docs, vocab_size=400))
+
+
+def test_ranks_publishing_the_same_run_tokenizer_at_once_all_succeed(tmp_path, docs):
+    # Every rank of a multi-process run puts run_dir/tokenizer in place at the same moment.
+    import multiprocessing
+
+    cache, out = tmp_path / "cache", tmp_path / "run" / "tokenizer"
+    prepare_tokenizer("train", tmp_path / "warm", cache_root=cache, texts=lambda: docs, vocab_size=400)
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        results = pool.map(_publish_into, [(cache, out, docs)] * 8)
+    assert results == [str(out)] * 8
+    assert hash_dir(out) == hash_dir(tmp_path / "warm")
+    assert not [p.name for p in out.parent.iterdir() if p.name.endswith((".tmp", ".old"))]
