@@ -58,9 +58,15 @@ def single(tmp_path_factory):
     "FULL_SHARD", *(pytest.param(s, marks=pytest.mark.slow) for s in ("SHARD_GRAD_OP", "NO_SHARD"))])
 def test_cpu_fsdp_matches_single_process(tmp_path, single, sharding):
     single_dir, single = single
-    fsdp = cptlab_train(tmp_path / "fsdp", *SMOKE, *FSDP, "optim.grad_clip=0.5", f"trainer.fsdp_sharding={sharding}")
+    fsdp = cptlab_train(tmp_path / "fsdp", *SMOKE, *FSDP, "optim.grad_clip=0.5", f"trainer.fsdp_sharding={sharding}",
+                        f"publish_dir={tmp_path / 'published'}")
     assert_same_curves(single_dir, tmp_path / "fsdp")
     assert fsdp["status"] == "completed" and fsdp["params"] == single["params"]  # counted on whole weights
+    # publish_dir: the merged model, written from the full checkpoint, loads as a plain HF model.
+    from transformers import AutoModelForCausalLM
+
+    published = AutoModelForCausalLM.from_pretrained(fsdp["paths"]["export"])
+    assert sum(p.numel() for p in published.parameters()) == single["params"]["total"]
     # The checkpoint is a full (unsharded) state dict with the model's own parameter names.
     state = torch.load(tmp_path / "fsdp" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     reference = torch.load(single_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
