@@ -182,8 +182,26 @@ def _value(override: str | None) -> str | None:
     return None if override is None else override.split("=", 1)[-1].strip()
 
 
+EMA_PREFIX = "val_ema/"
+
+
+def ema_view(run: Run) -> Run | None:
+    """The run's EMA weights as a run of their own (retention=ema|mean_teacher logs val_ema/*): the same
+    run with val_ema/* read as val/*, labelled "· EMA weights"; None when the run has no EMA curves.
+    Its delta_bpb is measured from the raw step-0 bpb, as the run logged it."""
+    ema = {"val/" + k[len(EMA_PREFIX):]: v for k, v in run.series.items() if k.startswith(EMA_PREFIX)}
+    if not ema:
+        return None
+    series = {k: v for k, v in run.series.items() if not k.startswith(("val/", EMA_PREFIX))} | ema
+    summary = {k: v for k, v in run.summary.items() if k != "domains"}  # the domain record is the raw weights'
+    return Run(path=run.path, status=run.status, error=run.error, overrides=run.overrides, roles=run.roles,
+               summary=summary, series=series, label=f"{run.label} · EMA weights")
+
+
 def load_runs(paths: list[Path]) -> list[Run]:
-    return label_and_sort([load_run(p) for p in find_run_dirs(paths)])
+    """The runs in sweep order, each followed by its EMA-weights view when it has one."""
+    runs = label_and_sort([load_run(p) for p in find_run_dirs(paths)])
+    return [view for run in runs for view in (run, ema_view(run)) if view is not None]
 
 
 def parse_domains(values: list[str] | None) -> list[str] | None:

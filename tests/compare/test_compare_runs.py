@@ -87,3 +87,31 @@ def test_half_written_metrics_csv_is_a_warning_not_a_crash(sweep):
     run = load_runs([sweep / "4"])[0]
     assert run.series == {} and run.status == "unfinished"
     assert "metrics.csv: unreadable" in run.warnings[0]
+
+
+def test_ema_weights_are_compared_as_a_run_of_their_own(sweep):
+    # A retention=ema run also logs val_ema/<domain>/* at each evaluation: add those columns to one run.
+    import csv
+
+    path = sweep / "1"
+    with open(path / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    ema = {"0": 1.5, "50": 1.52, "100": 1.53}  # en under the EMA weights; zh below
+    for row in rows:
+        if row["val/en/bpb"]:
+            row["val_ema/en/bpb"] = ema[row["step"]]
+            row["val_ema/en/delta_bpb"] = ema[row["step"]] - 1.5
+            row["val_ema/zh/bpb"] = float(row["val/zh/bpb"]) + 0.1
+    with open(path / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*rows[0].keys(), "val_ema/en/bpb", "val_ema/en/delta_bpb",
+                                               "val_ema/zh/bpb"])
+        writer.writeheader()
+        writer.writerows(rows)
+    runs = load_runs([sweep])
+    labels = [r.label for r in runs]
+    raw = labels.index("data.replay_ratio=0.25")
+    assert labels[raw + 1] == "data.replay_ratio=0.25 · EMA weights" and len(runs) == 6
+    view = runs[raw + 1]
+    assert view.domain_bpb("en") == pytest.approx({"bpb_start": 1.5, "bpb_end": 1.53, "delta_bpb": 0.03})
+    assert view.domain_bpb("zh")["bpb_end"] == pytest.approx(2.2)
+    assert runs[raw].domain_bpb("en")["bpb_end"] == pytest.approx(1.56)  # the raw weights are unchanged
