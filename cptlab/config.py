@@ -156,6 +156,7 @@ class TrainConfig:
     name: str = "default"
     seed: int = 0
     publish_dir: Optional[str] = None
+    tags: list[str] = field(default_factory=list)  # extra wandb tags (the group choices are added)
     paths: PathsConfig = field(default_factory=PathsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -196,10 +197,16 @@ def wandb_offline() -> bool:
     return not (os.path.exists(netrc) and "api.wandb.ai" in open(netrc, encoding="utf-8", errors="ignore").read())
 
 
+def run_tags(tags, *choices: str) -> list[str]:
+    """wandb tags: the config's `tags`, then the option choices that tell runs apart, each once."""
+    return list(dict.fromkeys([*(str(t) for t in tags or ()), *choices]))
+
+
 def register() -> None:
     """Register the schema and resolvers (idempotent; called on import of cptlab.train)."""
     ConfigStore.instance().store(name="cptlab_schema", node=TrainConfig)
-    for name, fn in (("run_name", run_name), ("wandb_id", wandb_id), ("wandb_offline", wandb_offline)):
+    for name, fn in (("run_name", run_name), ("wandb_id", wandb_id), ("wandb_offline", wandb_offline),
+                     ("run_tags", run_tags)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 

@@ -55,3 +55,12 @@ def test_run_name_is_deterministic_and_filesystem_safe():
     assert "/" not in run_name("model.name_or_path=/a/b")
     long = run_name("x=" + "y" * 500)
     assert len(long) <= 120 and long == run_name("x=" + "y" * 500)
+
+
+def test_wandb_run_is_grouped_named_and_tagged_from_the_config(compose_cfg):
+    cfg = compose_cfg(["experiment=demo_zh_lora", "logger=wandb", "tags=[ablation,v2,'adapter=lora']"])
+    wandb = cfg.logger.wandb
+    assert wandb.group == "demo_zh_lora"  # one group per experiment / sweep
+    # the user's tags first, then the choices that tell runs apart, each once
+    assert list(wandb.tags) == ["ablation", "v2", "adapter=lora", "schedule=two_stage", "retention=none",
+                                "tokenizer=extend"]
