@@ -20,10 +20,11 @@ def token_nll(model, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Te
 
 @torch.no_grad()
 def eval_sums(model, blocks: torch.Tensor, token_bytes: torch.Tensor, *, batch_size: int,
-              device: torch.device | str = "cpu", n_batches: int | None = None) -> torch.Tensor:
+              device: torch.device | str = "cpu", n_batches: int | None = None,
+              filler: torch.Tensor | None = None) -> torch.Tensor:
     """[nll_sum, n_tokens, n_bytes] (float64) over `blocks` ([n, seq_len + 1] token ids).
-    `n_batches`: run this many forward passes even if `blocks` needs fewer (the extra ones count for
-    nothing): under FSDP every forward is collective, so all ranks must make the same number."""
+    `n_batches`: run this many forward passes even if `blocks` needs fewer, on `filler` (a block; counts
+    for nothing): under FSDP every forward is collective, so all ranks must make the same number."""
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     token_bytes = token_bytes.to(device)
     starts = list(range(0, len(blocks), batch_size))
@@ -38,7 +39,7 @@ def eval_sums(model, blocks: torch.Tensor, token_bytes: torch.Tensor, *, batch_s
             sums[1] += targets.numel()
             sums[2] += token_bytes[targets].double().sum()
         for _ in range(len(starts), n_batches or 0):
-            model(input_ids=blocks[:1, :-1].to(device))
+            model(input_ids=(blocks if filler is None else filler)[:1, :-1].to(device))
     finally:
         model.train(was_training)
     return sums

@@ -54,3 +54,24 @@ def test_unigram_bpb_hand_computed():
     tb = torch.tensor([1, 2, 1, 1])
     bits = -(math.log2(0.4) + math.log2(0.3) + 2 * math.log2(0.1))
     assert unigram_bpb(train, blocks, tb) == pytest.approx(bits / (1 + 2 + 1 + 1))
+
+
+def test_eval_sums_pads_forward_passes_without_counting_them():
+    # Under FSDP every rank makes as many forward passes as the rank with the most blocks, even one with none.
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from cptlab.evaluation import eval_sums
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    calls = []
+    model.register_forward_hook(lambda *args: calls.append(1))
+    blocks, token_bytes = torch.randint(0, 32, (3, 9)), torch.ones(32, dtype=torch.long)
+    plain = eval_sums(model, blocks, token_bytes, batch_size=2)
+    assert len(calls) == 2
+    padded = eval_sums(model, blocks, token_bytes, batch_size=2, n_batches=4, filler=blocks[:1])
+    assert len(calls) == 2 + 4 and torch.equal(plain, padded)
+    empty = eval_sums(model, blocks[:0], token_bytes, batch_size=2, n_batches=2, filler=blocks[:1])
+    assert len(calls) == 2 + 4 + 2 and empty.tolist() == [0.0, 0.0, 0.0]
