@@ -94,6 +94,8 @@ def fsdp_strategy(model: torch.nn.Module, *, sharding: str = "FULL_SHARD"):
 
 @contextlib.contextmanager
 def _full_state_dicts_without_offload():
+    """Within it, Lightning's (private) helper that sets up full state dicts asks for no CPU offload: a
+    patch scoped to the call, for CPU runs only (see CPTFSDPStrategy)."""
     import pytorch_lightning.strategies.fsdp as lightning_fsdp
     from torch.distributed.fsdp import FullStateDictConfig, StateDictType
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
