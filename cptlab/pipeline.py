@@ -37,7 +37,7 @@ from cptlab.tokenizer.hf import load_tokenizer
 from cptlab.tokenizer.prepare import prepare_tokenizer
 from cptlab.tokenizer.report import tokens_per_char
 from cptlab.utils.hashing import hash_dir, hash_obj
-from cptlab.utils.io import atomic_write_json
+from cptlab.utils.io import atomic_write_json, build_once
 
 
 def show_progress() -> bool:
@@ -100,25 +100,23 @@ def build_base_tokenizer(cfg: DictConfig, run_dir: Path) -> Path | None:
 def tokenizer_stats(cfg: DictConfig, tokenizer_dir: Path, base_dir: Path | None, max_docs: int = 2000
                     ) -> dict[str, dict]:
     """Tokens per character of each domain's held-out text, for the base and the final tokenizer.
-    Kept in the shared cache (keyed by the sources' fingerprints and the tokenizers' files), so a warm
-    start of a sweep job reads no document."""
+    Built once in the shared cache (keyed by the sources' fingerprints and the tokenizers' files), so a
+    warm start of a sweep job reads no document."""
     key = hash_obj({"version": 1, "max_docs": max_docs, "tokenizers": [hash_dir(d) for d in (tokenizer_dir, base_dir) if d],
                     "domains": {spec.name: documents_key(spec, seed=cfg.seed, on_bad_text=cfg.data.on_bad_text)
                                 for spec in domain_specs(cfg.data)}})
-    path = Path(cfg.paths.cache_dir) / "stats" / f"tokens_per_char-{key}.json"
-    if path.is_file():
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except ValueError:
-            pass  # a damaged entry is computed and written again
-    tokenizer, base = load_tokenizer(tokenizer_dir), load_tokenizer(base_dir) if base_dir else None
-    stats = {}
-    for spec in domain_specs(cfg.data):
-        held_out = load_domain_documents(spec, on_bad_text=cfg.data.on_bad_text, seed=cfg.seed)[1][:max_docs]
-        final = tokens_per_char(tokenizer, held_out)
-        stats[spec.name] = {"base": tokens_per_char(base, held_out) if base else final, "final": final}
-    atomic_write_json(path, stats)
-    return stats
+
+    def build(tmp: Path) -> None:
+        tokenizer, base = load_tokenizer(tokenizer_dir), load_tokenizer(base_dir) if base_dir else None
+        stats = {}
+        for spec in domain_specs(cfg.data):
+            held_out = load_domain_documents(spec, on_bad_text=cfg.data.on_bad_text, seed=cfg.seed)[1][:max_docs]
+            final = tokens_per_char(tokenizer, held_out)
+            stats[spec.name] = {"base": tokens_per_char(base, held_out) if base else final, "final": final}
+        atomic_write_json(tmp / "tokens_per_char.json", stats)
+
+    entry = build_once(Path(cfg.paths.cache_dir) / "stats" / f"tokens_per_char-{key}", build)
+    return json.loads((entry / "tokens_per_char.json").read_text(encoding="utf-8"))
 
 
 def build_data(cfg: DictConfig, tokenizer_dir: Path) -> list[DomainTokens]:
