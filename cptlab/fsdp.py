@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+from pytorch_lightning.strategies import FSDPStrategy
 
 from cptlab.errors import CptlabError
 from cptlab.model.adapter import unwrap
@@ -42,49 +43,48 @@ def replicated_modules(model: torch.nn.Module, layers: set[type]) -> list[torch.
             if id(m) not in inside and any(True for _ in m.parameters(recurse=False))]
 
 
-def fsdp_strategy(model: torch.nn.Module, *, sharding: str = "FULL_SHARD"):
-    """An FSDPStrategy sharding the decoder layers of `model` (full checkpoints, written by rank 0)."""
-    from pytorch_lightning.strategies import FSDPStrategy
+class CPTFSDPStrategy(FSDPStrategy):
+    """Lightning's FSDPStrategy, also on CPU: Lightning refuses accelerator=cpu for its own class only
+    (an exact type check) and leaves FSDP to guess the device, which fails on a machine without an
+    accelerator; torch's FSDP itself runs on CPU over gloo, which is how the test suite runs this path."""
 
-    class CPTFSDPStrategy(FSDPStrategy):
-        """Lightning's FSDPStrategy, also on CPU: Lightning refuses accelerator=cpu for its own class only
-        (an exact type check) and leaves FSDP to guess the device, which fails on a machine without an
-        accelerator; torch's FSDP itself runs on CPU over gloo, which is how the test suite runs this path."""
+    def _setup_model(self, model):
+        if self.root_device.type != "cpu":
+            return super()._setup_model(model)
+        from torch.distributed.fsdp import FullyShardedDataParallel
 
-        def _setup_model(self, model):
-            if self.root_device.type != "cpu":
-                return super()._setup_model(model)
-            from torch.distributed.fsdp import FullyShardedDataParallel
+        return FullyShardedDataParallel(module=model, cpu_offload=self.cpu_offload,
+                                        mixed_precision=self.mixed_precision_config,
+                                        sharding_strategy=self.sharding_strategy, device_id=torch.device("cpu"),
+                                        **self.kwargs)
 
-            return FullyShardedDataParallel(module=model, cpu_offload=self.cpu_offload,
-                                            mixed_precision=self.mixed_precision_config,
-                                            sharding_strategy=self.sharding_strategy, device_id=torch.device("cpu"),
-                                            **self.kwargs)
+    # Full state dicts: Lightning asks FSDP to offload them to CPU, which crashes the process (SIGSEGV,
+    # torch 2.13) when the parameters already are on CPU; there they are gathered without offloading.
+    def lightning_module_state_dict(self):
+        with self._cpu_state_dicts():
+            return super().lightning_module_state_dict()
 
-        # Full state dicts: Lightning asks FSDP to offload them to CPU, which crashes the process (SIGSEGV,
-        # torch 2.13) when the parameters already are on CPU; there they are gathered without offloading.
-        def lightning_module_state_dict(self):
-            with self._cpu_state_dicts():
-                return super().lightning_module_state_dict()
+    def optimizer_state(self, optimizer):
+        with self._cpu_state_dicts():
+            return super().optimizer_state(optimizer)
 
-        def optimizer_state(self, optimizer):
-            with self._cpu_state_dicts():
-                return super().optimizer_state(optimizer)
+    def load_checkpoint(self, checkpoint_path, weights_only=None):
+        # Lightning loads the weights into the FSDP model itself and drops them from the checkpoint;
+        # their names stay for CPTModule.on_load_checkpoint's check that the run's trained weights are all there.
+        keys = list(torch.load(checkpoint_path, mmap=True, weights_only=False, map_location="cpu")["state_dict"])
+        with self._cpu_state_dicts():
+            checkpoint = super().load_checkpoint(checkpoint_path, weights_only=weights_only)
+        checkpoint[STATE_DICT_KEYS] = keys
+        return checkpoint
 
-        def load_checkpoint(self, checkpoint_path, weights_only=None):
-            # Lightning loads the weights into the FSDP model itself and drops them from the checkpoint;
-            # their names stay for CPTModule.on_load_checkpoint's check that the run's trained weights are all there.
-            keys = list(torch.load(checkpoint_path, mmap=True, weights_only=False, map_location="cpu")["state_dict"])
-            with self._cpu_state_dicts():
-                checkpoint = super().load_checkpoint(checkpoint_path, weights_only=weights_only)
-            checkpoint[STATE_DICT_KEYS] = keys
-            return checkpoint
+    def _cpu_state_dicts(self):
+        if self.root_device.type != "cpu":
+            return contextlib.nullcontext()
+        return _full_state_dicts_without_offload()
 
-        def _cpu_state_dicts(self):
-            if self.root_device.type != "cpu":
-                return contextlib.nullcontext()
-            return _full_state_dicts_without_offload()
 
+def fsdp_strategy(model: torch.nn.Module, *, sharding: str = "FULL_SHARD") -> CPTFSDPStrategy:
+    """An FSDP strategy sharding the decoder layers of `model` (full checkpoints, written by rank 0)."""
     if sharding not in SHARDING:
         raise CptlabError(f"trainer.fsdp_sharding={sharding!r} must be one of {', '.join(SHARDING)}")
     layers = layer_classes(model)
@@ -126,8 +126,6 @@ def replicated_params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 
 def is_fsdp(trainer) -> bool:
-    from pytorch_lightning.strategies import FSDPStrategy
-
     return isinstance(getattr(trainer, "strategy", None), FSDPStrategy)
 
 

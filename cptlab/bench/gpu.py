@@ -20,6 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytorch_lightning as pl
+import torch
+from lightning_fabric.utilities.throughput import Throughput, get_available_flops, measure_flops
+from pytorch_lightning.callbacks.throughput_monitor import _plugin_to_compute_dtype
+
 SIZES = {
     # TinyLlama-1.1B's shape (22 layers, 2048 wide, GQA 32/4), the issue's "~1B-parameter Llama".
     "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
@@ -43,8 +48,6 @@ def overrides(size: str, *, steps: int, accelerator: str, precision: str, compil
 
 def flops_per_batch(model_config: dict, vocab_size: int, batch_size: int, seq_len: int) -> int:
     """Forward + backward FLOPs of one batch, counted by torch on a meta-device copy of the model."""
-    import torch
-    from lightning_fabric.utilities.throughput import measure_flops
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(vocab_size=vocab_size, max_position_embeddings=seq_len, **model_config)
@@ -54,7 +57,7 @@ def flops_per_batch(model_config: dict, vocab_size: int, batch_size: int, seq_le
     return measure_flops(model, lambda: model(input_ids=ids).logits, loss_fn=torch.Tensor.sum)
 
 
-class Meter:
+class Meter(pl.Callback):
     """Lightning's `Throughput` fed once per optimizer step (CUDA synchronised first, as Lightning's
     ThroughputMonitor does), starting after `warmup` steps; `result()` is its `compute()`."""
 
@@ -62,31 +65,19 @@ class Meter:
         self.flops, self.tokens, self.batch_size, self.warmup = flops_per_batch, tokens_per_batch, batch_size, warmup
         self.window, self.throughput, self.t0, self.n = window, None, 0.0, 0
 
-    def callback(self):
-        import pytorch_lightning as pl
-        import torch
-        from lightning_fabric.utilities.throughput import Throughput, get_available_flops
-        from pytorch_lightning.callbacks.throughput_monitor import _plugin_to_compute_dtype
-
-        meter = self
-
-        class _Callback(pl.Callback):
-            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-                device = trainer.strategy.root_device
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                if trainer.global_step == meter.warmup:
-                    peak = get_available_flops(device, _plugin_to_compute_dtype(trainer.precision_plugin))
-                    meter.throughput = Throughput(available_flops=peak, world_size=trainer.world_size,
-                                                  window_size=meter.window + 1)
-                    meter.t0, meter.n = time.perf_counter(), 0
-                if meter.throughput is not None:
-                    meter.n += 1
-                    meter.throughput.update(time=time.perf_counter() - meter.t0, batches=meter.n,
-                                            samples=meter.n * meter.batch_size, lengths=meter.n * meter.tokens,
-                                            flops=meter.flops)
-
-        return _Callback()
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        device = trainer.strategy.root_device
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if trainer.global_step == self.warmup:
+            peak = get_available_flops(device, _plugin_to_compute_dtype(trainer.precision_plugin))
+            self.throughput = Throughput(available_flops=peak, world_size=trainer.world_size,
+                                         window_size=self.window + 1)
+            self.t0, self.n = time.perf_counter(), 0
+        if self.throughput is not None:
+            self.n += 1
+            self.throughput.update(time=time.perf_counter() - self.t0, batches=self.n,
+                                   samples=self.n * self.batch_size, lengths=self.n * self.tokens, flops=self.flops)
 
     def result(self) -> dict:
         return dict(self.throughput.compute()) if self.throughput is not None else {}
@@ -94,8 +85,6 @@ class Meter:
 
 def run(size: str = "1b", *, steps: int = 30, warmup: int = 10, accelerator: str = "gpu",
         precision: str = "bf16-mixed", compile: bool = False, workdir: Path | None = None) -> dict:
-    import torch
-
     from cptlab import pipeline
     from cptlab.bench.training import compose
     from cptlab.tokenizer.hf import load_tokenizer
@@ -113,14 +102,14 @@ def run(size: str = "1b", *, steps: int = 30, warmup: int = 10, accelerator: str
     model_config = {k: v for k, v in s.items() if k not in ("seq_len", "batch_size")}
     flops = flops_per_batch(model_config, model.get_input_embeddings().weight.shape[0], s["batch_size"], s["seq_len"])
     meter = Meter(flops, s["batch_size"] * s["seq_len"], s["batch_size"], warmup=warmup, window=steps - warmup)
-    lightning.trainer.callbacks.append(meter.callback())
+    lightning.trainer.callbacks.append(meter)
     started = time.time()
     lightning.trainer.fit(lightning.module, datamodule=lightning.datamodule)
     logged = {k: float(v) for k, v in meter.result().items()}
     device = lightning.trainer.strategy.root_device
     return {
         "size": size, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
-        "precision": precision, "compile": compile, "steps": steps, "timed_steps": max(steps - warmup, 1),
+        "precision": precision, "compile": compile, "compiled": model._compiled_call_impl is not None, "steps": steps, "timed_steps": max(steps - warmup, 1),
         "params": sum(p.numel() for p in model.parameters()), "batch_size": s["batch_size"], "seq_len": s["seq_len"],
         "flops_per_batch": flops, "peak_flops": meter.throughput.available_flops if meter.throughput else None,
         # items = tokens (the meter counts each batch's input ids), per device
