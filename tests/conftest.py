@@ -37,3 +37,20 @@ def compose_cfg():
         return cfg
 
     return _compose
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """spy(module, "name") replaces module.name for the test with a wrapper that records each call's
+    keyword arguments in the returned list and then calls the real function."""
+    def install(module, name: str) -> list[dict]:
+        calls, real = [], getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            calls.append(kwargs)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, wrapper)
+        return calls
+
+    return install

@@ -19,17 +19,14 @@ def make_docs(seed: int, n: int = 300) -> list[str]:
     return [" ".join(rng.choice(words) for _ in range(rng.randint(5, 30))) for _ in range(n)]
 
 
-def test_warm_tokenizer_cache_reads_no_documents_and_follows_source_changes(tmp_path, compose_cfg, monkeypatch):
+def test_warm_tokenizer_cache_reads_no_documents_and_follows_source_changes(tmp_path, compose_cfg, spy):
     new, old = tmp_path / "new.txt", tmp_path / "old.txt"
     new.write_text("\n".join(make_docs(seed=0)) + "\n")
     old.write_text("\n".join(make_docs(seed=1)) + "\n")
     cfg = compose_cfg(["debug=smoke", "data=files", f"data.domains.new.sources=[{new}]",
                        f"data.domains.old.sources=[{old}]", f"paths.cache_dir={tmp_path / 'cache'}",
                        "tokenizer.vocab_size=400"])
-    reads, trainings = [], []
-    real_load, real_train = pipeline.load_domain_documents, prepare.train_spm
-    monkeypatch.setattr(pipeline, "load_domain_documents", lambda *a, **k: reads.append(a) or real_load(*a, **k))
-    monkeypatch.setattr(prepare, "train_spm", lambda *a, **k: trainings.append(a) or real_train(*a, **k))
+    reads, trainings = spy(pipeline, "load_domain_documents"), spy(prepare, "train_spm")
 
     first = pipeline.build_tokenizer(cfg, tmp_path / "run1")
     assert trainings and reads

@@ -112,16 +112,8 @@ def test_racing_processes_build_one_cache_and_agree(raced):
 
 
 @pytest.fixture
-def build_spy(monkeypatch):
-    calls = []
-    original = tokens._build
-
-    def spy(*args, **kwargs):
-        calls.append(args)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(tokens, "_build", spy)
-    return calls
+def build_spy(spy):
+    return spy(tokens, "_build")
 
 
 def test_a_later_call_reuses_the_cache_then_rebuilds_a_truncated_one(raced, corpus, bpe_tokenizer_dir, build_spy):

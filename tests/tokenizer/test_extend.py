@@ -199,16 +199,8 @@ def test_bad_bases_and_options_are_errors(exported, tmp_path):
 
 
 @pytest.fixture
-def extend_calls(monkeypatch):
-    calls = []
-    real = prepare.extend_spm
-
-    def spy(*args, **kwargs):
-        calls.append(kwargs)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(prepare, "extend_spm", spy)
-    return calls
+def extend_calls(spy):
+    return spy(prepare, "extend_spm")
 
 
 def test_prepare_extend_is_cached_and_records_stats(exported, tmp_path, docs, extend_calls):

@@ -15,17 +15,9 @@ from cptlab.utils.hashing import hash_dir
 
 
 @pytest.fixture
-def train_calls(monkeypatch):
+def train_calls(spy):
     """Counts the SentencePiece trainings prepare_tokenizer runs."""
-    calls = []
-    real = prepare.train_spm
-
-    def spy(*args, **kwargs):
-        calls.append(kwargs)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(prepare, "train_spm", spy)
-    return calls
+    return spy(prepare, "train_spm")
 
 
 def test_train_is_cached_by_content(tmp_path, docs, train_calls):
