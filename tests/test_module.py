@@ -11,11 +11,11 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from cptlab.data.datamodule import CPTDataModule
 from cptlab.model.adapter import apply_adapter
 from cptlab.model.freeze import FreezePlan
+from cptlab.model.load import load_model
 from cptlab.module import CPTModule
 from cptlab.optim import LRSchedule
 
@@ -42,14 +42,13 @@ class Sampler:
 
 
 def tiny(tied=False, hidden=HIDDEN, inter=64, vocab=BASE, grow=GROWN):
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                      tie_word_embeddings=tied)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg)
+    """A random-init Llama as cptlab builds one (seed 0), its vocabulary grown from `vocab` to `grow` rows."""
+    model = load_model(None, config=dict(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                         tie_word_embeddings=tied), dtype="float32", vocab_size=vocab)
     if grow:
+        torch.manual_seed(0)
         model.resize_token_embeddings(grow, mean_resizing=False)
-    model.config.use_cache = False
     return model
 
 

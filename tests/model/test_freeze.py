@@ -8,22 +8,23 @@ from types import SimpleNamespace
 import pytest
 import torch
 from omegaconf import OmegaConf
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from cptlab.errors import CptlabError
 from cptlab.model.adapter import apply_adapter
 from cptlab.model.freeze import FreezePlan, Phase, count_parameters, phases_from_config
+from cptlab.model.load import load_model
 
 BASE, GROWN = 96, 128
 
 
 def tiny(tied: bool = False, grow: int | None = GROWN, layers: int = 2) -> LlamaForCausalLM:
-    cfg = LlamaConfig(vocab_size=BASE, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                      tie_word_embeddings=tied)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg)
+    """A random-init Llama as cptlab builds one (seed 0), its vocabulary grown from BASE to `grow` rows."""
+    model = load_model(None, config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                         tie_word_embeddings=tied), dtype="float32", vocab_size=BASE)
     if grow:
+        torch.manual_seed(0)
         model.resize_token_embeddings(grow, mean_resizing=False)
     return model
 
