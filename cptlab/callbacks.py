@@ -4,6 +4,8 @@ checkpoint at step N always comes after step N's metrics are written."""
 
 from __future__ import annotations
 
+import datetime
+import sys
 import time
 
 import pytorch_lightning as pl
@@ -23,11 +25,24 @@ def tokens_seen(trainer: pl.Trainer, tokens_per_batch: int) -> int:
     return trainer.lightning_module.batches_done * tokens_per_batch
 
 
+def plain_line(trainer: pl.Trainer, text: str) -> None:
+    """One flushed line on stdout from global rank zero: the progress a log file shows without a TTY."""
+    if trainer.is_global_zero:
+        print(text, file=sys.stdout, flush=True)
+
+
+def format_eta(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=max(0, round(seconds))))
+
+
 class TrainMetrics(pl.Callback):
     """train/loss, train/tokens_per_sec, train/replay_share, lr and trainer/tokens_seen."""
 
-    def __init__(self, every_n_steps: int, tokens_per_batch: int):
+    def __init__(self, every_n_steps: int, tokens_per_batch: int, plain: bool = False):
         self.every, self.tokens_per_batch = every_n_steps, tokens_per_batch
+        # Without a TTY (no progress bar): one plain line per logging step, with an ETA from the wall clock.
+        self.plain = plain
+        self._wall0, self._step0 = time.time(), 0
         self.latest: dict[str, float] = {}
         self.train_seconds = 0.0  # wall time inside training steps (evaluation excluded)
         self.train_tokens = 0
@@ -42,6 +57,7 @@ class TrainMetrics(pl.Callback):
             if hasattr(lg, "truncate_after"):
                 lg.truncate_after(trainer.global_step)
         self._t0, self._tokens0 = time.perf_counter(), tokens_seen(trainer, self.tokens_per_batch)
+        self._wall0, self._step0 = time.time(), trainer.global_step
 
     def pause(self):
         """Stop the throughput clock (called around evaluation)."""
@@ -71,7 +87,7 @@ class TrainMetrics(pl.Callback):
             "train/loss": loss,
             "train/tokens_per_sec": window_tokens / window_s if window_s > 0 else 0.0,
             "train/replay_share": pl_module.replay_share,
-            "lr": trainer.optimizers[0].param_groups[0]["lr"],
+            **pl_module.lr_metrics(trainer.optimizers[0]),  # lr, lr/<group> (optim.lr_scale)
             "trainer/tokens_seen": seen,
             "train/stage": pl_module.stage,
         }
@@ -80,7 +96,16 @@ class TrainMetrics(pl.Callback):
         log_metrics(trainer, self.latest, step)
         pl_module.log("loss", loss, prog_bar=True, logger=False)
         pl_module.log("tok/s", self.latest["train/tokens_per_sec"], prog_bar=True, logger=False)
+        if self.plain:
+            self.print_line(trainer, step)
         self.resume()
+
+    def print_line(self, trainer, step: int) -> None:
+        total, done = trainer.max_steps, step - self._step0
+        eta = (time.time() - self._wall0) / done * (total - step) if done > 0 else 0.0
+        plain_line(trainer, f"[train] step {step}/{total} ({100 * step / total:.0f}%)  "
+                            f"loss {self.latest['train/loss']:.4f}  tokens/s {self.latest['train/tokens_per_sec']:,.0f}  "
+                            f"stage {self.latest['train/stage']}  ETA {format_eta(eta)}")
 
     @property
     def mean_tokens_per_sec(self) -> float:
@@ -91,8 +116,10 @@ class PeriodicEval(pl.Callback):
     """val/D/{loss,ppl,bpb,delta_bpb} on every domain's held-out blocks, at step 0 and every N steps."""
 
     def __init__(self, eval_sets: dict[str, torch.Tensor], token_bytes: torch.Tensor, *, every_n_steps: int,
-                 batch_size: int, tokens_per_batch: int, clock: TrainMetrics | None = None, ema=None):
+                 batch_size: int, tokens_per_batch: int, clock: TrainMetrics | None = None, ema=None,
+                 plain: bool = False):
         self.eval_sets, self.token_bytes, self.ema = eval_sets, token_bytes, ema
+        self.plain = plain  # without a TTY: one plain line per evaluation (per-domain bpb and its change)
         self.every, self.batch_size, self.tokens_per_batch = every_n_steps, batch_size, tokens_per_batch
         self.clock = clock
         self.bpb0: dict[str, float] = {}
@@ -115,6 +142,10 @@ class PeriodicEval(pl.Callback):
         if step == 0:
             self.first = dict(metrics)
         log_metrics(trainer, metrics, step)
+        if self.plain:
+            parts = [f"{name} bpb {metrics[f'val/{name}/bpb']:.4f} ({metrics[f'val/{name}/delta_bpb']:+.4f})"
+                     for name in self.eval_sets]
+            plain_line(trainer, f"[eval]  step {step}/{trainer.max_steps}  " + "  ".join(parts))
         if self.clock:
             self.clock.resume()
         return metrics

@@ -1,31 +1,16 @@
-"""Command-line edges: compose-time errors turned into one line before Hydra starts, and quiet libraries."""
+"""The `cptlab-train` console script: compose-time errors turned into one line before Hydra (and torch) start."""
 
 from __future__ import annotations
 
-import logging
 import os
-import re
 import sys
-from pathlib import Path
 
+from cptlab.utils.console import CONF_DIR, one_line
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # Hydra flags after which the arguments are not plain overrides (help, info, other config dirs).
 _PASSTHROUGH = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--config-path", "-cp",
                 "--config-name", "-cn", "--config-dir", "-cd", "--shell-completion", "-sc", "--resolve",
                 "--package", "-p", "--version")
-
-
-def one_line(err: BaseException) -> str:
-    """The error and its cause as one line, without OmegaConf's `full_key:` detail block."""
-    parts = []
-    while err is not None and len(parts) < 3:
-        text = str(err).split("\n    full_key:")[0].split("Config search path:")[0]
-        text = re.sub(r"\s+", " ", text).strip()
-        if text and text not in " ".join(parts):
-            parts.append(text)
-        err = err.__cause__
-    return ": ".join(parts) or "unknown error"
 
 
 def first_sweep_point(overrides: list[str]) -> list[str]:
@@ -54,7 +39,8 @@ def precheck_overrides(argv: list[str]) -> None:
 
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            compose("train", overrides=first_sweep_point(overrides))
+            cfg = compose("train", overrides=first_sweep_point(overrides), return_hydra_config=True)
+        precheck_run_dir(cfg, multirun=len(overrides) < len(argv))
     except Exception as err:  # Hydra/OmegaConf errors: the message is what the user needs
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
@@ -62,23 +48,18 @@ def precheck_overrides(argv: list[str]) -> None:
         sys.exit(2)
 
 
-def quiet_libraries() -> None:
-    import warnings
+def precheck_run_dir(cfg, multirun: bool) -> None:
+    """Run and cache directories writable, the run directory free and started with these inputs: said in one
+    line before Hydra writes its files and log there (cptlab.run.guard)."""
+    from hydra.core.hydra_config import HydraConfig
 
-    import transformers
+    from cptlab.run.guard import precheck_run_dir as check
 
-    # Library deprecation chatter users cannot act on.
-    # (peft still calls transformers' deprecated `is_gradient_checkpointing` when it wraps a model.)
-    for pattern in (".*LeafSpec.*", ".*does not have many workers.*", ".*`isinstance\\(treespec.*",
-                    ".*is_gradient_checkpointing.*"):
-        warnings.filterwarnings("ignore", message=pattern)
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    for name in ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.accelerators.cuda", "lightning_fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    HydraConfig.instance().set_config(cfg)  # resolves ${hydra:...} in the run directory's name
+    try:
+        check(cfg, multirun)
+    finally:
+        HydraConfig.instance().cfg = None
 
 
 def train_main() -> None:

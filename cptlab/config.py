@@ -28,8 +28,15 @@ class PathsConfig:
 class ModelConfig:
     name_or_path: Optional[str] = None
     dtype: str = "float32"
-    # Llama config fields for a random-init model (used when name_or_path is null).
+    # Llama config fields for a random-init model (used when name_or_path is null); with random_init, the
+    # fields written over the base's own config.
     config: Optional[dict[str, Any]] = None
+    # true: random-init weights of the base's architecture (its config.json with `config` over it) and the
+    # base's tokenizer; debug=smoke sets it. A missing demo base stands in from experiment=demo_base's config.
+    random_init: bool = False
+    # A GGUF file ("PACKAGE:FILE" inside an installed package, or a path) converted once into
+    # ${paths.cache_dir}/gguf/ as a plain HF directory, which then is the base (model=smollm2).
+    gguf: Optional[str] = None
     # Recompute block activations in the backward pass: less memory, about a third more compute.
     gradient_checkpointing: bool = False
     # torch.compile the model's forward (in place: parameter names, checkpoints and exports are unchanged).
@@ -40,8 +47,10 @@ class ModelConfig:
 class TokenizerConfig:
     kind: str = "base"  # base | train | extend
     path: Optional[str] = None  # the base tokenizer; default: model.name_or_path
-    vocab_size: int = 4096  # train: the vocabulary; extend: the domain model's vocabulary
-    model_type: Optional[str] = "bpe"  # bpe | unigram; extend: null = the base's type
+    vocab_size: int = 4096  # train: the vocabulary; extend: the domain model's vocabulary (when add_pieces is null)
+    add_pieces: Optional[int] = None  # extend: append exactly this many new pieces (then vocab_size is unused)
+    admit: str = "auto"  # extend: which new pieces are appended: auto | script | strict | all
+    model_type: Optional[str] = None  # bpe | unigram; null: bpe for kind=train, the base's type for extend
     character_coverage: float = 0.9995
     init: str = "subword_mean"  # new embedding rows: random | mean | subword_mean
     pad_to_multiple_of: Optional[int] = 64
@@ -67,6 +76,9 @@ class DataConfig:
     num_workers: int = 0
     num_proc: int = 1  # pre-tokenization processes
     on_bad_text: str = "replace"
+    # Keys the train/held-out document split (and the tokenizer trained on the train side); `seed` never
+    # changes it, so runs that differ only in seed are scored on the same held-out documents.
+    split_seed: int = 0
 
 
 @dataclass
@@ -88,7 +100,7 @@ class ScheduleConfig:
 
 @dataclass
 class AdapterConfig:
-    name: str = "none"  # none | lora | dora
+    name: str = "none"  # none | lora | dora | block_expansion
     r: int = 8
     alpha: float = 16.0
     dropout: float = 0.05
@@ -96,15 +108,29 @@ class AdapterConfig:
                                                                "gate_proj", "up_proj", "down_proj"])
     rslora: bool = False
     train_new_tokens: bool = False  # also train the new token rows of the embedding and output matrices
+    # block_expansion: new zero-output blocks (LLaMA Pro), after every N/blocks blocks (interleave), after the
+    # last block (end), or after the listed blocks
+    blocks: int = 2
+    placement: Any = "interleave"
 
 
 @dataclass
 class RetentionConfig:
     name: str = "none"  # none | ema | mean_teacher
-    decay: float = 0.999  # EMA decay per update
+    decay: float = 0.99  # EMA decay per update
     every_n_steps: int = 1  # EMA update interval (optimizer steps)
-    weight: float = 0.0  # mean_teacher: weight of KL(teacher || student)
+    weight: float = 1.0  # mean_teacher: weight of KL(teacher || student)
     on: str = "replay"  # mean_teacher: rows the KL applies to: replay | all | new
+
+
+@dataclass
+class LRScaleConfig:
+    # Multipliers of optim.lr per parameter group (cptlab.optim): the input embedding matrix, the output
+    # matrix, the new token rows of both (vocabulary extension), and every other trainable weight.
+    embeddings: float = 1.0
+    lm_head: float = 1.0
+    new_rows: float = 1.0
+    rest: float = 1.0
 
 
 @dataclass
@@ -114,11 +140,12 @@ class OptimConfig:
     weight_decay: float = 0.1
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
-    warmup_steps: int = 0
+    warmup_steps: int = 20
     schedule: str = "cosine"
     min_lr_ratio: float = 0.1
     decay_fraction: float = 0.2
     grad_clip: Optional[float] = 1.0
+    lr_scale: LRScaleConfig = field(default_factory=LRScaleConfig)
 
 
 @dataclass
@@ -128,7 +155,7 @@ class TrainerConfig:
     strategy: str = "auto"
     fsdp_sharding: str = "FULL_SHARD"  # strategy=fsdp: FULL_SHARD | SHARD_GRAD_OP | NO_SHARD
     precision: str = "32-true"
-    max_steps: int = 100
+    max_steps: int = 200  # the run length: conf/train.yaml and experiments, never trainer/*.yaml
     accumulate_grad_batches: int = 1
     log_every_n_steps: int = 10
     num_threads: Optional[int] = None
@@ -137,6 +164,12 @@ class TrainerConfig:
 @dataclass
 class TrainOptions:
     nan_policy: str = "stop"  # stop | skip_batch: what a non-finite train loss does
+    # skip_batch gives up (the run fails) after this many skipped batches in a row, or in all.
+    max_consecutive_skipped: int = 5
+    max_skipped_batches: int = 50
+    # A run directory re-run with other inputs (model/tokenizer/data config, sources' content, base files):
+    # refuse | restart (from step 0) | resume (continue from the checkpoint with the change).
+    on_changed_inputs: str = "refuse"
 
 
 @dataclass

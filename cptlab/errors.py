@@ -6,3 +6,8 @@ class CptlabError(Exception):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split("\n")))
+
+
+class RunDirRefused(CptlabError):
+    """A run directory that this command must not touch (in use by another process, started with other
+    inputs): reported, and nothing is written into it, not even a failed record."""

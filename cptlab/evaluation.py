@@ -55,13 +55,15 @@ def metrics_from_sums(sums) -> dict[str, float]:
     }
 
 
-def unigram_bpb(train_tokens, blocks: torch.Tensor, token_bytes: torch.Tensor) -> float:
-    """Bits per byte of a unigram model (train-split token frequencies, add-one smoothed) on the
-    targets of `blocks`: the floor a real language model must beat by a wide margin."""
+def unigram_bpb(train_counts, blocks: torch.Tensor, token_bytes: torch.Tensor) -> float:
+    """Bits per byte of a unigram model (the train split's token counts, `DomainTokens.unigram_counts()`,
+    add-one smoothed) on the targets of `blocks`: the floor a real language model must beat by a wide margin."""
     import numpy as np
 
     vocab = len(token_bytes)
-    counts = np.bincount(np.asarray(train_tokens), minlength=vocab)[:vocab].astype(np.float64) + 1.0
+    train_counts = np.asarray(train_counts)[:vocab]
+    counts = np.ones(vocab, dtype=np.float64)
+    counts[: len(train_counts)] += train_counts
     logp = np.log2(counts / counts.sum())
     targets = blocks[:, 1:].numpy().ravel()
     return float(-logp[targets].sum() / max(token_bytes[targets].sum().item(), 1))

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cptlab.errors import CptlabError
 from cptlab.model.save import copy_tokenizer_files, save_hf_model
-from cptlab.utils.io import replace_dir
+from cptlab.utils.io import check_replaceable, replace_dir
 
 WEIGHTS = ("raw", "ema")
 
@@ -134,6 +134,9 @@ def load_trained(run_dir: Path | str, *, weights: str = "raw") -> TrainedRun:
         raise CptlabError(f"{ckpt_path} was trained with {saved_rows} base embedding rows, the model rebuilt from the "
                           f"run's config has {base_rows}: its base model or tokenizer changed since")
     load_trained_weights(model, select_weights(checkpoint, weights))
+    bad = next((name for name, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+    if bad is not None:
+        raise CptlabError(f"{ckpt_path} holds non-finite weights ({bad}): the run diverged; nothing was exported")
     model.eval()
     return TrainedRun(run_dir, cfg, tokenizer_dir, model, base_rows, checkpoint)
 
@@ -147,7 +150,7 @@ def merged_model(model: torch.nn.Module) -> torch.nn.Module:
     from cptlab.model.adapter import is_peft
 
     merged = model.merge_and_unload() if is_peft(model) else model
-    for attr in ("_cptlab_base_rows", "_cptlab_adapter_params", "_cptlab_trainable"):
+    for attr in ("_cptlab_base_rows", "_cptlab_adapter_params", "_cptlab_trainable", "_cptlab_new_blocks"):
         merged.__dict__.pop(attr, None)
     return merged
 
@@ -164,6 +167,9 @@ def adapter_model(run: TrainedRun, base: torch.nn.Module | None = None):
     adapter_names = adapter_params_of(trained)
     if adapter_names is None:
         raise CptlabError("--adapter-only: the run has no adapter (adapter=none): export the merged model instead")
+    if not hasattr(trained, "peft_config"):
+        raise CptlabError(f"--adapter-only: adapter={run.cfg.adapter.name} adds whole decoder blocks, which a peft "
+                          f"adapter cannot hold: export the merged model instead")
     plan = FreezePlan.from_config(trained, run.cfg.schedule, run.cfg.adapter)
     embed, head = plan._matrix("in"), plan._matrix("out")
     matrices = {n: s for n, s in plan.union.items() if n not in adapter_names}
@@ -214,18 +220,14 @@ def adapter_model(run: TrainedRun, base: torch.nn.Module | None = None):
 
 def _write_atomically(out: Path, write) -> Path:
     """Build the directory beside `out`, then swap it in; never replace a directory that is not an export."""
-    out = Path(out).expanduser()
-    if out.exists():
-        if not out.is_dir():
-            raise CptlabError(f"--out {out} exists and is not a directory")
-        if any(out.iterdir()) and not any((out / f).is_file() for f in ("config.json", "adapter_config.json")):
-            raise CptlabError(f"--out {out} is a non-empty directory that is not a model export: choose another")
-    return replace_dir(out, write)
+    return replace_dir(out, write, kind="model", what="--out")
 
 
-def export_run(run_dir: Path | str, out: Path | str, *, adapter_only: bool = False, weights: str = "raw") -> Path:
+def export_run(run_dir: Path | str, out: Path | str, *, adapter_only: bool = False, weights: str = "raw",
+               split: dict | None = None) -> Path:
     """Write the run's model to `out` (merged HF model, or the peft adapter with `adapter_only`) with the
-    run's tokenizer. Returns `out`."""
+    run's tokenizer and its train/held-out split (`split`, default: the run's summary.json). Returns `out`."""
+    check_replaceable(out, "model", "--out")  # before the model is built
     run = load_trained(run_dir, weights=weights)
     if adapter_only:
         peft_model = adapter_model(run)
@@ -237,8 +239,13 @@ def export_run(run_dir: Path | str, out: Path | str, *, adapter_only: bool = Fal
     else:
         model = merged_model(run.model)
 
+        from cptlab.run.summary import read_summary
+
+        if split is None:  # the split travels with the weights (cptlab_split.json)
+            split = (read_summary(Path(run_dir)) or {}).get("split")
+
         def write(tmp: Path) -> None:
-            save_hf_model(model, run.tokenizer_dir, tmp)
+            save_hf_model(model, run.tokenizer_dir, tmp, split)
     return _write_atomically(Path(out), write)
 
 
@@ -254,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if not args.run_dir.is_dir():  # before the heavy imports
             raise CptlabError(f"run directory not found: {args.run_dir}")
-        from cptlab.cli import quiet_libraries
+        from cptlab.utils.console import quiet_libraries
 
         quiet_libraries()
         out = export_run(args.run_dir, args.out, adapter_only=args.adapter_only, weights=args.weights)

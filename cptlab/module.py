@@ -14,6 +14,8 @@ rebuilt from the base by the pipeline before the checkpoint loads.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -22,21 +24,25 @@ from pytorch_lightning.utilities.types import LRSchedulerConfig
 from cptlab.errors import CptlabError
 from cptlab.fsdp import STATE_DICT_KEYS, average_gradients, is_fsdp
 from cptlab.model.freeze import FreezePlan, clean_name
-from cptlab.optim import LRSchedule, build_optimizer, build_scheduler
+from cptlab.optim import LRScale, LRSchedule, base_lr, build_optimizer, build_scheduler, lr_groups
 
 PREFIX = "model."
 
 
 class CPTModule(pl.LightningModule):
     def __init__(self, model: torch.nn.Module, *, lr: float, weight_decay: float, betas, eps: float,
-                 schedule: LRSchedule, freeze: FreezePlan | None = None, base_rows: int | None = None,
-                 nan_policy: str = "stop"):
+                 schedule: LRSchedule, freeze: FreezePlan | None = None,
+                 nan_policy: str = "stop", lr_scale: LRScale | None = None, max_consecutive_skipped: int = 5,
+                 max_skipped_batches: int = 50):
         super().__init__()
         self.model = model
         self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, list(betas), eps
         self.lr_schedule = schedule
+        self.lr_scale = lr_scale if lr_scale is not None else LRScale()
         self.plan = freeze if freeze is not None else FreezePlan.from_config(model)
-        self.base_rows = base_rows if base_rows is not None else self.plan.base_rows
+        self.base_rows = self.plan.base_rows
+        # optim.lr_scale: the learning-rate group of every parameter each phase trains (cptlab.optim.lr_groups)
+        self.lr_plans = [self._lr_plan(i) for i in range(len(self.plan.phases))]
         # Micro-batches consumed and replay rows among them, over all ranks (same on every rank).
         self.batches_done = 0
         self.rows_seen = 0
@@ -52,6 +58,9 @@ class CPTModule(pl.LightningModule):
         # step: the first bad micro-batch is noted on the device and checked (one sync) where the host
         # looks anyway (train-metric logs, evaluations) and before every checkpoint is written.
         self.nan_policy, self.skipped_batches = nan_policy, 0
+        # skip_batch gives up after this many skipped batches in a row / in all (a diverged model skips forever).
+        self.max_consecutive_skipped, self.max_skipped_batches = max_consecutive_skipped, max_skipped_batches
+        self.consecutive_skipped = 0
         self.first_nonfinite = torch.full((), -1, dtype=torch.long)  # micro-batch index, -1 = none yet
         # The freezing phase the parameters and the optimizer are set up for.
         self.phase = 0
@@ -81,16 +90,34 @@ class CPTModule(pl.LightningModule):
         self._keep_requires_grad = self.trainer.world_size > 1
         self.plan.apply(self.phase, keep_requires_grad=self._keep_requires_grad)
 
+    def _lr_plan(self, phase: int) -> dict[str, tuple]:
+        active = self.plan.trainable(phase)
+        return lr_groups(active, {n: self.plan.params[n].shape[0] for n in active}, embeddings=self.plan._matrix("in"),
+                         lm_head=self.plan._matrix("out"), base_rows=self.base_rows, scale=self.lr_scale)
+
+    def lr_metrics(self, optimizer) -> dict[str, float]:
+        """`lr` (optim.lr times the schedule now) and `lr/<group>` for every group some phase trains."""
+        lr = base_lr(optimizer)
+        groups = {g for plan in self.lr_plans for g, _, _ in plan.values()}
+        if any(self.plan.params[n].shape[0] > self.base_rows for plan in self.lr_plans for n, (g, _, _) in plan.items()
+               if g in ("embeddings", "lm_head")):
+            groups.add("new_rows")  # whole matrices with new rows: those rows train too
+        return {"lr": lr, **{f"lr/{g}": lr * self.lr_scale[g] for g in sorted(groups)}}
+
     def _make_optimizer(self):
         active = self.plan.trainable(self.phase)
         params = [self.plan.params[n] for n in active]
         row_starts = {self.plan.params[n]: s for n, s in active.items() if s > 0}
+        lr_plan = self.lr_plans[self.phase]
+        lr_scales = {self.plan.params[n]: scale for n, (_, scale, _) in lr_plan.items()}
+        row_scales = {self.plan.params[n]: rows for n, (_, _, rows) in lr_plan.items() if rows is not None}
         # Fused AdamW (faster on CPU and GPU; benchmarks/README.md). A fused optimizer declares that it
         # unscales gradients itself, and Lightning then refuses gradient clipping under mixed precision;
         # with bf16 nothing is scaled and under fp16 the GradScaler unscales before the step, so the
         # declaration is switched off and clipping works as with the plain optimizer.
         opt = build_optimizer(None, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas, eps=self.eps,
-                              fused=self.device.type in ("cuda", "cpu"), params=params, row_starts=row_starts)
+                              fused=self.device.type in ("cuda", "cpu"), params=params, row_starts=row_starts,
+                              lr_scales=lr_scales, row_scales=row_scales)
         opt._step_supports_amp_scaling = False
         return opt
 
@@ -167,7 +194,16 @@ class CPTModule(pl.LightningModule):
         if self.nan_policy == "skip_batch":
             if not torch.isfinite(loss):  # one host sync per step: skipping has to decide now
                 self.skipped_batches += 1
+                self.consecutive_skipped += 1
+                if (self.consecutive_skipped >= self.max_consecutive_skipped
+                        or self.skipped_batches >= self.max_skipped_batches):
+                    raise CptlabError(
+                        f"train.nan_policy=skip_batch gave up at batch {batch['step']}: {self.consecutive_skipped} "
+                        f"non-finite losses in a row, {self.skipped_batches} in all (train.max_consecutive_skipped="
+                        f"{self.max_consecutive_skipped}, train.max_skipped_batches={self.max_skipped_batches}); "
+                        f"{self._checkpoint_note()}")
                 return None  # Lightning skips backward and the optimizer step
+            self.consecutive_skipped = 0
         else:
             self._note_nonfinite(loss, batch["step"])
         self.loss_sum = self.loss_sum.to(loss.device) + loss.detach()
@@ -190,7 +226,23 @@ class CPTModule(pl.LightningModule):
         first = int(first)
         if first >= 0:
             raise CptlabError(f"non-finite train loss at batch {first} (found at step {self.trainer.global_step}); "
-                              f"stopped by train.nan_policy=stop, the last checkpoint is the last good state")
+                              f"stopped by train.nan_policy=stop; {self._checkpoint_note()}")
+
+    def check_finite_weights(self) -> None:
+        """Fail if a parameter some phase trained is not finite (a diverged update with a finite loss)."""
+        for name, p in self.plan.params.items():
+            if not torch.isfinite(p.detach()).all():
+                raise CptlabError(f"non-finite weights ({name}) at step {self.trainer.global_step}: the run diverged "
+                                  f"(lower optim.lr?); {self._checkpoint_note()}")
+
+    def _checkpoint_note(self) -> str:
+        """Whether a checkpoint written before the failure exists: the state a re-run resumes from."""
+        callback = getattr(self._trainer, "checkpoint_callback", None)
+        dirpath = getattr(callback, "dirpath", None)
+        last = Path(dirpath) / "last.ckpt" if dirpath else None
+        if last is not None and last.is_file():
+            return f"the last good state is the checkpoint {last}"
+        return "no checkpoint was written before it, so a re-run starts from step 0"
 
     def pop_train_loss(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Mean train loss (causal LM + weighted retention) and mean retention loss since the last call
@@ -216,6 +268,7 @@ class CPTModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint):
         self.check_finite()  # a checkpoint is never written from weights a non-finite loss has touched
+        self.check_finite_weights()
         kept = self._kept()
         params = {PREFIX + clean_name(k) for k, _ in self.model.named_parameters(remove_duplicate=False)}
         state, rows = checkpoint["state_dict"], {}

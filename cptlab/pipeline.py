@@ -1,6 +1,7 @@
 """The steps of a run between config and fit: tokenizer, data, model, and the Lightning objects.
 
-Hydra stops here: each step reads the config and calls library code with plain arguments.
+The whole composed config stops here: each step reads it (Hydra itself only instantiates the loggers) and
+calls library code with plain arguments, or with one group's own node (adapter, schedule), never the whole.
 """
 
 from __future__ import annotations
@@ -21,15 +22,19 @@ from cptlab.callbacks import PeriodicEval, PreemptionCheckpoint, TrainMetrics
 from cptlab.checkpoint import AtomicCheckpointIO
 from cptlab.data.datamodule import CPTDataModule
 from cptlab.data.mixture import MixtureSampler, eval_blocks
+from cptlab.data.split import leaks_from_base
 from cptlab.data.tokens import DomainSpec, DomainTokens, documents_key, load_domain_documents, prepare_domain
+from cptlab.demo import demo_base_config, stands_in
 from cptlab.errors import CptlabError
 from cptlab.fsdp import fsdp_strategy, replicated_params
 from cptlab.model.adapter import apply_adapter
 from cptlab.model.freeze import FreezePlan
+from cptlab.model.gguf import converted_dir
 from cptlab.model.load import load_model, max_positions
 from cptlab.model.resize import grow_embeddings
+from cptlab.model.save import SPLIT_FILE
 from cptlab.module import CPTModule
-from cptlab.optim import LRSchedule
+from cptlab.optim import LRScale, LRSchedule
 from cptlab.retention.ema import EMA
 from cptlab.retention.teacher import MeanTeacher
 from cptlab.tokenizer.byte_lengths import token_byte_lengths
@@ -58,13 +63,13 @@ def _train_docs(cfg: DictConfig, role: str | None = None):
     """The train-split documents of the domains (of one role), streamed domain by domain."""
     def docs():
         for spec in _specs(cfg, role):
-            yield from load_domain_documents(spec, on_bad_text=cfg.data.on_bad_text, seed=cfg.seed)[0]
+            yield from load_domain_documents(spec, on_bad_text=cfg.data.on_bad_text, seed=cfg.data.split_seed)[0]
     return docs
 
 
 def _train_docs_key(cfg: DictConfig, role: str | None = None) -> str:
     """What identifies those documents without reading them (the shared tokenizer cache's key)."""
-    return hash_obj([documents_key(spec, seed=cfg.seed, on_bad_text=cfg.data.on_bad_text)
+    return hash_obj([documents_key(spec, seed=cfg.data.split_seed, on_bad_text=cfg.data.on_bad_text)
                      for spec in _specs(cfg, role)])
 
 
@@ -72,8 +77,29 @@ def _specs(cfg: DictConfig, role: str | None) -> list[DomainSpec]:
     return [spec for spec in domain_specs(cfg.data) if role is None or spec.role == role]
 
 
-def base_tokenizer_source(cfg: DictConfig) -> str | None:
-    return cfg.tokenizer.path or cfg.model.name_or_path
+def base_tokenizer_source(cfg: DictConfig, run_dir: Path | None = None) -> str | None:
+    """The base tokenizer: tokenizer.path, else the base model's directory (model.gguf's converted one). A
+    smoke run's stand-in for a demo base not built yet (cptlab.demo.stands_in) uses the tokenizer that
+    experiment=demo_base trains, through the same cached build (into run_dir/demo_base/tokenizer)."""
+    if cfg.tokenizer.path:
+        return cfg.tokenizer.path
+    if cfg.model.gguf:
+        return str(converted_dir(cfg.model.gguf, Path(cfg.paths.cache_dir), weights=not cfg.model.random_init))
+    if run_dir is not None and stands_in(cfg.model, cfg.paths.cache_dir):
+        return str(build_tokenizer(demo_base_config(cfg.paths.cache_dir), Path(run_dir) / "demo_base"))
+    return cfg.model.name_or_path
+
+
+def model_source(cfg: DictConfig) -> tuple[str | None, dict | None]:
+    """(name_or_path, config fields) that load_model builds the base from: model.gguf's converted directory,
+    or for the demo base's stand-in no directory and experiment=demo_base's model config under model.config."""
+    fields = OmegaConf.to_container(cfg.model.config, resolve=True) if cfg.model.config else None
+    if cfg.model.gguf:  # random_init needs the architecture only: no weights are converted for it
+        return str(converted_dir(cfg.model.gguf, Path(cfg.paths.cache_dir), weights=not cfg.model.random_init)), fields
+    if stands_in(cfg.model, cfg.paths.cache_dir):
+        recipe = OmegaConf.to_container(demo_base_config(cfg.paths.cache_dir).model.config, resolve=True)
+        return None, {**recipe, **(fields or {})}
+    return cfg.model.name_or_path, fields
 
 
 def build_tokenizer(cfg: DictConfig, run_dir: Path) -> Path:
@@ -82,11 +108,13 @@ def build_tokenizer(cfg: DictConfig, run_dir: Path) -> Path:
     tok = cfg.tokenizer
     role = "new" if tok.kind == "extend" else None
     return prepare_tokenizer(tok.kind, run_dir / "tokenizer", cache_root=Path(cfg.paths.cache_dir),
-                             source=base_tokenizer_source(cfg), texts=_train_docs(cfg, role),
+                             source=base_tokenizer_source(cfg, run_dir), texts=_train_docs(cfg, role),
                              texts_key=_train_docs_key(cfg, role),
                              base_texts=_train_docs(cfg, "replay") if tok.kind == "extend" else None,
+                             base_texts_key=_train_docs_key(cfg, "replay") if tok.kind == "extend" else None,
+                             add_pieces=tok.get("add_pieces"), admit=tok.get("admit", "auto"),
                              vocab_size=tok.vocab_size, model_type=tok.model_type,
-                             character_coverage=tok.character_coverage, seed=cfg.seed)
+                             character_coverage=tok.character_coverage, seed=cfg.data.split_seed)
 
 
 def build_base_tokenizer(cfg: DictConfig, run_dir: Path) -> Path | None:
@@ -94,7 +122,7 @@ def build_base_tokenizer(cfg: DictConfig, run_dir: Path) -> Path | None:
     if cfg.tokenizer.kind != "extend":
         return None
     return prepare_tokenizer("base", run_dir / "tokenizer_base", cache_root=Path(cfg.paths.cache_dir),
-                             source=base_tokenizer_source(cfg))
+                             source=base_tokenizer_source(cfg, run_dir))
 
 
 def tokenizer_stats(cfg: DictConfig, tokenizer_dir: Path, base_dir: Path | None, max_docs: int = 2000
@@ -103,14 +131,14 @@ def tokenizer_stats(cfg: DictConfig, tokenizer_dir: Path, base_dir: Path | None,
     Built once in the shared cache (keyed by the sources' fingerprints and the tokenizers' files), so a
     warm start of a sweep job reads no document."""
     key = hash_obj({"version": 1, "max_docs": max_docs, "tokenizers": [hash_dir(d) for d in (tokenizer_dir, base_dir) if d],
-                    "domains": {spec.name: documents_key(spec, seed=cfg.seed, on_bad_text=cfg.data.on_bad_text)
+                    "domains": {spec.name: documents_key(spec, seed=cfg.data.split_seed, on_bad_text=cfg.data.on_bad_text)
                                 for spec in domain_specs(cfg.data)}})
 
     def build(tmp: Path) -> None:
         tokenizer, base = load_tokenizer(tokenizer_dir), load_tokenizer(base_dir) if base_dir else None
         stats = {}
         for spec in domain_specs(cfg.data):
-            held_out = load_domain_documents(spec, on_bad_text=cfg.data.on_bad_text, seed=cfg.seed)[1][:max_docs]
+            held_out = load_domain_documents(spec, on_bad_text=cfg.data.on_bad_text, seed=cfg.data.split_seed)[1][:max_docs]
             final = tokens_per_char(tokenizer, held_out)
             stats[spec.name] = {"base": tokens_per_char(base, held_out) if base else final, "final": final}
         atomic_write_json(tmp / "tokens_per_char.json", stats)
@@ -120,17 +148,49 @@ def tokenizer_stats(cfg: DictConfig, tokenizer_dir: Path, base_dir: Path | None,
 
 
 def build_data(cfg: DictConfig, tokenizer_dir: Path) -> list[DomainTokens]:
-    return [prepare_domain(spec, tokenizer_dir, Path(cfg.paths.cache_dir), seed=cfg.seed,
+    return [prepare_domain(spec, tokenizer_dir, Path(cfg.paths.cache_dir), seed=cfg.data.split_seed,
                            num_proc=cfg.data.num_proc, on_bad_text=cfg.data.on_bad_text, progress=show_progress())
             for spec in domain_specs(cfg.data)]
+
+
+def split_record(cfg: DictConfig, domains: list[DomainTokens] | None = None) -> dict:
+    """The run's train/held-out split (summary.json "split", cptlab_split.json of a published model):
+    the split seed and, per domain, what was split and how; with `domains`, which documents were held out."""
+    record = {"split_seed": int(cfg.data.split_seed), "domains": {}}
+    tokens = {d.name: d for d in domains or ()}
+    for spec in domain_specs(cfg.data):
+        entry = {"sources": list(spec.sources), "heldout": spec.heldout, "max_docs": spec.max_docs}
+        if spec.name in tokens:
+            entry |= {"heldout_docs": tokens[spec.name].n_val_docs,
+                      "heldout_sha256": tokens[spec.name].heldout_sha256}
+        record["domains"][spec.name] = entry
+    return record
+
+
+def check_base_split(cfg: DictConfig) -> None:
+    """Refuse, before any heavy work, to evaluate on documents the base model was trained on, when the base
+    was published by cptlab (it carries cptlab_split.json) and shares sources with this run."""
+    base = cfg.model.name_or_path
+    if not base or cfg.model.get("random_init"):
+        return
+    path = Path(str(base)).expanduser() / SPLIT_FILE
+    if not path.is_file():
+        return
+    try:
+        base_split = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CptlabError(f"{path}: unreadable ({err}); delete it or republish the base model") from None
+    reason = leaks_from_base(base_split, split_record(cfg), base_dir=str(path.parent))
+    if reason:
+        raise CptlabError(reason)
 
 
 def build_model(cfg: DictConfig, tokenizer, base_tokenizer=None):
     """(model, base_rows): the base model, grown for an extended tokenizer, with the configured adapter
     applied. `base_rows` is the embedding rows before growth (rows >= it are the new tokens); it is also
     recorded on the model for the freezing schedule (cptlab.model.freeze.base_rows_of)."""
-    model = load_model(cfg.model.name_or_path, config=OmegaConf.to_container(cfg.model.config) if cfg.model.config
-                       else None, dtype=cfg.model.dtype,
+    name_or_path, fields = model_source(cfg)
+    model = load_model(name_or_path, config=fields, dtype=cfg.model.dtype, random_init=cfg.model.random_init,
                        vocab_size=len(base_tokenizer) if base_tokenizer is not None else len(tokenizer),
                        bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id, seed=cfg.seed)
     rows = model.get_input_embeddings().weight.shape[0]
@@ -161,7 +221,7 @@ def build_loggers(cfg: DictConfig) -> list:
         lg.log_hyperparams(config)
         if type(lg).__name__ == "WandbLogger":
             lg.experiment.define_metric("trainer/tokens_seen")
-            for pattern in ("train/*", "val/*", "lr"):
+            for pattern in ("train/*", "val/*", "lr", "lr/*"):
                 lg.experiment.define_metric(pattern, step_metric="trainer/tokens_seen")
     return loggers
 
@@ -204,12 +264,15 @@ def build_lightning(cfg: DictConfig, model, domains: list[DomainTokens], tokeniz
                           restarts=plan.stage_starts if cfg.schedule.rewarm else ())
     module = CPTModule(model, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, betas=cfg.optim.betas,
                        eps=cfg.optim.eps, schedule=schedule, freeze=plan,
-                       nan_policy=cfg.train.nan_policy)
+                       nan_policy=cfg.train.nan_policy, lr_scale=LRScale.from_config(cfg.optim.get("lr_scale")),
+                       max_consecutive_skipped=cfg.train.max_consecutive_skipped,
+                       max_skipped_batches=cfg.train.max_skipped_batches)
     ema = build_retention(cfg.retention, module, plan)
-    train_metrics = TrainMetrics(tr.log_every_n_steps, tokens_per_batch)
+    plain = not show_progress()  # no TTY (a SLURM log, nohup, CI): plain progress lines instead of bars
+    train_metrics = TrainMetrics(tr.log_every_n_steps, tokens_per_batch, plain=plain)
     evaluator = PeriodicEval(evals, token_bytes, every_n_steps=cfg.eval.every_n_steps,
                              batch_size=cfg.eval.batch_size, tokens_per_batch=tokens_per_batch, clock=train_metrics,
-                             ema=ema)
+                             ema=ema, plain=plain)
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step}", save_last=True,
                                   save_top_k=0, every_n_train_steps=cfg.checkpoint.every_n_steps)
     # EMA first: its average exists before the step-0 evaluation and is updated before each evaluation.

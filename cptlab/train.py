@@ -10,6 +10,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 import hydra
@@ -22,13 +23,14 @@ from omegaconf import DictConfig
 import cptlab.config  # noqa: F401  (registers the schema and resolvers before Hydra composes)
 from cptlab import pipeline
 from cptlab.checkpoint import resume_checkpoint
-from cptlab.cli import CONF_DIR, one_line, quiet_libraries, train_main
-from cptlab.errors import CptlabError
+from cptlab.errors import CptlabError, RunDirRefused
+from cptlab.run.guard import RunLock, check_inputs, is_rank_zero
 from cptlab.run.record import RunRecord
 from cptlab.run.summary import read_summary, render_table, write_summary
 from cptlab.tokenizer.hf import load_tokenizer
 from cptlab.tokenizer.prepare import extension_stats
-from cptlab.validate import validate
+from cptlab.utils.console import CONF_DIR, one_line, quiet_libraries
+from cptlab.validate import config_warnings, validate
 
 
 def train(cfg: DictConfig, run_dir: Path) -> tuple[dict, bool]:
@@ -37,6 +39,7 @@ def train(cfg: DictConfig, run_dir: Path) -> tuple[dict, bool]:
     started = time.time()
     validate(cfg)
     refuse_relaunch_in_multirun(cfg)
+    pipeline.check_base_split(cfg)  # before any heavy work: never score documents the base trained on
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
@@ -49,6 +52,7 @@ def train(cfg: DictConfig, run_dir: Path) -> tuple[dict, bool]:
     tokenizer_stats = pipeline.tokenizer_stats(cfg, tokenizer_dir, base_dir)
     clock.lap("tokenizer_s")
     domains = pipeline.build_data(cfg, tokenizer_dir)
+    report_bad_text(domains, cfg.data.on_bad_text)
     clock.lap("data_s")
     model, base_rows = pipeline.build_model(cfg, tokenizer, base_tokenizer)
     run = pipeline.build_lightning(cfg, model, domains, tokenizer, run_dir)
@@ -61,9 +65,9 @@ def train(cfg: DictConfig, run_dir: Path) -> tuple[dict, bool]:
                        tokenizer_stats=tokenizer_stats,
                        vocabulary={"base_rows": base_rows, "final_tokens": len(tokenizer),
                                    "extension": extension_stats(tokenizer_dir)}, started=started,
-                       setup=clock.laps)
+                       setup=clock.laps, split=pipeline.split_record(cfg, domains))
     run.trainer.callbacks.append(record)
-    run.trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=resume_checkpoint(run_dir))
+    run.trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=resume_checkpoint(run_dir, run.module))
     # The record is written by the process that trained (a spawned rank under ddp_spawn): read it back.
     summary = record.summary or read_summary(run_dir)
     if run.trainer.is_global_zero and (summary or {}).get("status") != "completed":
@@ -71,6 +75,16 @@ def train(cfg: DictConfig, run_dir: Path) -> tuple[dict, bool]:
         # had nothing to do, so the record is written from the restored state here.
         summary = record.finish(run.trainer, run.module)
     return summary, run.trainer.is_global_zero
+
+
+def report_bad_text(domains, policy: str) -> None:
+    """Documents with invalid UTF-8 that data.on_bad_text accepted, said on the console (summary.json has them too)."""
+    for d in domains:
+        replaced, skipped = d.stats.get("bad_text_replaced", 0), d.stats.get("bad_text_skipped", 0)
+        if (replaced or skipped) and is_rank_zero():
+            done = f"{replaced} replaced invalid bytes with U+FFFD" if replaced else f"{skipped} skipped"
+            print(f"cptlab-train: warning: data.domains.{d.name}: {replaced + skipped} documents with invalid UTF-8 "
+                  f"({done}; data.on_bad_text={policy})", file=sys.stderr)
 
 
 class SetupClock:
@@ -110,12 +124,22 @@ FAILED_RUNS: list[str] = []
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> None:
     quiet_libraries()
+    # train.nan_policy=skip_batch skips a batch by returning None from training_step, on purpose.
+    warnings.filterwarnings("ignore", message=".*`training_step` returned `None`.*")
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     previous = read_summary(run_dir)
     completed = bool(previous) and previous.get("status") == "completed"
     published = not cfg.publish_dir or (Path(cfg.publish_dir).expanduser() / "config.json").is_file()
+    lock = RunLock(run_dir)
     try:
         validate(cfg)  # bad input is reported even when it is aimed at a completed run
+        for warning in config_warnings(cfg):
+            print(f"cptlab-train: warning: {warning}", file=sys.stderr)
+        if is_rank_zero():  # the ranks Lightning or SLURM start share rank zero's directory
+            lock.acquire()
+            check_inputs(cfg, run_dir, cfg.train.on_changed_inputs)
+            previous = read_summary(run_dir)  # train.on_changed_inputs=restart removed it
+            completed = bool(previous) and previous.get("status") == "completed"
         if completed and published:
             print(f"cptlab-train: {run_dir} already completed; delete it to run again")
             render_table(previous)
@@ -123,7 +147,8 @@ def hydra_main(cfg: DictConfig) -> None:
         summary, reporter = train(cfg, run_dir)
     except Exception as err:
         message = str(err) if isinstance(err, CptlabError) else one_line(err)
-        if not completed:  # a completed run's record is never overwritten by a later failure
+        # A completed run's record is never overwritten by a later failure, nor a refused directory touched.
+        if not completed and not isinstance(err, RunDirRefused):
             write_summary(run_dir, {"status": "failed", "error": message, "name": cfg.name,
                                     "overrides": task_overrides()})
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or not isinstance(err, CptlabError):
@@ -133,9 +158,13 @@ def hydra_main(cfg: DictConfig) -> None:
             FAILED_RUNS.append(f"{run_dir}: {message}")
             return
         sys.exit(2 if isinstance(err, CptlabError) else 1)
+    finally:
+        lock.release()
     if reporter and summary:
         render_table(summary)
 
 
 if __name__ == "__main__":
+    from cptlab.cli import train_main  # the front end: config errors in one line
+
     train_main()

@@ -9,14 +9,18 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from cptlab.demo import stands_in
 from cptlab.errors import CptlabError
 from cptlab.fsdp import SHARDING
-from cptlab.model.load import check_model_source, random_llama_config
 from cptlab.model.adapter import check_adapter_config, check_targets
 from cptlab.model.freeze import phases_from_config
-from cptlab.optim import LRSchedule
+from cptlab.model.gguf import check_gguf
+from cptlab.model.load import check_model_source, random_llama_config
+from cptlab.optim import LRScale, LRSchedule
+from cptlab.utils.io import check_replaceable
 
-IMPLEMENTED = {"schedule": ("full", "two_stage", "new_tokens_only", "phases"), "adapter": ("none", "lora", "dora"),
+IMPLEMENTED = {"schedule": ("full", "two_stage", "new_tokens_only", "phases"),
+               "adapter": ("none", "lora", "dora", "block_expansion"),
                "retention": ("none", "ema", "mean_teacher"), "optim": ("adamw",)}
 TOKENIZER_KINDS = ("base", "train", "extend")
 INITS = ("random", "mean", "subword_mean")
@@ -82,7 +86,10 @@ def validate_schedule_and_adapter(cfg: DictConfig) -> None:
 def validate_model(cfg: DictConfig) -> None:
     """The model directory exists and parses, and data.seq_len fits its positions: read from
     config.json (or the random-init config) before any tokenizer or data work."""
-    if cfg.model.name_or_path:
+    if cfg.model.gguf:  # the file and the `gguf` package are there (its positions are checked once converted)
+        check_gguf(str(cfg.model.gguf))
+        limit = None
+    elif cfg.model.name_or_path and not stands_in(cfg.model, cfg.paths.cache_dir):
         path = Path(str(cfg.model.name_or_path)).expanduser()
         if path.name == "demo_base" and not path.exists():
             raise CptlabError(f"the demo base model is not built yet ({path}): run `make demo` or "
@@ -100,7 +107,7 @@ def validate_model(cfg: DictConfig) -> None:
 def validate_adapter_targets(cfg: DictConfig) -> None:
     """adapter.target_modules name modules of the model: checked on a weightless (meta-device) copy built from
     its config, so a typo fails before the tokenizer and the token caches are built (a hub id: at load time)."""
-    if cfg.adapter.name == "none":
+    if cfg.adapter.name not in ("lora", "dora") or cfg.model.gguf:  # a GGUF base: checked when the converted model is built
         return
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -118,19 +125,36 @@ def validate_adapter_targets(cfg: DictConfig) -> None:
     check_targets(skeleton, [str(t) for t in cfg.adapter.target_modules])
 
 
+def _check_extension(tok: DictConfig) -> None:
+    """tokenizer.admit / tokenizer.add_pieces: known values, and only where they act (tokenizer=extend)."""
+    from cptlab.tokenizer.extend import check_admit
+
+    check_admit(tok.get("admit", "auto"))
+    add_pieces = tok.get("add_pieces")
+    if add_pieces is None:
+        return
+    if tok.kind != "extend":
+        raise CptlabError(f"tokenizer.add_pieces={add_pieces} only applies to tokenizer=extend (tokenizer.kind="
+                          f"{tok.kind}); set tokenizer.vocab_size instead")
+    if isinstance(add_pieces, bool) or not isinstance(add_pieces, int) or add_pieces < 1:
+        raise CptlabError(f"tokenizer.add_pieces={add_pieces!r} must be a positive number of pieces (or null to "
+                          "append every admitted piece of a tokenizer.vocab_size domain vocabulary)")
+
+
 def validate(cfg: DictConfig) -> None:
     for group, options in IMPLEMENTED.items():
         if cfg[group].name not in options:
             raise CptlabError(f"{group}={cfg[group].name} is not available (choose {', '.join(options)})")
     if cfg.tokenizer.kind not in TOKENIZER_KINDS:
         raise CptlabError(f"tokenizer.kind={cfg.tokenizer.kind!r} must be one of {', '.join(TOKENIZER_KINDS)}")
-    if cfg.tokenizer.kind in ("base", "extend") and not (cfg.tokenizer.path or cfg.model.name_or_path):
+    if cfg.tokenizer.kind in ("base", "extend") and not (cfg.tokenizer.path or cfg.model.name_or_path or cfg.model.gguf):
         raise CptlabError(f"tokenizer={cfg.tokenizer.kind} needs tokenizer.path or model.name_or_path (a random-init "
                           "model has no tokenizer: use tokenizer=train)")
     if cfg.tokenizer.init not in INITS:
         raise CptlabError(f"tokenizer.init={cfg.tokenizer.init!r} must be one of {', '.join(INITS)}")
-    if not (cfg.model.name_or_path or cfg.model.config):
-        raise CptlabError("set model.name_or_path (a model directory) or model.config (random init)")
+    _check_extension(cfg.tokenizer)
+    if not (cfg.model.name_or_path or cfg.model.config or cfg.model.gguf):
+        raise CptlabError("set model.name_or_path (a model directory), model.gguf or model.config (random init)")
     _positive(cfg, "data.seq_len", "data.batch_size", "trainer.max_steps", "trainer.accumulate_grad_batches",
               "trainer.log_every_n_steps", "eval.every_n_steps", "eval.max_blocks", "eval.batch_size",
               "checkpoint.every_n_steps", "data.num_proc")
@@ -143,11 +167,70 @@ def validate(cfg: DictConfig) -> None:
         raise CptlabError(f"optim.lr={cfg.optim.lr} must be > 0")
     LRSchedule(total_steps=cfg.trainer.max_steps, warmup_steps=cfg.optim.warmup_steps, kind=cfg.optim.schedule,
                min_lr_ratio=cfg.optim.min_lr_ratio, decay_fraction=cfg.optim.decay_fraction)
+    LRScale.from_config(cfg.optim.get("lr_scale"))
     validate_schedule_and_adapter(cfg)
     validate_data(cfg.data)
     validate_model(cfg)
     validate_adapter_targets(cfg)
     validate_strategy(cfg)
+    validate_values(cfg)
+    if cfg.publish_dir:  # a user's directory is never wiped at the end of a run: refused before any work
+        check_replaceable(str(cfg.publish_dir), "model", "publish_dir")
+
+
+PRECISIONS = ("16-mixed", "bf16-mixed", "32-true", "64-true", "16-true", "bf16-true", "transformer-engine",
+              "transformer-engine-float16", "64", "32", "16", "bf16")
+RETENTION_ROWS = ("replay", "all", "new")
+
+
+def validate_values(cfg: DictConfig) -> None:
+    """Values the libraries would reject only after the tokenizer, caches or ranks exist (or with a traceback
+    that names no key): retention, dtype, optimizer, precision, SentencePiece coverage, batch vs. devices."""
+    from cptlab.model.load import DTYPES
+
+    ret, opt, tr = cfg.retention, cfg.optim, cfg.trainer
+    if ret.name != "none":
+        if not 0.0 < ret.decay < 1.0:
+            raise CptlabError(f"retention.decay={ret.decay} must be in (0, 1)")
+        _positive(cfg, "retention.every_n_steps")
+    if ret.name == "mean_teacher":
+        if ret.on not in RETENTION_ROWS:
+            raise CptlabError(f"retention.on={ret.on!r} must be one of {', '.join(RETENTION_ROWS)}")
+        if ret.weight <= 0:
+            raise CptlabError(f"retention=mean_teacher needs retention.weight > 0 (got {ret.weight})")
+    if cfg.model.dtype not in DTYPES:
+        raise CptlabError(f"model.dtype={cfg.model.dtype!r} must be one of {', '.join(DTYPES)}")
+    betas = list(opt.betas)
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise CptlabError(f"optim.betas={betas} must be two numbers in [0, 1)")
+    if not opt.eps > 0:
+        raise CptlabError(f"optim.eps={opt.eps} must be > 0")
+    if opt.weight_decay < 0:
+        raise CptlabError(f"optim.weight_decay={opt.weight_decay} must be >= 0")
+    if opt.grad_clip is not None and opt.grad_clip <= 0:
+        raise CptlabError(f"optim.grad_clip={opt.grad_clip} must be > 0 (or null: no clipping)")
+    if str(tr.precision) not in PRECISIONS:
+        raise CptlabError(f"trainer.precision={tr.precision!r} must be one of {', '.join(PRECISIONS[:6])}")
+    if cfg.tokenizer.kind in ("train", "extend") and not 0.98 <= cfg.tokenizer.character_coverage <= 1.0:
+        raise CptlabError(f"tokenizer.character_coverage={cfg.tokenizer.character_coverage} must be in [0.98, 1] "
+                          "(SentencePiece's range)")
+    _positive(cfg, "train.max_consecutive_skipped", "train.max_skipped_batches")
+    if cfg.train.on_changed_inputs not in ("refuse", "restart", "resume"):
+        raise CptlabError(f"train.on_changed_inputs={cfg.train.on_changed_inputs!r} must be refuse, restart or resume")
+    devices = tr.devices
+    world = len(devices) if OmegaConf.is_list(devices) else devices if isinstance(devices, int) and devices > 0 else None
+    if world and cfg.data.batch_size % world:
+        raise CptlabError(f"data.batch_size={cfg.data.batch_size} is not divisible by trainer.devices={world} "
+                          "(each rank takes an equal share of every batch)")
+
+
+def config_warnings(cfg: DictConfig) -> list[str]:
+    """Settings that are legal but most likely not meant (printed once, the run goes on)."""
+    out = []
+    if cfg.optim.warmup_steps >= cfg.trainer.max_steps:
+        out.append(f"optim.warmup_steps={cfg.optim.warmup_steps} >= trainer.max_steps={cfg.trainer.max_steps}: the "
+                   "learning rate never reaches optim.lr (the whole run is warm-up)")
+    return out
 
 
 def validate_strategy(cfg: DictConfig) -> None:

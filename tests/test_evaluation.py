@@ -49,11 +49,13 @@ def test_unigram_bpb_hand_computed():
 
     from cptlab.evaluation import unigram_bpb
 
-    train = np.array([0, 0, 0, 1, 1, 2], dtype=np.uint16)  # +1 smoothing over 4 ids: counts 4,3,2,1 of 10
+    counts = np.array([3, 2, 1])  # train tokens 0,0,0,1,1,2; +1 smoothing over 4 ids: counts 4,3,2,1 of 10
     blocks = torch.tensor([[9, 0, 1], [9, 3, 3]]) % 4  # targets: 0, 1, 3, 3
     tb = torch.tensor([1, 2, 1, 1])
     bits = -(math.log2(0.4) + math.log2(0.3) + 2 * math.log2(0.1))
-    assert unigram_bpb(train, blocks, tb) == pytest.approx(bits / (1 + 2 + 1 + 1))
+    assert unigram_bpb(counts, blocks, tb) == pytest.approx(bits / (1 + 2 + 1 + 1))
+    # counts longer than the vocabulary (ids the tokenizer cannot produce) are cut to it
+    assert unigram_bpb(np.array([3, 2, 1, 0, 7]), blocks, tb) == pytest.approx(bits / (1 + 2 + 1 + 1))
 
 
 def test_eval_sums_pads_forward_passes_without_counting_them():

@@ -1,5 +1,8 @@
-"""`cptlab-compare RUN_OR_SWEEP_DIR... [--out DIR] [--old en] [--new zh]`: compare the runs of a
-sweep; writes forgetting_curves.png, tradeoff.png, summary.md and summary.csv, prints the table."""
+"""`cptlab-compare RUN_OR_SWEEP_DIR... [--out DIR] [--old en] [--new zh] [--reference LABEL] [--budget en=0.05]`:
+compare the runs of a sweep, runs that differ only in seed pooled into one row (mean ± 95% interval);
+writes forgetting_curves.png, tradeoff.png, summary.md and summary.csv, prints the table, warns when the
+rows were not scored on the same held-out data, and with --budget prints the smallest replay ratio that
+keeps forgetting within it."""
 
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ from pathlib import Path
 from rich.console import Console
 
 from cptlab.compare.plots import plot_forgetting_curves, plot_tradeoff
-from cptlab.compare.runs import is_run_dir, load_runs, parse_domains, resolve_roles
+from cptlab.compare.runs import eval_data_warnings, group_runs, is_run_dir, load_runs, parse_domains, resolve_roles
+from cptlab.compare.stats import budget_text, parse_budgets, replay_budgets
 from cptlab.compare.table import build_rows, render, write_csv, write_markdown
 from cptlab.errors import CptlabError
 
@@ -25,9 +29,10 @@ def default_out(paths: list[Path]) -> Path:
 
 
 def compare(paths: list[Path], out: Path | None = None, old: list[str] | None = None,
-            new: list[str] | None = None, console: Console | None = None) -> dict[str, Path]:
-    """Load the runs under `paths`, write the four outputs into `out`, print the table; returns
-    {output name: path}. Raises CptlabError on a missing path or one with no run."""
+            new: list[str] | None = None, console: Console | None = None, reference: str | None = None,
+            budgets: dict[str, float] | None = None) -> dict[str, Path]:
+    """Load the runs under `paths`, write the four outputs into `out`, print the table (and the budget
+    lines); returns {output name: path}. Raises CptlabError on a missing path or one with no run."""
     console = console or Console()
     paths = [Path(p) for p in paths]
     runs = load_runs(paths)
@@ -36,18 +41,29 @@ def compare(paths: list[Path], out: Path | None = None, old: list[str] | None = 
     for run in runs:
         for warning in run.warnings:
             print(f"cptlab-compare: warning: {warning}", file=sys.stderr)
-    rows = build_rows(runs, roles)
+    groups = group_runs(runs)
+    rows = build_rows(groups, roles, reference=reference)
+    warnings = eval_data_warnings(groups, roles.new + roles.old)
+    for warning in warnings:
+        print(f"cptlab-compare: warning: {warning}", file=sys.stderr)
+    fits = replay_budgets(groups, roles, budgets) if budgets else []
+    budget = [(f"[{family}] " if family else "") + budget_text(fit, ", ".join(roles.new) or "new")
+              for family, fit in fits]
     written = {name: out / name for name in OUTPUTS}
     try:
-        plot_forgetting_curves(runs, roles, written["forgetting_curves.png"])
+        plot_forgetting_curves(groups, roles, written["forgetting_curves.png"])
         plot_tradeoff(rows, roles, written["tradeoff.png"])
-        write_markdown(written["summary.md"], rows, roles)
+        write_markdown(written["summary.md"], rows, roles, warnings, budget)
         write_csv(written["summary.csv"], rows)
     except OSError as err:
         raise CptlabError(f"cannot write the comparison to {out}: {err.strerror or err}") from err
     render(rows, roles, console)
+    if budget:
+        console.print("replay-ratio budget (isotonic fit of forgetting vs data.replay_ratio):", highlight=False)
+        for line in budget:
+            console.print(f"  {line}", highlight=False, soft_wrap=True, markup=False)
     for name, path in written.items():
-        console.print(f"  {name:<22} {path}", highlight=False, soft_wrap=True)
+        console.print(f"  {name:<22} {path}", highlight=False, soft_wrap=True, markup=False)
     return written
 
 
@@ -66,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "runs' .hydra/config.yaml)")
     parser.add_argument("--new", action="append", metavar="DOMAINS",
                         help="new domains, comma-separated (default: role new in the runs' config)")
+    parser.add_argument("--reference", metavar="LABEL",
+                        help="the row the others are compared with (default: the first completed row)")
+    parser.add_argument("--budget", action="append", metavar="DOMAIN=MAX",
+                        help="largest acceptable forgetting (Δbpb at the end) of an old domain, e.g. en=0.05: "
+                             "prints the smallest data.replay_ratio expected to keep within it (repeatable)")
     return parser
 
 
@@ -77,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         console.width = 1000  # piped or logged: the table at its natural width, not folded into 80 columns
     try:
         compare(args.paths, out=args.out, old=parse_domains(args.old), new=parse_domains(args.new),
-                console=console)
+                console=console, reference=args.reference, budgets=parse_budgets(args.budget))
     except CptlabError as err:
         parser.exit(2, f"cptlab-compare: error: {err}\n")
 

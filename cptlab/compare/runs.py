@@ -1,11 +1,13 @@
 """Find the run directories under the paths given and load each run: overrides, domain roles, status,
-final metrics and eval curves, labelled by the overrides that set it apart from the others."""
+final metrics and eval curves, labelled by the overrides that set it apart from the others; runs that
+differ only in `seed` are grouped (one row, mean and 95% interval over the seeds)."""
 
 from __future__ import annotations
 
 import csv
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +32,11 @@ class Run:
     series: dict[str, list[tuple[int, float]]]
     label: str = ""
     warnings: list[str] = field(default_factory=list)
+    seed: int | None = None  # the `seed` override, else the config's
+    name: str = ""  # the experiment name (config `name`)
+    replay_ratio: float | None = None  # data.replay_ratio: the summary's, else the config's
+    group_label: str = ""  # the label of its row: `label` without the seed
+    view: str = "raw"  # raw | ema (the EMA weights' curves of the same run)
 
     def curve(self, domain: str, metric: str = "bpb") -> tuple[list[float], list[float]]:
         """(tokens_seen, value) points of val/<domain>/<metric>, points without a token count dropped."""
@@ -127,9 +134,15 @@ def load_run(path: Path) -> Run:
         roles = {name: d.get("role") for name, d in domains.items() if isinstance(d, dict)}
     else:
         roles = {name: d.get("role") for name, d in (summary.get("domains") or {}).items()}
+    config = config if isinstance(config, dict) else {}
+    seeds = [_value(o) for o in overrides if override_key(str(o)) == SEED_KEY]
     run = Run(path=path, status=status, error=summary.get("error") if status == "failed" else None,
               overrides=[str(o) for o in overrides], roles={k: v for k, v in roles.items() if v},
-              summary=summary if status == "completed" else {}, series={})
+              summary=summary if status == "completed" else {}, series={},
+              seed=_int_or_none(seeds[-1] if seeds else config.get("seed")),
+              name=str(summary.get("name") or config.get("name") or path.parent.name),
+              replay_ratio=_float_or_none(_known(summary.get("replay_ratio"),
+                                                 (config.get("data") or {}).get("replay_ratio"))))
     try:
         run.series = read_series(path)
     except (ValueError, csv.Error, OSError) as err:
@@ -158,21 +171,50 @@ def _value_key(override: str | None) -> tuple:
         return (2, 0.0, value)
 
 
+SEED_KEY = "seed"
+
+
+def _int_or_none(value) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _float_or_none(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def label_and_sort(runs: list[Run]) -> list[Run]:
     """Label each run by the overrides that differ between the runs (hydra.* left out) and return
-    them in sweep order: by those overrides' values, key by key in command-line order."""
+    them in sweep order: by those overrides' values, key by key in command-line order.
+
+    `seed` is left out of the labels: runs that differ only in it share a `group_label` (the experiment
+    name when nothing else tells them apart) and are labelled `<group label> · seed=N` each."""
     per_run = [{override_key(o): o for o in r.overrides if not _is_hydra(override_key(o))} for r in runs]
     keys = list(dict.fromkeys(k for overrides in per_run for k in overrides))
-    differing = [k for k in keys if len({_value(p.get(k)) for p in per_run}) > 1]
-    for run, overrides in zip(runs, per_run):
-        run.label = ", ".join(overrides[k] for k in differing if k in overrides) or run.path.name
-    counts: dict[str, int] = {}
-    for run in runs:
-        counts[run.label] = counts.get(run.label, 0) + 1
+    differing = [k for k in keys if k != SEED_KEY and len({_value(p.get(k)) for p in per_run}) > 1]
+    families = [frozenset(v for k, v in p.items() if k != SEED_KEY) for p in per_run]
+    seeds: dict[frozenset, list] = {}
+    for run, family in zip(runs, families):
+        seeds.setdefault(family, []).append(run.seed)
+    for run, overrides, family in zip(runs, per_run, families):
+        shown = ", ".join(overrides[k] for k in differing if k in overrides)
+        seeded = len(set(seeds[family])) > 1  # several seeds of one configuration: one row, a label per seed
+        run.group_label = shown or (run.name if seeded else run.path.name)
+        if seeded and len(set(seeds[family])) < len(seeds[family]):
+            # A seed twice: the same configuration in two sweeps, which stay apart (a row per sweep directory).
+            run.group_label = f"{run.group_label} [{run.path.parent.name}]"
+        run.label = f"{run.group_label} · seed={run.seed}" if seeded else run.group_label
+    counts = Counter(run.label for run in runs)
     for run in runs:
         if counts[run.label] > 1:  # same overrides in two sweeps (or two dirs named alike): say where
             where = f"{run.path.parent.name}/{run.path.name}"
             run.label = where if run.label == run.path.name else f"{run.label} [{where}]"
+            run.group_label = run.label  # never pooled with its twin
     order = sorted(range(len(runs)), key=lambda i: ([_value_key(per_run[i].get(k)) for k in differing],
                                                      natural_key(str(runs[i].path))))
     return [runs[i] for i in order]
@@ -195,13 +237,54 @@ def ema_view(run: Run) -> Run | None:
     series = {k: v for k, v in run.series.items() if not k.startswith(("val/", EMA_PREFIX))} | ema
     summary = {k: v for k, v in run.summary.items() if k != "domains"}  # the domain record is the raw weights'
     return Run(path=run.path, status=run.status, error=run.error, overrides=run.overrides, roles=run.roles,
-               summary=summary, series=series, label=f"{run.label} · EMA weights")
+               summary=summary, series=series, label=f"{run.label} · EMA weights", seed=run.seed, name=run.name,
+               replay_ratio=run.replay_ratio, group_label=f"{run.group_label} · EMA weights", view="ema")
 
 
 def load_runs(paths: list[Path]) -> list[Run]:
     """The runs in sweep order, each followed by its EMA-weights view when it has one."""
     runs = label_and_sort([load_run(p) for p in find_run_dirs(paths)])
     return [view for run in runs for view in (run, ema_view(run)) if view is not None]
+
+
+@dataclass
+class Group:
+    """One row of the comparison: the completed runs that differ only in seed (pooled), or one run that
+    did not complete (never pooled: its numbers are partial)."""
+    label: str
+    runs: list[Run]
+
+    @property
+    def status(self) -> str:
+        return self.runs[0].status
+
+    @property
+    def seeds(self) -> list[int | None]:
+        return [run.seed for run in self.runs]
+
+    @property
+    def replay_ratio(self) -> float | None:
+        return self.runs[0].replay_ratio
+
+    @property
+    def overrides(self) -> list[str]:
+        """Its runs' overrides without seed and hydra.* (the same for every run of the group)."""
+        return [o for o in self.runs[0].overrides if override_key(o) != SEED_KEY and not _is_hydra(override_key(o))]
+
+
+def group_runs(runs: list[Run]) -> list[Group]:
+    """The rows, in the runs' (sweep) order: completed runs with the same group label and view pooled;
+    a failed or unfinished run a row of its own, labelled with its seed."""
+    groups: dict[tuple, Group] = {}
+    for i, run in enumerate(runs):
+        key = (run.view, run.group_label) if run.status == "completed" else (i,)
+        if key not in groups:
+            label = run.group_label if run.status == "completed" else run.label
+            groups[key] = Group(label=label, runs=[])
+        groups[key].runs.append(run)
+    for group in groups.values():
+        group.runs.sort(key=lambda r: (r.seed is None, r.seed or 0))  # stable: path order among equal seeds
+    return list(groups.values())
 
 
 def parse_domains(values: list[str] | None) -> list[str] | None:
@@ -232,3 +315,50 @@ def resolve_roles(runs: list[Run], old: list[str] | None = None, new: list[str] 
         raise CptlabError("cannot tell old from new domains: no run has data.domains.<D>.role in "
                           ".hydra/config.yaml; pass --old and --new")
     return Roles(new=new_list, old=old_list)
+
+
+def _eval_record(run: Run, domain: str) -> tuple[str | None, str | None, str | None]:
+    """(held-out documents hash, tokenizer hash, eval blocks hash) a completed run recorded for `domain`."""
+    s = run.summary
+    split = ((s.get("split") or {}).get("domains") or {}).get(domain) or {}
+    blocks = ((s.get("domains") or {}).get(domain) or {}).get("eval_blocks_sha256")
+    return split.get("heldout_sha256"), (s.get("vocabulary") or {}).get("tokenizer_sha256"), blocks
+
+
+def _sets(labelled: dict[str, list[str]]) -> str:
+    return " vs ".join("{" + ", ".join(dict.fromkeys(labels)) + "}" for labels in labelled.values())
+
+
+def eval_data_warnings(groups: list[Group], domains: list[str]) -> list[str]:
+    """Where the rows were not scored on the same data (cptlab-compare warns; it does not refuse, so
+    deliberately different data can still be compared, but the table says so):
+    - a row pooling runs whose eval blocks differ (its mean would mix different test sets);
+    - rows evaluated on different held-out documents (data.split_seed, heldout or sources differ);
+    - rows with the same held-out documents and tokenizer scored on different blocks (data.seq_len or
+      eval.max_blocks differ). Different tokenizers cut the same documents into different blocks: expected,
+      and bpb compares across them. Runs that did not record these hashes are left out of the checks."""
+    warnings = []
+    rows = [g for g in groups if g.status == "completed" and g.runs[0].view == "raw"]
+    for domain in domains:
+        for group in rows:
+            hashes = {_eval_record(run, domain)[2] for run in group.runs} - {None}
+            if len(hashes) > 1:
+                warnings.append(f"{domain}: the runs pooled in row '{group.label}' were scored on {len(hashes)} "
+                                "different sets of eval blocks; its mean mixes different test data")
+        heldout: dict[str, list[str]] = {}
+        blocks: dict[tuple, dict[str, list[str]]] = {}
+        for group in rows:
+            for run in group.runs:
+                docs, tokenizer, block = _eval_record(run, domain)
+                if docs is not None:
+                    heldout.setdefault(docs, []).append(group.label)
+                if block is not None and docs is not None and tokenizer is not None:
+                    blocks.setdefault((docs, tokenizer), {}).setdefault(block, []).append(group.label)
+        if len(heldout) > 1:
+            warnings.append(f"{domain}: rows were evaluated on different held-out documents (data.split_seed, "
+                            f"heldout or sources differ): {_sets(heldout)}")
+        for labelled in blocks.values():
+            if len(labelled) > 1:
+                warnings.append(f"{domain}: rows with the same held-out documents and tokenizer were scored on "
+                                f"different eval blocks (data.seq_len or eval.max_blocks differ): {_sets(labelled)}")
+    return warnings

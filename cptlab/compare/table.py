@@ -1,5 +1,6 @@
-"""One row per run (learning, forgetting, its area under the curve, throughput) and the comparison
-table written as summary.md / summary.csv and printed with rich."""
+"""One row per configuration (learning, forgetting, its area under the curve, throughput: the mean over
+the runs that differ only in seed, with its 95% t-interval and n) and the comparison table written as
+summary.md / summary.csv and printed with rich. Each row is also compared with a reference row."""
 
 from __future__ import annotations
 
@@ -10,13 +11,22 @@ import os
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from cptlab.compare.runs import Roles, Run
+from cptlab.compare.runs import Group, Roles, Run, group_runs
+from cptlab.compare.stats import NO_DIFFERENCE, difference_text, mean_ci, welch_difference
+from cptlab.errors import CptlabError
 from cptlab.utils.io import atomic_write_text
 
-CSV_FIELDS = ["label", "status", "error", "new_bpb", "learning", "old_bpb", "forgetting", "forgetting_auc",
-              "pareto_front", "tokens_per_sec", "steps", "tokens_seen", "setup_s", "wall_time_s", "run_dir"]
+# The figures of a row: each the mean over the row's runs, with `<figure>_ci` (95% t half-width, None for n=1).
+FIGURES = ["new_bpb", "learning", "old_bpb", "forgetting", "forgetting_auc", "tokens_per_sec", "steps",
+           "tokens_seen", "setup_s", "wall_time_s"]
+COMPARED = ["learning", "forgetting"]  # compared with the reference row (Welch interval of the difference)
+CSV_FIELDS = ["label", "status", "error", "n", "seeds",
+              *(f for k in FIGURES[:5] for f in (k, f"{k}_ci95")),
+              *(f for k in COMPARED for f in (f"{k}_vs_ref", f"{k}_vs_ref_ci95", f"{k}_vs_ref_verdict")),
+              "pareto_front", *(f for k in FIGURES[5:] for f in (k, f"{k}_ci95")), "run_dir"]
 
 
 def _mean(values) -> float | None:
@@ -52,47 +62,99 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return [i for i, p in enumerate(points) if not any(dominates(q, p) for q in points)]
 
 
-def build_rows(runs: list[Run], roles: Roles) -> list[dict]:
-    """Rows in the runs' order; metrics a run does not have (yet) are None."""
+def run_figures(run: Run, roles: Roles) -> dict:
+    """One run's figures; those it does not have (yet) are None."""
+    new = [run.domain_bpb(d) for d in roles.new]
+    old = [run.domain_bpb(d) for d in roles.old]
+    s = run.summary
+    token_rates = [v for _, v in run.series.get("train/tokens_per_sec", [])]
+    steps = [step for points in run.series.values() for step, _ in points]
+    return {
+        "new_bpb": _mean(d["bpb_end"] for d in new),
+        "learning": _mean(d["bpb_start"] - d["bpb_end"] for d in new
+                          if d["bpb_start"] is not None and d["bpb_end"] is not None),
+        "old_bpb": _mean(d["bpb_end"] for d in old),
+        "forgetting": _mean(d["delta_bpb"] for d in old),
+        "forgetting_auc": _mean(forgetting_auc(run, d) for d in roles.old),
+        # The summary's figures for a finished run; for the others what metrics.csv has so far.
+        "tokens_per_sec": (s.get("throughput") or {}).get("tokens_per_sec") or _mean(token_rates),
+        "steps": _int(s.get("steps", max(steps) if steps else None)),
+        "tokens_seen": s.get("tokens_seen", run.latest("trainer/tokens_seen")),
+        # Tokenizer + data + model set-up before the first step (None for runs written before it was kept).
+        "setup_s": sum((s.get("setup") or {}).values()) if s.get("setup") else None,
+        "wall_time_s": s.get("wall_time_s"),
+    }
+
+
+def _pooled(values: list) -> tuple:
+    """(mean, 95% half-width) of a figure over a row's runs: None when no run has it, NaN when one diverged."""
+    known = [v for v in values if v is not None]
+    if any(isinstance(v, float) and not math.isfinite(v) for v in known):
+        return math.nan, None
+    est = mean_ci(known)
+    mean = est.mean
+    if mean is not None and all(isinstance(v, int) for v in known) and float(mean).is_integer():
+        mean = int(mean)  # steps, tokens seen: integers stay integers
+    return mean, est.ci
+
+
+def build_rows(runs: list[Run] | list[Group], roles: Roles, reference: str | None = None) -> list[dict]:
+    """Rows in the runs' order, one per group of runs that differ only in seed (cptlab.compare.runs.group_runs);
+    figures a row does not have (yet) are None. `reference`: the label of the row the others are compared
+    with (default: the first completed row)."""
+    groups = runs if all(isinstance(g, Group) for g in runs) else group_runs(runs)
     rows = []
-    for run in runs:
-        new = [run.domain_bpb(d) for d in roles.new]
-        old = [run.domain_bpb(d) for d in roles.old]
-        s = run.summary
-        token_rates = [v for _, v in run.series.get("train/tokens_per_sec", [])]
-        steps = [step for points in run.series.values() for step, _ in points]
-        rows.append({
-            "label": run.label, "status": run.status, "error": run.error,
-            "new_bpb": _mean(d["bpb_end"] for d in new),
-            "learning": _mean(d["bpb_start"] - d["bpb_end"] for d in new
-                              if d["bpb_start"] is not None and d["bpb_end"] is not None),
-            "old_bpb": _mean(d["bpb_end"] for d in old),
-            "forgetting": _mean(d["delta_bpb"] for d in old),
-            "forgetting_auc": _mean(forgetting_auc(run, d) for d in roles.old),
-            "pareto_front": None,  # True/False once set below; None = not a completed run with both numbers
-            # The summary's figures for a finished run; for the others what metrics.csv has so far.
-            "tokens_per_sec": (s.get("throughput") or {}).get("tokens_per_sec") or _mean(token_rates),
-            "steps": _int(s.get("steps", max(steps) if steps else None)),
-            "tokens_seen": s.get("tokens_seen", run.latest("trainer/tokens_seen")),
-            # Tokenizer + data + model set-up before the first step (None for runs written before it was kept).
-            "setup_s": sum((s.get("setup") or {}).values()) if s.get("setup") else None,
-            "wall_time_s": s.get("wall_time_s"),
-            "run_dir": str(run.path),
-        })
-    # Only completed runs compete; a diverged run's NaN would otherwise sit on the front (it compares false).
+    for group in groups:
+        per_run = [run_figures(run, roles) for run in group.runs]
+        first = group.runs[0]
+        row = {"label": group.label, "status": group.status, "error": first.error, "n": len(group.runs),
+               "seeds": ",".join("-" if s is None else str(s) for s in group.seeds),
+               "runs": per_run, "run_dirs": [str(run.path) for run in group.runs],
+               "run_dir": "; ".join(str(run.path) for run in group.runs),
+               "pareto_front": None}  # True/False once set below; None = not a completed row with both numbers
+        for key in FIGURES:
+            row[key], row[f"{key}_ci"] = _pooled([p[key] for p in per_run])
+        rows.append(row)
+    # Only completed rows compete; a diverged run's NaN would otherwise sit on the front (it compares false).
     scored = [i for i, r in enumerate(rows) if r["status"] == "completed"
               and all(r[k] is not None and math.isfinite(r[k]) for k in ("forgetting", "learning"))]
     front = set(pareto_front([(rows[i]["forgetting"], rows[i]["learning"]) for i in scored]))
     for k, i in enumerate(scored):
         rows[i]["pareto_front"] = k in front
+    compare_with_reference(rows, reference)
     return rows
+
+
+def compare_with_reference(rows: list[dict], reference: str | None = None) -> None:
+    """Set `<figure>_vs_ref` (an Estimate: the difference of means and its 95% Welch half-width) and
+    `<figure>_vs_ref_text` on every completed row but the reference. A difference whose interval holds 0
+    reads "no measurable difference"; with a single run on either side there is no interval."""
+    completed = [r for r in rows if r["status"] == "completed"]
+    if reference is not None:
+        ref = next((r for r in rows if r["label"] == reference), None)
+        if ref is None:
+            raise CptlabError(f"--reference {reference!r} is not a row label (rows: "
+                              f"{', '.join(r['label'] for r in rows)})")
+    else:
+        ref = completed[0] if completed else None
+    for row in rows:
+        row["reference"] = ref["label"] if ref else None
+        for key in COMPARED:
+            row[f"{key}_vs_ref"] = row[f"{key}_vs_ref_text"] = None
+            if ref is None or row is ref or row["status"] != "completed":
+                continue
+            d = welch_difference([p[key] for p in row["runs"]], [p[key] for p in ref["runs"]])
+            row[f"{key}_vs_ref"], row[f"{key}_vs_ref_text"] = d, difference_text(d)
+        if row is ref:
+            row["learning_vs_ref_text"] = row["forgetting_vs_ref_text"] = "reference"
 
 
 def headers(roles: Roles) -> list[str]:
     """Column titles; the line breaks keep the printed table narrow (markdown joins them with a space)."""
     new, old = ", ".join(roles.new) or "-", ", ".join(roles.old) or "-"
-    return ["run", "status", f"new bpb\n({new})", "learning\n↑", f"old bpb\n({old})", "forgetting\n↓",
-            "forgetting\nAUC ↓", "Pareto", "tokens/s", "steps", "set-up\n(s)", "wall\ntime (s)", "run dir"]
+    return ["run", "status", "n", f"new bpb\n({new})", "learning\n↑", f"old bpb\n({old})", "forgetting\n↓",
+            "forgetting\nAUC ↓", "learning\nvs ref", "forgetting\nvs ref", "Pareto", "tokens/s", "steps",
+            "set-up\n(s)", "wall\ntime (s)", "run dir"]
 
 
 def _fmt(value, spec: str) -> str:
@@ -101,20 +163,31 @@ def _fmt(value, spec: str) -> str:
 
 def runs_root(rows: list[dict]) -> Path:
     """The directory all run dirs are under: the table names run dirs relative to it, to stay narrow."""
-    paths = [Path(r["run_dir"]).resolve() for r in rows]
+    paths = [Path(d).resolve() for r in rows for d in r["run_dirs"]]
     if not paths:
         return Path.cwd()
     root = Path(os.path.commonpath(paths))
     return root.parent if root in paths else root
 
 
+def _fmt_ci(row: dict, key: str, spec: str) -> str:
+    """"2.1000 ± 0.0123" (mean ± 95% half-width) for a row of several runs, the value alone for one."""
+    value, ci = row[key], row.get(f"{key}_ci")
+    if value is None:
+        return "-"
+    return format(value, spec) if ci is None else f"{format(value, spec)} ± {format(ci, spec.lstrip('+'))}"
+
+
 def cells(row: dict, root: Path) -> list[str]:
     status = f"failed: {row['error']}" if row["status"] == "failed" and row["error"] else row["status"]
-    return [row["label"], status, _fmt(row["new_bpb"], ".4f"), _fmt(row["learning"], "+.4f"),
-            _fmt(row["old_bpb"], ".4f"), _fmt(row["forgetting"], "+.4f"), _fmt(row["forgetting_auc"], "+.4f"),
-            {True: "★", False: ""}.get(row["pareto_front"], "-"), _fmt(row["tokens_per_sec"], ",.0f"),
-            _fmt(row["steps"], "d"), _fmt(row["setup_s"], ".1f"), _fmt(row["wall_time_s"], ".1f"),
-            os.path.relpath(Path(row["run_dir"]).resolve(), root)]
+    dirs = [os.path.relpath(Path(d).resolve(), root) for d in row["run_dirs"]]
+    return [row["label"], status, str(row["n"]), _fmt_ci(row, "new_bpb", ".4f"), _fmt_ci(row, "learning", "+.4f"),
+            _fmt_ci(row, "old_bpb", ".4f"), _fmt_ci(row, "forgetting", "+.4f"),
+            _fmt_ci(row, "forgetting_auc", "+.4f"), row.get("learning_vs_ref_text") or "-",
+            row.get("forgetting_vs_ref_text") or "-",
+            {True: "★", False: ""}.get(row["pareto_front"], "-"), _fmt_ci(row, "tokens_per_sec", ",.0f"),
+            _fmt(row["steps"], "d" if isinstance(row["steps"], int) else ".1f"), _fmt_ci(row, "setup_s", ".1f"),
+            _fmt_ci(row, "wall_time_s", ".1f"), dirs[0] + (f" (+{len(dirs) - 1} seeds)" if len(dirs) > 1 else "")]
 
 
 def _md_escape(text: str) -> str:
@@ -130,14 +203,27 @@ def markdown_table(rows: list[dict], roles: Roles) -> str:
     return "\n".join(lines)
 
 
-def markdown(rows: list[dict], roles: Roles) -> str:
+def markdown(rows: list[dict], roles: Roles, warnings: list[str] = (), budget: list[str] = ()) -> str:
     counts = {s: sum(r["status"] == s for r in rows) for s in ("completed", "failed", "unfinished")}
+    ref = next((r["reference"] for r in rows if r.get("reference")), None)
+    extra = []
+    if warnings:
+        extra += ["## Warnings", "", *(f"- ⚠ {w}" for w in warnings), ""]
+    if budget:
+        extra += ["## Replay-ratio budget", "", *(f"- {b}" for b in budget), ""]
     return "\n".join([
         "# cptlab-compare", "",
         f"New domain(s): {', '.join(roles.new) or '-'} · old domain(s): {', '.join(roles.old) or '-'} · "
-        f"{len(rows)} runs ({', '.join(f'{n} {s}' for s, n in counts.items() if n)}), in sweep order "
+        f"{len(rows)} rows of {sum(r['n'] for r in rows)} runs "
+        f"({', '.join(f'{n} {s}' for s, n in counts.items() if n)}), in sweep order "
         f"(sorted by the differing overrides' values); run dirs are under {runs_root(rows)}.", "",
-        markdown_table(rows, roles), "",
+        markdown_table(rows, roles), "", *extra,
+        "- a row pools the completed runs that differ only in `seed`: each figure is their mean ± the half-width "
+        "of its 95% t-interval (t quantile with n-1 degrees of freedom × standard error); n = runs pooled. "
+        "A failed or unfinished run is a row of its own.",
+        f"- learning / forgetting vs ref: the row's mean minus the reference row's ({ref or '-'}), ± the "
+        f"half-width of the 95% Welch interval of that difference; \"{NO_DIFFERENCE}\" when the interval "
+        "contains 0; no interval when either row has a single run.",
         "- learning: new-domain bpb at step 0 minus at the end (higher is better).",
         "- forgetting: old-domain Δbpb at the end, bpb minus its step-0 value (above 0 = forgotten).",
         "- forgetting AUC: old-domain Δbpb averaged over training (trapezoid over tokens seen / tokens seen).",
@@ -147,8 +233,9 @@ def markdown(rows: list[dict], roles: Roles) -> str:
         "![learning vs forgetting](tradeoff.png)", ""])
 
 
-def write_markdown(path: Path, rows: list[dict], roles: Roles) -> Path:
-    atomic_write_text(path, markdown(rows, roles))
+def write_markdown(path: Path, rows: list[dict], roles: Roles, warnings: list[str] = (),
+                   budget: list[str] = ()) -> Path:
+    atomic_write_text(path, markdown(rows, roles, warnings, budget))
     return Path(path)
 
 
@@ -157,18 +244,27 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: "" if row[k] is None else row[k] for k in CSV_FIELDS})
+        flat = dict(row)
+        for key in FIGURES:
+            flat[f"{key}_ci95"] = row.get(f"{key}_ci")
+        for key in COMPARED:
+            d = row.get(f"{key}_vs_ref")
+            flat[f"{key}_vs_ref"], flat[f"{key}_vs_ref_ci95"] = (d.mean, d.ci) if d is not None else (None, None)
+            flat[f"{key}_vs_ref_verdict"] = row.get(f"{key}_vs_ref_text")
+        writer.writerow({k: "" if flat.get(k) is None else flat[k] for k in CSV_FIELDS})
     atomic_write_text(path, buf.getvalue())
     return Path(path)
 
 
 # Printed columns given up, in this order, when the terminal is too narrow for the whole table: run dir,
-# wall time, steps, tokens/s, Pareto, forgetting AUC (summary.md always has them all).
-NARROW_DROP = (11, 10, 9, 8, 7, 6)
+# wall time, set-up, steps, tokens/s, Pareto, forgetting AUC, old bpb, new bpb (summary.md always has them all).
+NARROW_DROP = (15, 14, 13, 12, 11, 10, 7, 5, 3)
+# ... and then, on a narrow terminal, the comparisons with the reference row (learning first) and n.
+LAST_DROP = (8, 9, 2)
 
 
 def _console_table(rows: list[dict], roles: Roles, root: Path, keep: list[int]) -> Table:
-    caption = (f"run dirs under {root}" if 11 in keep
+    caption = (f"run dirs under {escape(str(root))}; ± = 95% interval over seeds (n runs)" if 15 in keep
                else "some columns left out to fit the terminal; summary.md has them all")
     table = Table(title="cptlab-compare", title_justify="left", caption=caption, caption_justify="left")
     heads = headers(roles)
@@ -176,11 +272,16 @@ def _console_table(rows: list[dict], roles: Roles, root: Path, keep: list[int]) 
         text = i < 2 or i == len(heads) - 1
         # Numbers never wrap; the label wraps between its overrides, status (a failed run's error can be long)
         # and run dir fold.
-        table.add_column(heads[i], justify="left" if text else "right", overflow="fold", no_wrap=not text,
-                         max_width=32 if i == 1 else None)
+        # A "mean ± interval" cell may break at its spaces when the terminal is too narrow even without the
+        # optional columns.
+        wraps = text or i in (3, 4, 5, 6, 7, 8, 9, 11, 13, 14)
+        table.add_column(escape(heads[i]), justify="left" if text else "right", overflow="fold", no_wrap=not wraps,
+                         max_width=32 if i == 1 else 26 if i in (8, 9) else None,
+                         min_width=min(16, max([len(r["label"]) for r in rows] + [3])) if i == 0 else None)
     for row in rows:
         values = cells(row, root)
-        table.add_row(*(values[i] for i in keep))
+        # Labels, errors and paths hold the user's overrides (`sources=[/data/x.jsonl]`): text, not rich markup.
+        table.add_row(*(escape(values[i]) for i in keep))
     return table
 
 
@@ -188,7 +289,7 @@ def render(rows: list[dict], roles: Roles, console: Console) -> None:
     root = runs_root(rows)
     keep = list(range(len(headers(roles))))
     table = _console_table(rows, roles, root, keep)
-    for column in NARROW_DROP:
+    for column in NARROW_DROP + LAST_DROP:
         # Measured without the terminal's limit: the table's natural width.
         if console.measure(table, options=console.options.update_width(100_000)).maximum <= console.width:
             break

@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 
 import pytorch_lightning as pl
-import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 

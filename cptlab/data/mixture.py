@@ -3,6 +3,7 @@ Everything is a pure function of (seed, step) — no iterator state — so resum
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from fractions import Fraction
@@ -118,7 +119,6 @@ class MixtureSampler:
         self.seed = seed
         self._ratio = Fraction(replay_ratio).limit_denominator(_MAX_DENOMINATOR)
         exact_shares = self._shares()
-        self.shares = {d.name: float(s) for d, s in zip(self.domains, exact_shares)}  # for logging
         self.n_blocks = [(d.n_train_tokens - 1) // seq_len for d in self.domains]
         self._is_replay = np.array([d.role == "replay" for d in self.domains])
         for d, share, n in zip(self.domains, exact_shares, self.n_blocks):
@@ -271,7 +271,14 @@ class MixtureSampler:
 
 
 def eval_blocks(domain: DomainTokens, seq_len: int, max_blocks: int | None = None) -> np.ndarray:
-    """Consecutive blocks of `seq_len + 1` tokens (stride `seq_len`) from the start of the held-out array."""
+    """Blocks of `seq_len + 1` tokens from the held-out array, spread evenly over all of it.
+
+    The held-out array is every held-out document in corpus order (source after source), cut into
+    `(n_val_tokens - 1) // seq_len` windows of stride `seq_len`; `max_blocks` of them are taken at even
+    spacing (the middle window of each of `max_blocks` equal stretches), so every part of the stream — every
+    source holding at least 1/max_blocks of the domain's held-out tokens — is scored in proportion to its
+    size, not just the first documents. A pure function of the held-out tokens, `seq_len` and `max_blocks`:
+    the same blocks at every evaluation and in every run with the same split, tokenizer and data settings."""
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
         raise CptlabError(f"data.seq_len must be an integer >= 1, got {seq_len!r}")
     n = (domain.n_val_tokens - 1) // seq_len
@@ -280,10 +287,15 @@ def eval_blocks(domain: DomainTokens, seq_len: int, max_blocks: int | None = Non
             f"held-out split of domain '{domain.name}' has {domain.n_val_tokens} tokens, fewer than one eval block "
             f"(data.seq_len+1 = {seq_len + 1}); raise data.domains.{domain.name}.heldout or lower data.seq_len"
         )
-    if max_blocks is not None:
-        n = min(n, max(0, max_blocks))
-        if n == 0:
-            return np.empty((0, seq_len + 1), dtype=np.int64)
-    prefix = np.asarray(domain.val_tokens()[: n * seq_len + 1])
-    windows = np.lib.stride_tricks.sliding_window_view(prefix, seq_len + 1)[::seq_len][:n]
-    return windows.astype(np.int64)
+    m = n if max_blocks is None else min(n, max(0, max_blocks))
+    starts = ((2 * np.arange(m, dtype=np.int64) + 1) * n // (2 * m)) * seq_len  # all n windows when m == n
+    # Fancy indexing of the memmap reads only the pages of the chosen windows.
+    return np.asarray(domain.val_tokens()[starts[:, None] + np.arange(seq_len + 1)], dtype=np.int64)
+
+
+def blocks_sha256(blocks) -> str:
+    """A hash of evaluation blocks (shape and token ids): equal hashes = scored on the very same tokens."""
+    array = np.ascontiguousarray(np.asarray(blocks), dtype="<i8")
+    h = hashlib.sha256(f"{array.shape}".encode())
+    h.update(array.tobytes())
+    return h.hexdigest()

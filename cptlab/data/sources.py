@@ -20,6 +20,8 @@ _FILE_KINDS = {".txt": "txt", ".jsonl": "jsonl", ".parquet": "parquet"}
 _DATASET_MARKERS = ("dataset_dict.json", "dataset_info.json", "state.json")
 _SOURCE_FORMS = "a .txt/.jsonl/.parquet file, a directory, a glob, demo:NAME or hf:NAME[:SPLIT]"
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# Above this share of invalid-UTF-8 (or NUL-holding) lines a text file is refused as binary.
+BINARY_LINE_SHARE = 0.1
 _JSON_TYPES = {dict: "an object", list: "an array", int: "a number", float: "a number", bool: "a boolean"}
 
 
@@ -78,8 +80,40 @@ def _txt_files(root: Path) -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
+# Files up to this size are hashed whole for their fingerprint; larger ones by samples (first and last MiB,
+# and SAMPLE_COUNT evenly spread 64 KiB blocks), their change time (st_ctime_ns) catching edits between samples.
+FULL_HASH_BYTES = 64 << 20
+SAMPLE_COUNT = 64
+_digests: dict[tuple, str] = {}
+
+
+def file_fingerprint(path: str | os.PathLike) -> dict:
+    """path, size, mtime, inode change time and a content digest (whole or sampled) of a local file. The
+    digest is computed once per process for a given (path, size, mtime, ctime, inode)."""
+    import hashlib
+
+    st = os.stat(path)
+    ident = (os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+    if ident not in _digests:
+        digest = hashlib.blake2b(digest_size=16)
+        with open(path, "rb") as f:
+            if st.st_size <= FULL_HASH_BYTES:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            else:
+                offsets = [0, st.st_size - (1 << 20)]
+                offsets += [i * (st.st_size - (64 << 10)) // (SAMPLE_COUNT + 1) for i in range(1, SAMPLE_COUNT + 1)]
+                for offset in offsets:
+                    f.seek(offset)
+                    digest.update(f.read(1 << 20 if offset in offsets[:2] else 64 << 10))
+        _digests[ident] = ("sha:" if st.st_size <= FULL_HASH_BYTES else "sampled:") + digest.hexdigest()
+    return {"path": ident[0], "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+            "digest": _digests[ident]}
+
+
 def source_fingerprint(source: str) -> list:
-    """What identifies the current content of `source` cheaply: path, size and mtime of every local file."""
+    """What identifies the current content of `source` without parsing it: path, size, mtime, inode change time
+    and a content digest (cptlab.data.sources.file_fingerprint) of every local file."""
     out = []
     for part in resolve_source(source):
         if part.kind == "demo":
@@ -94,8 +128,7 @@ def source_fingerprint(source: str) -> list:
                 files = sorted((p for p in root.rglob("*") if p.is_file()), key=lambda p: p.as_posix())
             else:
                 files = [root]
-            stats = [(os.path.abspath(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-            out.append({"kind": part.kind, "files": stats})
+            out.append({"kind": part.kind, "files": [file_fingerprint(f) for f in files]})
     return out
 
 
@@ -155,12 +188,33 @@ def _bad_text(where: str, policy: str, stats: dict) -> bool:
     return policy == "replace"
 
 
+def _refuse_binary(path, data: bytes) -> None:
+    """A binary file (an archive or image renamed .txt, UTF-16 text) is refused, not read as U+FFFD soup: more
+    than BINARY_LINE_SHARE of its lines (and more than two) are invalid UTF-8 or hold NUL bytes."""
+    raw = data.split(b"\n")
+    bad = 0
+    for line in raw:
+        if b"\x00" in line:
+            bad += 1
+            continue
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            bad += 1
+    if bad > max(2, BINARY_LINE_SHARE * len(raw)):
+        raise CptlabError(f"{path}: {bad} of {len(raw)} lines are not UTF-8 text (invalid bytes or NUL): it looks "
+                          "like a binary file; remove it from the sources")
+
+
 def _lines(path: str, policy: str, stats: dict):
     """(line number, line) for every line of a text file, the line break ("\\n" or "\\r\\n") removed."""
     data = _read_bytes(path)
     try:
         lines = data.decode("utf-8").split("\n")  # the fast path: the whole file is valid
+        if b"\x00" in data:
+            _refuse_binary(path, data)
     except UnicodeDecodeError:
+        _refuse_binary(path, data)
         lines = [_decode_line(raw, f"{path}:{n}", policy, stats) for n, raw in enumerate(data.split(b"\n"), 1)]
     for lineno, line in enumerate(lines, 1):
         line = line[:-1] if line.endswith("\r") else line
@@ -177,9 +231,12 @@ def _decode_line(raw: bytes, where: str, policy: str, stats: dict) -> str:
 
 def _read_whole_file(path: Path, policy: str, stats: dict) -> str | None:
     data = _read_bytes(path)
+    if b"\x00" in data:
+        _refuse_binary(path, data)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
+        _refuse_binary(path, data)
         lineno = data.count(b"\n", 0, e.start) + 1
         return data.decode("utf-8", errors="replace") if _bad_text(f"{path}:{lineno}", policy, stats) else None
 

@@ -63,3 +63,52 @@ def split_documents(docs: list[str], heldout: float | int, seed: int = 0) -> tup
             f"the {'training' if not train else 'held-out'} side would be empty; add documents or change heldout"
         )
     return train, val
+
+
+def documents_sha256(docs: list[str]) -> str:
+    """A hash of a list of documents, in order (each length-prefixed): which held-out documents a split
+    chose, independent of the tokenizer, so two runs can tell whether they were scored on the same text."""
+    h = hashlib.sha256()
+    for text in docs:
+        blob = text.encode("utf-8", errors="surrogatepass")
+        h.update(len(blob).to_bytes(8, "big"))
+        h.update(blob)
+    return h.hexdigest()
+
+
+def leaks_from_base(base: dict, run: dict, base_dir: str = "the base model") -> str | None:
+    """Why evaluating `run`'s held-out documents would score documents `base` was trained on, or None.
+
+    Both are split records as `cptlab_split.json` / summary.json `split` hold them: `{"split_seed": s,
+    "domains": {name: {"sources": [...], "heldout": h, "max_docs": m, ...}}}`. A run domain is checked
+    against every base domain that shares a source with it. A document's side depends only on its own
+    hash under the split seed, so held-out sets with the same seed are nested: with the same seed, a
+    held-out share no larger than the base's (or, on the same documents, a count no larger) only holds
+    out documents the base held out too. Anything else on shared sources — another seed, a larger
+    share — would evaluate on documents the base trained on. Other cases (no shared source, a count
+    against a share) cannot be told from the records and pass."""
+    base_seed, run_seed = base.get("split_seed"), run.get("split_seed")
+    for name, mine in (run.get("domains") or {}).items():
+        sources = set(mine.get("sources") or ())
+        for base_name, theirs in (base.get("domains") or {}).items():
+            shared = sorted(sources & set(theirs.get("sources") or ()))
+            if not shared:
+                continue
+            where = f"data.domains.{name} shares {', '.join(shared)} with domain '{base_name}' of {base_dir}"
+            if base_seed is not None and run_seed != base_seed:
+                return (f"{where}, which was split with data.split_seed={base_seed}, this run with "
+                        f"data.split_seed={run_seed}: its held-out documents would include ones the base trained "
+                        f"on; set data.split_seed={base_seed}")
+            h_run, h_base = mine.get("heldout"), theirs.get("heldout")
+            try:
+                kinds = heldout_kind(h_run), heldout_kind(h_base)
+            except CptlabError:
+                continue
+            same_docs = (sorted(sources) == sorted(theirs.get("sources") or ())
+                         and mine.get("max_docs") == theirs.get("max_docs"))
+            if kinds == ("share", "share") or (kinds == ("count", "count") and same_docs):
+                if h_run > h_base:
+                    return (f"{where}: this run holds out {h_run!r}, the base held out only {h_base!r}, so the "
+                            f"extra held-out documents are ones the base trained on; set "
+                            f"data.domains.{name}.heldout <= {h_base!r}")
+    return None

@@ -18,15 +18,16 @@ from pathlib import Path
 import numpy as np
 
 from cptlab.data.sources import BAD_TEXT_POLICIES, read_documents_with_stats, resolve_source, source_fingerprint
-from cptlab.data.split import heldout_kind, split_documents
+from cptlab.data.split import documents_sha256, heldout_kind, split_documents
 from cptlab.errors import CptlabError
 from cptlab.utils.hashing import hash_dir, hash_file, hash_obj
 from cptlab.utils.io import COMPLETE_MARKER, atomic_write_json, build_once, is_complete
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 3  # 2: meta.json records the held-out documents' hash (heldout_sha256); 3: unigram_counts.npy
 ROLES = ("new", "replay")
+UNIGRAM_FILE = "unigram_counts.npy"  # train-split token counts, beside train.bin
 _BATCH_DOCS = 1000  # documents per tokenizer call: large enough for the Rust batch encoder, small enough for memory
 
 
@@ -52,16 +53,21 @@ class DomainTokens:
     n_val_tokens: int
     n_train_docs: int
     n_val_docs: int
-    val_chars: int  # characters of the held-out documents (for bits-per-character)
     val_bytes: int  # UTF-8 bytes of the held-out documents (for bits-per-byte)
     eos_id: int
     stats: dict = field(default_factory=dict, compare=False)  # bad_text_replaced / bad_text_skipped / docs_read ...
+    heldout_sha256: str | None = None  # which held-out documents (cptlab.data.split.documents_sha256)
 
     def train_tokens(self) -> np.memmap:
         return np.memmap(self.dir / "train.bin", dtype=self.dtype, mode="r", shape=(self.n_train_tokens,))
 
     def val_tokens(self) -> np.memmap:
         return np.memmap(self.dir / "val.bin", dtype=self.dtype, mode="r", shape=(self.n_val_tokens,))
+
+    def unigram_counts(self) -> np.ndarray:
+        """How often each token id occurs in the train split (int64, one entry per vocabulary id), counted when
+        the cache was built: the unigram baseline never reads the train array again."""
+        return np.load(self.dir / UNIGRAM_FILE)
 
 
 def token_dtype(vocab_size: int) -> str:
@@ -100,7 +106,8 @@ def _sources(spec: DomainSpec) -> tuple[str, ...]:
 def load_domain_documents(
     spec: DomainSpec, *, on_bad_text: str = "replace", seed: int = 0
 ) -> tuple[list[str], list[str], dict]:
-    """(train documents, held-out documents, stats) of a domain: every source read, `max_docs` applied, split."""
+    """(train documents, held-out documents, stats) of a domain: every source read, `max_docs` applied, split.
+    `seed` keys the split only (a run passes data.split_seed, never its training seed)."""
     _check_spec(spec, on_bad_text)
     sources = _sources(spec)
     for source in sources:  # every missing path or bad form is reported before any source is read
@@ -179,11 +186,11 @@ def prepare_domain(
     else:
         log.info("reusing token cache %s", final)
     counts = {
-        k: meta[k] for k in ("n_train_tokens", "n_val_tokens", "n_train_docs", "n_val_docs", "val_chars", "val_bytes")
+        k: meta[k] for k in ("n_train_tokens", "n_val_tokens", "n_train_docs", "n_val_docs", "val_bytes")
     }
     return DomainTokens(
         name=spec.name, role=spec.role, weight=float(spec.weight), dir=final, dtype=meta["dtype"],
-        eos_id=meta["eos_id"], stats=meta["stats"], **counts,
+        eos_id=meta["eos_id"], stats=meta["stats"], heldout_sha256=meta["heldout_sha256"], **counts,
     )  # fmt: skip
 
 
@@ -199,6 +206,9 @@ def _valid_meta(directory: Path, key: str) -> dict | None:
         for split in ("train", "val"):
             if (directory / f"{split}.bin").stat().st_size != int(meta[f"n_{split}_tokens"]) * itemsize:
                 return None
+        counts = np.load(directory / UNIGRAM_FILE, mmap_mode="r")
+        if counts.shape != (int(meta["vocab_size"]),) or int(counts.sum()) != int(meta["n_train_tokens"]):
+            return None
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return meta
@@ -293,8 +303,10 @@ def _build(spec, tokenizer_dir, out: Path, *, key, inputs, seed, num_proc, on_ba
         else:
             encode = functools.partial(map, functools.partial(encode_documents, tok, eos_id=eos_id, dtype=dtype))
         advance = stack.enter_context(_progress_bar(show, f"tokenizing {spec.name}", n_docs))
-        n_train = _write_split(out / "train.bin", train, chunk, encode, advance)
+        counts = np.zeros(vocab_size, dtype=np.int64)
+        n_train = _write_split(out / "train.bin", train, chunk, encode, advance, counts=counts)
         n_val = _write_split(out / "val.bin", val, chunk, encode, advance)
+    np.save(out / UNIGRAM_FILE, counts)
     meta = {
         "format": FORMAT_VERSION,
         "key": key,
@@ -308,23 +320,26 @@ def _build(spec, tokenizer_dir, out: Path, *, key, inputs, seed, num_proc, on_ba
         "n_val_tokens": n_val,
         "n_train_docs": len(train),
         "n_val_docs": len(val),
-        "val_chars": sum(len(d) for d in val),
         "val_bytes": sum(len(d.encode("utf-8", errors="surrogatepass")) for d in val),
         "train_hash": hash_file(out / "train.bin"),
         "val_hash": hash_file(out / "val.bin"),
+        "heldout_sha256": documents_sha256(val),
         "stats": stats,
     }
     atomic_write_json(out / "meta.json", meta)
 
 
-def _write_split(path: Path, docs: list[str], chunk: int, encode, advance) -> int:
-    """Encode `docs` chunk by chunk, appending to `path` in document order; returns the token count."""
+def _write_split(path: Path, docs: list[str], chunk: int, encode, advance, counts: np.ndarray | None = None) -> int:
+    """Encode `docs` chunk by chunk, appending to `path` in document order; returns the token count.
+    `counts` (one entry per vocabulary id) is incremented by each chunk's token counts."""
     chunks = [docs[i : i + chunk] for i in range(0, len(docs), chunk)]
     n_tokens = 0
     with open(path, "wb") as f:
         for docs_chunk, ids in zip(chunks, encode(chunks)):
             ids.tofile(f)
             n_tokens += ids.size
+            if counts is not None:
+                counts += np.bincount(ids, minlength=counts.size)
             advance(len(docs_chunk))
     return n_tokens
 

@@ -14,7 +14,7 @@ import torch
 from cptlab.errors import CptlabError
 from cptlab.model.freeze import ADAPTER_PARAMS_ATTR, set_base_rows
 
-ADAPTERS = ("none", "lora", "dora")
+ADAPTERS = ("none", "lora", "dora", "block_expansion")
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -48,6 +48,11 @@ def check_adapter_config(adapter) -> None:
         raise CptlabError(f"adapter={adapter.name} is not one of {', '.join(ADAPTERS)}")
     if adapter.name == "none":
         return
+    if adapter.name == "block_expansion":
+        from cptlab.model.expand import check_expansion_config
+
+        check_expansion_config(adapter)
+        return
     if adapter.r < 1:
         raise CptlabError(f"adapter.r={adapter.r} must be >= 1")
     if adapter.alpha <= 0:
@@ -64,6 +69,13 @@ def apply_adapter(model: torch.nn.Module, adapter, *, base_rows: int) -> torch.n
     set_base_rows(model, base_rows)
     name = adapter.name if adapter is not None else "none"
     if name == "none":
+        return model
+    if name == "block_expansion":  # new zero-output blocks are the adapter (cptlab.model.expand)
+        from cptlab.model.expand import expand_blocks, new_block_params
+
+        check_adapter_config(adapter)
+        expand_blocks(model, int(adapter.blocks), adapter.placement)
+        setattr(model, ADAPTER_PARAMS_ATTR, new_block_params(model))
         return model
     check_adapter_config(adapter)
     check_targets(model, [str(t) for t in adapter.target_modules])

@@ -10,7 +10,8 @@ Each phase trains a union of groups:
     lm_head       the output matrix (all rows; the same matrix as `embeddings` when they are tied)
     layers.N      every parameter of transformer block N (`layers.A-B`: blocks A..B inclusive)
     norms         every normalisation layer's parameters (RMSNorm / LayerNorm, the final norm included)
-    adapter       what the adapter config trains: the adapter's weights (+ `new_rows` when
+    adapter       what the adapter config trains: the adapter's weights (LoRA/DoRA) or the new blocks
+                  (block_expansion; `layers.N` then counts the expanded model's blocks) (+ `new_rows` when
                   adapter.train_new_tokens); the whole model with adapter=none
     all           every parameter
 
@@ -233,7 +234,7 @@ class FreezePlan:
                     raise CptlabError(f"schedule group {group!r}: the model has no such matrix")
                 whole.add(name)
             elif group == "norms":
-                for mod_name, module in self.model.named_modules():
+                for module in self.model.modules():
                     if "norm" in type(module).__name__.lower():
                         for p in module.parameters(recurse=False):
                             if id(p) in self._names:
@@ -285,8 +286,3 @@ class FreezePlan:
             p.requires_grad_(name in (self.union if keep_requires_grad else active))
         setattr(self.model, TRAINABLE_ATTR, dict(active))
         return active
-
-    def describe(self, phase: int) -> str:
-        p = self.phases[phase]
-        end = "end" if p.until_step is None else f"step {p.until_step}"
-        return f"phase {phase} (until {end}): {', '.join(p.train)}"

@@ -1,4 +1,5 @@
-"""Build the base causal LM: a Hugging Face directory or hub id, or a random-init Llama from a config."""
+"""Build the base causal LM: a Hugging Face directory or hub id, a random-init Llama from a config, or a
+random-init model of a base's own architecture (`model.random_init`: smoke runs of real bases)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 
 from cptlab.errors import CptlabError
 
+# Fields a size override may set even where a config class does not pre-declare them.
+SIZE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+               "max_position_embeddings", "head_dim")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -46,12 +57,46 @@ def random_llama_config(fields: dict[str, Any], *, vocab_size: int, bos_id: int 
         raise CptlabError(f"model.config: {str(err).splitlines()[0]}")
 
 
+def architecture_config(name_or_path: str, fields: dict[str, Any] | None, *, vocab_size: int,
+                        bos_id: int | None = None, eos_id: int | None = None) -> PretrainedConfig:
+    """The config of the base `name_or_path` with `fields` (e.g. smaller sizes) written over it and the
+    given vocabulary: the architecture of the base, the size of the caller's choosing. A head_dim the base
+    states is recomputed from the new width and head count unless `fields` sets it."""
+    check_model_source(name_or_path)
+    config = AutoConfig.from_pretrained(Path(name_or_path).expanduser() if _looks_local(name_or_path) else name_or_path)
+    fields = dict(fields or {})
+    for key, value in fields.items():
+        if not hasattr(config, key) and key not in SIZE_FIELDS:
+            raise CptlabError(f"model.config.{key}: not a field of {config.model_type} configs ({name_or_path})")
+        setattr(config, key, value)
+    if getattr(config, "head_dim", None) is not None and "head_dim" not in fields and (
+            "hidden_size" in fields or "num_attention_heads" in fields):
+        config.head_dim = config.hidden_size // config.num_attention_heads
+    config.vocab_size = vocab_size
+    if bos_id is not None:
+        config.bos_token_id = bos_id
+    if eos_id is not None:
+        config.eos_token_id = eos_id
+    return config
+
+
 def load_model(name_or_path: str | None, *, config: dict[str, Any] | None, dtype: str, vocab_size: int,
-               bos_id: int | None = None, eos_id: int | None = None, seed: int = 0) -> PreTrainedModel:
-    """The base model. With `name_or_path` the weights are loaded; otherwise a Llama is built from
-    `config` with the tokenizer's vocabulary size and initialised deterministically from `seed`."""
+               bos_id: int | None = None, eos_id: int | None = None, seed: int = 0,
+               random_init: bool = False) -> PreTrainedModel:
+    """The base model. With `name_or_path` the weights are loaded, or with `random_init` a model of its
+    architecture is built from its config with `config`'s fields written over it (see architecture_config);
+    without it a Llama is built from `config`. Random weights come from `seed`, the vocabulary is `vocab_size`."""
     dt = torch_dtype(dtype)
-    if name_or_path:
+    if name_or_path and random_init:
+        arch = architecture_config(name_or_path, config, vocab_size=vocab_size, bos_id=bos_id, eos_id=eos_id)
+        arch._attn_implementation = "sdpa"
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            try:
+                model = AutoModelForCausalLM.from_config(arch).to(dt)
+            except (TypeError, ValueError) as err:
+                raise CptlabError(f"model.config over {name_or_path}: {str(err).splitlines()[0]}")
+    elif name_or_path:
         check_model_source(name_or_path)
         try:
             model = AutoModelForCausalLM.from_pretrained(Path(name_or_path).expanduser() if _looks_local(name_or_path)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cptlab.utils.io import atomic_write_json, atomic_write_text
@@ -60,17 +61,17 @@ def _lines(summary: dict) -> list[tuple[str, str]]:
 def render_table(summary: dict, console: Console | None = None) -> None:
     # Piped output (CI, logs) gets a fixed generous width rather than rich's 80-column fallback.
     console = console or Console(soft_wrap=True, width=None if sys.stdout.isatty() else 120)
-    table = Table(title=f"cptlab · {summary.get('name', '')}", title_justify="left")
+    table = Table(title=f"cptlab · {escape(str(summary.get('name', '')))}", title_justify="left")
     for col in ("domain", "role", "bpb @ step 0", "bpb @ end", "Δ bpb", "unigram bpb", "reads as"):
         table.add_column(col, justify="left" if col in ("domain", "role", "reads as") else "right")
     for name, d in summary.get("domains", {}).items():
         delta = d.get("delta_bpb")
         verdict = "-" if delta is None else ("learning" if delta < 0 else "forgetting" if d["role"] != "new" else "not learning")
-        table.add_row(name, d["role"], _fmt(d.get("bpb_start")), _fmt(d.get("bpb_end")), _fmt(delta, "+.4f"),
+        table.add_row(escape(name), d["role"], _fmt(d.get("bpb_start")), _fmt(d.get("bpb_end")), _fmt(delta, "+.4f"),
                       _fmt(d.get("unigram_bpb")), verdict)
     console.print(table)
     for key, value in _lines(summary):
-        console.print(f"  {key:<10} {value}", highlight=False)
+        console.print(f"  {key:<10} {value}", highlight=False, markup=False)
 
 
 def write_report(run_dir: Path, summary: dict) -> Path:

@@ -26,8 +26,14 @@ def _parser() -> argparse.ArgumentParser:
     extend.add_argument("--base", required=True, type=Path,
                         help="SentencePiece .model, a directory with tokenizer.model, or a byte-level BPE directory")
     extend.add_argument("--corpus", required=True, nargs="+", help="new-domain text files (.txt: a document a line)")
-    extend.add_argument("--vocab-size", required=True, type=int, help="size of the vocabulary trained on the corpus")
-    extend.add_argument("--out", required=True, type=Path, help="output tokenizer directory (replaced)")
+    size = extend.add_mutually_exclusive_group(required=True)
+    size.add_argument("--add-pieces", type=int, help="append exactly this many new pieces")
+    size.add_argument("--vocab-size", type=int, help="size of the vocabulary trained on the corpus (every admitted "
+                                                     "piece of it is appended)")
+    extend.add_argument("--admit", choices=["auto", "script", "strict", "all"], default="auto",
+                        help="which new pieces are appended (default auto; see conf/tokenizer/extend.yaml)")
+    extend.add_argument("--out", required=True, type=Path,
+                        help="output tokenizer directory (absent, empty, or an earlier output of this command)")
     extend.add_argument("--model-type", choices=["bpe", "unigram"], default=None,
                         help="SentencePiece model type of the domain vocabulary (default: the base's)")
     extend.add_argument("--character-coverage", type=float, default=0.9995)
@@ -51,9 +57,11 @@ def read_texts(paths: list[str]) -> list[str]:
 def _extend(args) -> None:
     from cptlab.tokenizer.hf import load_tokenizer
     from cptlab.tokenizer.prepare import _publish, extend_tokenizer, extension_base
-    from cptlab.tokenizer.report import tokens_per_char
+    from cptlab.tokenizer.report import extension_lines, tokens_per_char
     from cptlab.tokenizer.spm import load_spm
+    from cptlab.utils.io import check_replaceable, mark_output
 
+    check_replaceable(args.out, "tokenizer", "--out")  # before any work: only an earlier output is replaced
     corpus = read_texts(args.corpus)
     check = read_texts(args.check_text) if args.check_text else None
     # No cache: the output directory is the artefact asked for (prepare_tokenizer caches the same build).
@@ -62,39 +70,43 @@ def _extend(args) -> None:
     def build(tmp: Path) -> None:
         built.update(extend_tokenizer(
             args.base, tmp, texts=lambda: corpus, base_texts=(lambda: check) if check else None,
-            vocab_size=args.vocab_size, model_type=args.model_type, character_coverage=args.character_coverage,
-            seed=args.seed,
+            vocab_size=args.vocab_size, add_pieces=args.add_pieces, admit=args.admit, model_type=args.model_type,
+            character_coverage=args.character_coverage, seed=args.seed,
         ))  # fmt: skip
+        mark_output(tmp, "tokenizer")
 
     _publish(args.out, build)
     kind, base, _ = extension_base(args.base)
     before = load_spm(base) if kind == "spm" else load_tokenizer(base)
     after = load_tokenizer(args.out)
-    stats = built["extension"]
-    print(f"{args.out}: {stats['added']} pieces added to {stats['base_pieces']} ({stats['final_pieces']} in all); "
-          f"skipped {stats['skipped_existing']} already in the base, {stats['skipped_covered']} made of characters "
-          f"the base covers")
+    first, *rest = extension_lines(built["extension"])
+    print(f"{args.out}: {first}")
+    for line in rest:
+        print(line)
     rows = [("corpus", corpus)] + ([("check text", check)] if check else [])
     for name, texts in rows:
         print(f"tokens per character on the {name}: {tokens_per_char(before, texts):.4f} before, "
               f"{tokens_per_char(after, texts):.4f} after")
-    if check:
-        print(f"check texts segmented differently: {stats['check_texts_changed']} of {stats['check_texts']} "
-              "(only possible around characters the base spells in bytes)")
 
 
 def _report(args) -> None:
-    from cptlab.tokenizer.report import tokenizer_report
+    from cptlab.tokenizer.prepare import extension_stats
+    from cptlab.tokenizer.report import extension_lines, tokenizer_report
 
     texts = {path: read_texts([path]) for path in args.text}
+    extensions = {tokenizer: extension_stats(tokenizer) for tokenizer in args.tokenizer}
     rows = [
-        {"tokenizer": str(tokenizer), "text": path, **tokenizer_report(tokenizer, docs)}
+        {"tokenizer": str(tokenizer), "text": path, **tokenizer_report(tokenizer, docs),
+         "extension": extensions[tokenizer]}
         for tokenizer in args.tokenizer
         for path, docs in texts.items()
     ]
     if args.json:
         print(json.dumps(rows, indent=2))
         return
+    for tokenizer, stats in extensions.items():
+        if stats:
+            print(f"{tokenizer}: built by extend: " + "\n  ".join(extension_lines(stats)))
     from rich.console import Console
     from rich.table import Table
 

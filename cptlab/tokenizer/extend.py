@@ -1,12 +1,41 @@
-"""Extend a SentencePiece vocabulary for a new domain (Cui et al. 2023) without changing how the base
-segments the text it already covers: only pieces holding a character the base spells in bytes are appended."""
+"""Extend a SentencePiece vocabulary for a new domain (Cui et al. 2023) without changing how the base segments
+base-language text: a new piece is appended only if it can never occur in that text.
+
+Why a piece that never occurs in a text cannot change its segmentation: SentencePiece BPE merges two adjacent
+symbols only into a piece whose string is their concatenation, a substring of the (normalised, "▁"-escaped)
+text, and the unigram lattice only holds pieces matching substrings of it. A new piece P whose string is not a
+substring of the normalised text T never enters the merge loop or the lattice of T, and T segments exactly as
+with the base (new BPE merges also rank below every base merge). So each admission rule (`tokenizer.admit`)
+names a set F of "foreign" characters, admits only pieces holding at least one character of F, and thereby
+guarantees: **text whose normalised form holds no character of F segments exactly as with the base.**
+
+- `script` (and `auto` without a sample): F = the characters of scripts foreign to the base (see
+  cptlab.tokenizer.scripts: a script is the base's own when it holds >= 10% of the base's multi-character
+  pieces; Common characters, i.e. digits, punctuation, spaces, "▁", emoji, are never foreign). On a Llama-style
+  English base that spells a thousand Chinese characters as pieces of their own, every new Chinese piece
+  ("中国", "▁中", "2024年", "，我们") is admitted, and English or code without a CJK character is untouched.
+- `auto` (the default): given a base-language sample (a run's replay domains), the sample's dominant scripts
+  also count as the base's, and a piece that occurs in the normalised sample is skipped too, so the sample
+  itself, Chinese quotes included, segments exactly as before.
+- `strict`: F = the characters the base spells in bytes (or <unk>): only pieces holding such a character.
+  Keeps even text that quotes covered Chinese characters, at the price of most of the benefit.
+- `all`: every new piece (the Chinese-LLaMA recipe). Re-segments base-language text; the stats count how much.
+
+Every rule also skips pieces the base already has, special/byte pieces, pieces the base's normaliser rewrites,
+and (BPE) pieces the merged model cannot build from two pieces it has. `add_pieces` asks for an exact number
+of new pieces: the domain model is trained with room for the skipped ones and the best N admissible pieces are
+kept (BPE: in merge order, which is exactly what a smaller BPE training would have learned; unigram: by score).
+"""
 
 from __future__ import annotations
 
 import copy
 import itertools
+import math
+import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sentencepiece import sentencepiece_model_pb2 as spm_pb2
@@ -20,17 +49,30 @@ from cptlab.tokenizer.hf import (
     UNIGRAM,
     USER_DEFINED,
     _read_proto,
+    build_normalizer,
     export_hf_tokenizer,
     verify_export,
 )
-from cptlab.tokenizer.spm import MODEL_FILE, load_spm, train_spm
+from cptlab.tokenizer.scripts import COMMON, base_scripts, script_of
+from cptlab.tokenizer.spm import BYTE_PIECES, MODEL_FILE, check_vocab_size, load_spm, train_spm
 from cptlab.utils.io import atomic_write_bytes
 
 MODEL_TYPE_NAMES = {BPE_TYPE: "bpe", UNIGRAM: "unigram"}
+OTHER_MODEL_TYPES = {3: "word", 4: "char"}
+ADMIT_RULES = ("auto", "script", "strict", "all")
+SKIP_REASONS = ("skipped_special", "skipped_existing", "skipped_base_script", "skipped_covered",
+                "skipped_unreachable", "skipped_in_sample", "skipped_surplus")  # fmt: skip
 # Appended unigram scores keep the domain model's spacing but must stay strictly decreasing (float32).
 MIN_SCORE_STEP = 1e-3
 # The merged export is also checked on this many leading domain documents (each cut to this length).
 DOMAIN_CHECK_DOCS, DOMAIN_CHECK_CHARS = 200, 2000
+# Before training, this much of the domain corpus is read to see that it holds any foreign character at all.
+PEEK_DOCS, PEEK_CHARS = 2000, 1_000_000
+# add_pieces: trainings of the domain model at most (each sized from the previous one's yield).
+MAX_TRAININGS = 3
+# The sample is searched this far around foreign characters: longer than any SentencePiece piece (its trainer's
+# max_sentencepiece_length is 16).
+_MAX_PIECE_CHARS = 64
 CJK_CHECK_TEXTS = [
     "中华人民共和国成立于1949年。",
     "我们今天去北京，明天回上海。",
@@ -39,68 +81,231 @@ CJK_CHECK_TEXTS = [
 ]
 
 
+@dataclass
+class Admission:
+    """An admission rule resolved against one base: which characters are foreign (a new piece must hold one),
+    and, for `auto`, the stretches of the base-language sample around foreign characters (a new piece must
+    not occur in them)."""
+
+    rule: str
+    foreign: Callable[[str], bool]
+    base_scripts: list[str] = field(default_factory=list)
+    sample_windows: str | None = None
+
+    def safe(self, char: str) -> bool:
+        """Whether base-language text holding `char` keeps its segmentation (None of F)."""
+        return self.rule != "all" and not self.foreign(char)
+
+    def new_scripts(self, pieces: Iterable[str]) -> list[str]:
+        return sorted({script_of(c) for piece in pieces for c in piece if self.foreign(c)})
+
+
+def check_admit(admit: str) -> None:
+    if admit not in ADMIT_RULES:
+        raise CptlabError(f"tokenizer.admit={admit!r} must be one of {', '.join(ADMIT_RULES)}")
+
+
+def make_admission(rule: str, covered: set[str], base_pieces: Iterable[str], sample: list[str] | None = None,
+                   normalize: Callable[[str], str] | None = None, window: int = 0) -> Admission:
+    """Resolve `rule` for a base whose covered characters are `covered` and whose pieces (decoded) are
+    `base_pieces`; `sample` is base-language text (auto), `normalize` the base's normaliser and `window` the
+    longest new piece in characters (the sample is searched within that distance of foreign characters)."""
+    check_admit(rule)
+    if rule == "strict":
+        return Admission(rule, _cached(lambda c: c not in covered))
+    if rule == "all":
+        return Admission(rule, lambda c: True)
+    scripts = base_scripts(base_pieces, sample if rule == "auto" else None)
+    admission = Admission(rule, _cached(lambda c: script_of(c) not in scripts and script_of(c) != COMMON),
+                          base_scripts=sorted(scripts))  # fmt: skip
+    if rule == "auto" and sample:
+        admission.sample_windows = foreign_windows(sample, admission.foreign, normalize, window)
+    return admission
+
+
+def _cached(predicate: Callable[[str], bool]) -> Callable[[str], bool]:
+    memo: dict[str, bool] = {}
+
+    def cached(char: str) -> bool:
+        found = memo.get(char)
+        if found is None:
+            found = memo[char] = predicate(char)
+        return found
+
+    return cached
+
+
+def foreign_windows(texts: list[str], foreign: Callable[[str], bool], normalize: Callable[[str], str] | None,
+                    window: int) -> str:
+    """The parts of the normalised `texts` within `window` characters of a foreign character, joined by NUL.
+
+    A piece holding a foreign character occurs in a text only around one, so searching these windows finds
+    every occurrence (a match across a NUL only skips one piece more than needed)."""
+    parts = []
+    for text in texts:
+        text = normalize(text) if normalize else text
+        bad = {c for c in set(text) if foreign(c)}
+        if not bad:
+            continue
+        spans = [(max(0, m.start() - window), m.end() + window)
+                 for m in re.finditer("[" + "".join(map(re.escape, sorted(bad))) + "]", text)]  # fmt: skip
+        start, end = spans[0]
+        for lo, hi in spans[1:]:
+            if lo > end:
+                parts.append(text[start:end])
+                start = lo
+            end = max(end, hi)
+        parts.append(text[start:end])
+    return "\x00".join(parts)
+
+
+def peek_foreign(texts: Iterable[str], admission: Admission) -> tuple[Iterator[str], bool, int]:
+    """(the same texts, whether the leading PEEK_DOCS / PEEK_CHARS of them hold a foreign character, docs read)."""
+    iterator = iter(texts)
+    head, chars = [], 0
+    for doc in iterator:
+        head.append(doc)
+        chars += len(doc)
+        if len(head) >= PEEK_DOCS or chars >= PEEK_CHARS:
+            break
+    found = admission.rule == "all" or any(admission.foreign(c) for c in set("".join(head)))
+    return itertools.chain(head, iterator), found, len(head)
+
+
+def nothing_foreign_error(admission: Admission, base: Path, docs: int) -> CptlabError:
+    what = ("character the base spells in bytes" if admission.rule == "strict" else
+            f"character of a script foreign to the base (it speaks {', '.join(admission.base_scripts) or 'none'})")
+    return CptlabError(
+        f"the new-domain corpus adds nothing to {base} under tokenizer.admit={admission.rule}: its first {docs} "
+        f"documents hold no {what}, so it is in the base's own language; use tokenizer.admit=all to re-segment "
+        "base-language text anyway"
+    )
+
+
+def training_size(add_pieces: int, overlap: int) -> int:
+    """The first domain vocabulary size for `add_pieces`: the pieces asked for, the 259 byte and special
+    pieces, the base pieces the domain will learn again (`overlap`) and 5% to spare."""
+    return add_pieces + BYTE_PIECES + 3 + overlap + math.ceil(0.05 * add_pieces)
+
+
 def extend_spm(
     base_model: Path,
     texts: Iterable[str],
     out_dir: Path,
     *,
-    vocab_size: int,
+    vocab_size: int | None = None,
+    add_pieces: int | None = None,
+    admit: str = "auto",
     model_type: str | None = None,
     character_coverage: float = 0.9995,
     seed: int = 0,
     check_texts: list[str] | None = None,
 ) -> dict:
-    """Train a SentencePiece model of `vocab_size` pieces on the domain `texts`, append its useful pieces to
-    the base model, and write `out_dir/tokenizer.model` plus its verified HF export; return the merge stats.
+    """Train a SentencePiece model on the domain `texts`, append the new pieces `admit` lets in (see the module
+    docstring) to the base model, and write `out_dir/tokenizer.model` plus its verified HF export; return the
+    merge stats.
 
-    `model_type` is the domain model's type and must be the base's (default): appended scores are merge
-    priorities for BPE and log-probabilities for unigram, and one kind cannot stand in for the other.
-    `check_texts` (a base-language sample) must encode exactly as with the base wherever the base covers
-    every character; a difference raises CptlabError. The stats count the sample's texts ("check_texts")
-    and those that do change ("check_texts_changed"), which is only possible around characters the base
-    spells in bytes (an emoji or a Chinese word quoted in English).
+    `add_pieces` appends exactly that many pieces (the domain model is sized for it, see `training_size`);
+    otherwise `vocab_size` is the domain model's size and every admitted piece is appended. `model_type` is the
+    domain model's type and must be the base's (default): appended scores are merge priorities for BPE and
+    log-probabilities for unigram. `check_texts` (a base-language sample) is encoded with both models: text
+    the rule guarantees must encode identically (else CptlabError; never for admit=all), and the stats count
+    the texts that change ("check_texts_changed", "check_texts_changed_share").
     """
+    check_admit(admit)
+    if add_pieces is None and vocab_size is None:
+        raise CptlabError("tokenizer=extend needs tokenizer.add_pieces or tokenizer.vocab_size")
+    if add_pieces is not None and add_pieces < 1:
+        raise CptlabError(f"tokenizer.add_pieces={add_pieces} must be a positive number of pieces")
+    if add_pieces is None:
+        check_vocab_size(vocab_size)
     base_model, out_dir = Path(base_model), Path(out_dir)
     base = _read_proto(base_model)
     base_type = MODEL_TYPE_NAMES.get(base.trainer_spec.model_type)
     if base_type is None:
-        raise CptlabError(
-            f"{base_model}: only bpe and unigram SentencePiece models can be extended "
-            f"(model_type={base.trainer_spec.model_type})"
-        )
+        kind = OTHER_MODEL_TYPES.get(base.trainer_spec.model_type, f"model_type={base.trainer_spec.model_type}")
+        raise CptlabError(f"{base_model} is a SentencePiece {kind} model: only bpe and unigram models can be extended")
     model_type = model_type or base_type
     if model_type != base_type:
         raise CptlabError(
             f"tokenizer.model_type={model_type!r} does not match the base {base_model}, a {base_type} model; "
             f"set tokenizer.model_type={base_type} (or leave it unset)"
         )
+    normalize = build_normalizer(base).normalize_str
+    admission = make_admission(admit, covered_characters(base), (p.piece for p in base.pieces if p.type == NORMAL),
+                               check_texts, normalize, window=_MAX_PIECE_CHARS)  # fmt: skip
+    texts, found, peeked = peek_foreign(texts, admission)
+    if not found:
+        raise nothing_foreign_error(admission, base_model, peeked)
 
     sample: list[str] = []
     with tempfile.TemporaryDirectory(prefix="cptlab-domain-spm-") as tmp:
-        domain_model = train_spm(
-            keep_sample(texts, sample), Path(tmp), vocab_size=vocab_size, model_type=model_type,
-            character_coverage=character_coverage, seed=seed,
-        )  # fmt: skip
-        domain = _read_proto(domain_model)
-    merged, stats = merge_protos(base, domain)
+        spool = Path(tmp) / "corpus.txt"
+        size = vocab_size if add_pieces is None else training_size(add_pieces, _overlap(base))
+        lines = _spooled(keep_sample(texts, sample), spool) if add_pieces is not None else keep_sample(texts, sample)
+        for trainings in range(1, MAX_TRAININGS + 1):
+            domain = _read_proto(train_spm(lines, Path(tmp), vocab_size=size, model_type=model_type,
+                                           character_coverage=character_coverage, seed=seed))  # fmt: skip
+            for _ in lines:  # the spool must hold the whole corpus before it is read again
+                pass
+            merged, stats = merge_protos(base, domain, admission, limit=add_pieces)
+            admissible = stats["added"] + stats["skipped_surplus"]
+            if add_pieces is None or admissible >= add_pieces:
+                break
+            if len(domain.pieces) < size or trainings == MAX_TRAININGS:
+                # hard_vocab_limit=False: a corpus too small for `size` gives fewer pieces, so more is not there.
+                raise CptlabError(
+                    f"tokenizer.add_pieces={add_pieces} is more than the new-domain corpus yields: a domain model "
+                    f"of {len(domain.pieces)} pieces gives {admissible} pieces that tokenizer.admit={admit} lets "
+                    f"in; ask for at most {admissible} or give more text"
+                )
+            size = math.ceil(size * add_pieces / max(admissible, 1) * 1.05) + 64
+            lines = _read_lines(spool)
     if stats["added"] == 0:
         raise CptlabError(
-            f"tokenizer.vocab_size={vocab_size} adds nothing to {base_model}: none of the "
-            f"{stats['domain_pieces']} domain pieces holds a character the base lacks; raise tokenizer.vocab_size "
-            "or check that the domain texts differ from the base language"
+            f"tokenizer.vocab_size={vocab_size} adds nothing to {base_model} under tokenizer.admit={admit}: none of "
+            f"the {stats['domain_pieces']} domain pieces is admissible (skipped: {_skips(stats)}); raise "
+            "tokenizer.vocab_size or check that the domain texts differ from the base language"
         )
+    stats.update(domain_vocab_size=len(domain.pieces), domain_trainings=trainings, add_pieces=add_pieces)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     merged_model = out_dir / MODEL_FILE
     atomic_write_bytes(merged_model, merged.SerializeToString())
-    stats["check_texts"] = len(check_texts or [])
-    stats["check_texts_changed"] = 0
-    if check_texts:
-        changed = check_same_segmentation(base_model, merged_model, check_texts, covered_characters(base))
-        stats["check_texts_changed"] = changed
+    stats.update(check_stats(check_same_segmentation(base_model, merged_model, check_texts or [], admission),
+                             len(check_texts or [])))  # fmt: skip
     export_hf_tokenizer(merged_model, out_dir)
     verify_export(merged_model, out_dir, TRICKY_TEXTS + CJK_CHECK_TEXTS + sample)
     return stats
+
+
+def check_stats(changed: int, total: int) -> dict:
+    return dict(check_texts=total, check_texts_changed=changed,
+                check_texts_changed_share=round(changed / total, 6) if total else 0.0)  # fmt: skip
+
+
+def _skips(stats: dict) -> str:
+    return ", ".join(f"{key.removeprefix('skipped_')} {stats[key]}" for key in SKIP_REASONS if stats.get(key))
+
+
+def _overlap(base: spm_pb2.ModelProto) -> int:
+    """About how many domain pieces the base has already: mostly single characters (the base's share of the new
+    script, digits, punctuation), so their number."""
+    return sum(1 for p in base.pieces if p.type == NORMAL and len(p.piece) == 1)
+
+
+def _spooled(texts: Iterable[str], path: Path) -> Iterator[str]:
+    """Pass `texts` through, also writing their lines to `path` so a second training can read them again."""
+    with path.open("w", encoding="utf-8") as spool:
+        for doc in texts:
+            spool.write(doc + "\n")
+            yield doc
+
+
+def _read_lines(path: Path) -> Iterator[str]:
+    with path.open(encoding="utf-8", newline="\n") as spool:
+        for line in spool:
+            yield line.rstrip("\n")
 
 
 def keep_sample(texts: Iterable[str], sample: list[str]) -> Iterator[str]:
@@ -116,40 +321,43 @@ def covered_characters(proto: spm_pb2.ModelProto) -> set[str]:
     return {p.piece for p in proto.pieces if p.type in (NORMAL, USER_DEFINED) and len(p.piece) == 1}
 
 
-def merge_protos(base: spm_pb2.ModelProto, domain: spm_pb2.ModelProto) -> tuple[spm_pb2.ModelProto, dict]:
-    """A copy of `base` with the domain pieces appended that hold at least one character `base` does not cover.
+def empty_stats(base_pieces: int, domain_pieces: int, admission: Admission) -> dict:
+    return dict(base_pieces=base_pieces, domain_pieces=domain_pieces, added=0, **dict.fromkeys(SKIP_REASONS, 0),
+                final_pieces=base_pieces, admit=admission.rule, base_scripts=admission.base_scripts,
+                new_scripts=[])  # fmt: skip
 
-    Why that rule keeps base-language segmentation: every such piece contains a character that never
-    occurs in (normalised) text made of covered characters, so it can never match there. BPE merges
-    are looked up by the concatenated string and the unigram lattice by substring, so on covered text
-    the merged model sees exactly the base's candidates. Pieces made only of covered characters (whitespace
-    runs, digit groups, re-merges of base pieces) would be candidates there, so they are skipped.
-    """
+
+def merge_protos(base: spm_pb2.ModelProto, domain: spm_pb2.ModelProto, admission: Admission | None = None,
+                 limit: int | None = None) -> tuple[spm_pb2.ModelProto, dict]:
+    """A copy of `base` with the domain pieces appended that `admission` (default: admit=script) lets in, at
+    most `limit` of them (the best by the domain model's ranking), and the merge stats."""
+    if admission is None:
+        admission = make_admission("script", covered_characters(base), (p.piece for p in base.pieces))
     existing = {p.piece for p in base.pieces}
-    covered = covered_characters(base)
     charsmap = base.normalizer_spec.precompiled_charsmap
     normalizer = normalizers.Precompiled(charsmap) if charsmap else None
-    stats = dict(
-        base_pieces=len(base.pieces), domain_pieces=len(domain.pieces), added=0, skipped_existing=0,
-        skipped_covered=0, skipped_special=0, skipped_unreachable=0, final_pieces=len(base.pieces),
-    )  # fmt: skip
+    stats = empty_stats(len(base.pieces), len(domain.pieces), admission)
+    base_reason = "skipped_covered" if admission.rule == "strict" else "skipped_base_script"
 
     candidates = []
     for index, piece in enumerate(domain.pieces):
+        text = piece.piece
         if piece.type != NORMAL:
             stats["skipped_special"] += 1
-        elif piece.piece in existing:
+        elif text in existing:
             stats["skipped_existing"] += 1
-        elif set(piece.piece) <= covered:
-            stats["skipped_covered"] += 1
-        elif normalizer is not None and normalizer.normalize_str(piece.piece) != piece.piece:
+        elif not any(map(admission.foreign, text)):
+            stats[base_reason] += 1
+        elif normalizer is not None and normalizer.normalize_str(text) != text:
             # The base normalises text before segmenting, so a piece its normaliser rewrites never matches.
             stats["skipped_unreachable"] += 1
+        elif admission.sample_windows and text in admission.sample_windows:
+            stats["skipped_in_sample"] += 1
         else:
             candidates.append((index, piece))
-    if base.trainer_spec.model_type == BPE_TYPE:
-        candidates, unreachable = _reachable(base, candidates)
-        stats["skipped_unreachable"] += unreachable
+    candidates, unreachable, surplus = _select(base, candidates, limit)
+    stats["skipped_unreachable"] += unreachable
+    stats["skipped_surplus"] = surplus
 
     # Highest domain score first: BPE merge priority or unigram probability, as the domain model ranks them.
     candidates.sort(key=lambda item: (-item[1].score, item[0]))
@@ -170,45 +378,69 @@ def merge_protos(base: spm_pb2.ModelProto, domain: spm_pb2.ModelProto) -> tuple[
     merged.trainer_spec.vocab_size = len(merged.pieces)
     stats["added"] = len(candidates)
     stats["final_pieces"] = len(merged.pieces)
+    stats["new_scripts"] = admission.new_scripts(piece.piece for _, piece in candidates)
     return merged, stats
 
 
-def _reachable(base: spm_pb2.ModelProto, candidates: list) -> tuple[list, int]:
-    """The BPE candidates the merged model can build: single characters, and pieces with a split into two
-    pieces it can build. (A domain piece whose parts were skipped as covered may have no such split.)"""
+def _select(base: spm_pb2.ModelProto, candidates: list, limit: int | None) -> tuple[list, int, int]:
+    """(kept, unreachable, surplus): the candidates to append, at most `limit`.
+
+    BPE keeps only pieces the merged model can build: single characters, and pieces with a split into two
+    pieces it can build (a domain piece whose part was skipped may have none). Single characters come first
+    (every longer piece is built from them), then longer pieces in the domain's merge order, which lists a
+    piece after its parts, so one pass suffices and the first N are what a BPE of that size would have
+    learned. Unigram keeps the best `limit` by score.
+    """
+    if base.trainer_spec.model_type != BPE_TYPE:
+        ranked = sorted(candidates, key=lambda item: (-item[1].score, item[0]))
+        kept = ranked if limit is None else ranked[:limit]
+        return kept, 0, len(ranked) - len(kept)
+    singles = sorted((c for c in candidates if len(c[1].piece) == 1), key=lambda item: (-item[1].score, item[0]))
+    surplus = 0
+    if limit is not None and len(singles) > limit:
+        surplus, singles = len(singles) - limit, singles[:limit]
     known = {p.piece for p in base.pieces if p.type == NORMAL}
-    known.update(piece.piece for _, piece in candidates if len(piece.piece) == 1)
-    kept, dropped = [], 0
-    # Domain BPE lists a piece after the pieces it was merged from, so one pass in domain order suffices.
-    for index, piece in sorted(candidates, key=lambda item: item[0]):
+    known.update(piece.piece for _, piece in singles)
+    kept, unreachable = list(singles), 0
+    for index, piece in sorted((c for c in candidates if len(c[1].piece) > 1), key=lambda item: item[0]):
         text = piece.piece
-        if len(text) == 1 or any(text[:cut] in known and text[cut:] in known for cut in range(1, len(text))):
+        if limit is not None and len(kept) >= limit:
+            surplus += 1
+        elif any(text[:cut] in known and text[cut:] in known for cut in range(1, len(text))):
             known.add(text)
             kept.append((index, piece))
         else:
-            dropped += 1
-    return kept, dropped
+            unreachable += 1
+    return kept, unreachable, surplus
 
 
-def covered_runs(text: str, covered: set[str], escaped_space: bool = True) -> list[str]:
-    """The maximal runs of `text` whose characters are all covered (a space counts as "▁")."""
+def safe_runs(text: str, safe: Callable[[str], bool], escaped_space: bool = True) -> list[str]:
+    """The maximal runs of `text` made of characters `safe` accepts (a space counts as "▁")."""
     def ok(char: str) -> bool:
-        return ("▁" if escaped_space and char == " " else char) in covered
+        return safe("▁" if escaped_space and char == " " else char)
 
     return ["".join(run) for is_ok, run in itertools.groupby(text, key=ok) if is_ok]
 
 
-def check_same_segmentation(base_model: Path, merged_model: Path, texts: list[str], covered: set[str]) -> int:
-    """Raise CptlabError unless the merged model encodes every covered run of `texts` exactly like the base;
-    return how many whole texts encode differently (each has a character the base spells in bytes).
+def guarded_texts(texts: list[str], admission: Admission, escaped_space: bool) -> list[str]:
+    """What must encode exactly as with the base: every text for auto with a sample (no new piece occurs in it),
+    else the runs of each text free of foreign characters; nothing for admit=all."""
+    if admission.rule == "all":
+        return []
+    if admission.sample_windows is not None:
+        return list(texts)
+    return [run for text in texts for run in safe_runs(text, admission.safe, escaped_space)]
 
-    Only covered runs must match: around a character the base spells in bytes the merged model may
-    rightly use a new piece, and that is the point of extending.
-    """
+
+def check_same_segmentation(base_model: Path, merged_model: Path, texts: list[str], admission: Admission) -> int:
+    """Raise CptlabError unless the merged model encodes what `admission` guarantees (`guarded_texts`) exactly
+    like the base; return how many whole `texts` encode differently."""
+    if not texts:
+        return 0
     escaped = _read_proto(base_model).normalizer_spec.escape_whitespaces
-    runs = [run for text in texts for run in covered_runs(text, covered, escaped)]
+    guarded = guarded_texts(texts, admission, escaped)
     base_sp, merged_sp = load_spm(base_model), load_spm(merged_model)
-    for run, before, after in zip(runs, base_sp.encode(runs), merged_sp.encode(runs)):
+    for run, before, after in zip(guarded, base_sp.encode(guarded), merged_sp.encode(guarded)):
         if before != after:
             raise segmentation_error(merged_model, run, merged_sp.id_to_piece(after), base_sp.id_to_piece(before))
     return sum(a != b for a, b in zip(base_sp.encode(texts), merged_sp.encode(texts)))

@@ -74,6 +74,22 @@ def _bpe_merges(proto: spm_pb2.ModelProto) -> list[tuple[str, str]]:
     return [(left, right) for _, _, left, right in sorted(ranked)]
 
 
+def build_normalizer(proto: spm_pb2.ModelProto) -> normalizers.Normalizer:
+    """SentencePiece's normalisation of this model, in SentencePiece's order, as a `tokenizers` normaliser."""
+    norm = proto.normalizer_spec
+    steps = []
+    if norm.precompiled_charsmap:
+        steps.append(normalizers.Precompiled(norm.precompiled_charsmap))
+    if norm.remove_extra_whitespaces:
+        steps += [normalizers.Replace(Regex(r"\A +| +\z"), ""), normalizers.Replace(Regex(" {2,}"), " ")]
+    if norm.escape_whitespaces:
+        steps.append(normalizers.Replace(" ", "▁"))
+    if norm.add_dummy_prefix:
+        # Unlike Metaspace, Prepend adds "▁" even before a leading "▁", as SentencePiece does.
+        steps.append(normalizers.Prepend("▁"))
+    return normalizers.Sequence(steps)
+
+
 def build_backend(proto: spm_pb2.ModelProto, source: Path) -> Tokenizer:
     """The `tokenizers` pipeline equivalent to SentencePiece's encode/decode for this model proto."""
     spec, norm = proto.trainer_spec, proto.normalizer_spec
@@ -100,20 +116,9 @@ def build_backend(proto: spm_pb2.ModelProto, source: Path) -> Tokenizer:
             f"{source}: only bpe and unigram SentencePiece models can be exported (model_type={spec.model_type})"
         )
     tokenizer = Tokenizer(model)
-
-    # Normalise in SentencePiece's order; no pre-tokenizer, because SentencePiece encodes the whole
-    # normalised text as one sequence (splitting on spaces would change which pieces can form).
-    steps = []
-    if norm.precompiled_charsmap:
-        steps.append(normalizers.Precompiled(norm.precompiled_charsmap))
-    if norm.remove_extra_whitespaces:
-        steps += [normalizers.Replace(Regex(r"\A +| +\z"), ""), normalizers.Replace(Regex(" {2,}"), " ")]
-    if norm.escape_whitespaces:
-        steps.append(normalizers.Replace(" ", "▁"))
-    if norm.add_dummy_prefix:
-        # Unlike Metaspace, Prepend adds "▁" even before a leading "▁", as SentencePiece does.
-        steps.append(normalizers.Prepend("▁"))
-    tokenizer.normalizer = normalizers.Sequence(steps)
+    # No pre-tokenizer, because SentencePiece encodes the whole normalised text as one sequence (splitting on
+    # spaces would change which pieces can form).
+    tokenizer.normalizer = build_normalizer(proto)
 
     steps = [decoders.Replace("▁", " ")]
     if spec.byte_fallback:

@@ -16,7 +16,7 @@ from filelock import FileLock
 
 from cptlab.errors import CptlabError
 from cptlab.tokenizer.bpe_extend import SIDE_FILES, TOKENIZER_JSON, extend_bpe, is_byte_level_bpe
-from cptlab.tokenizer.extend import extend_spm
+from cptlab.tokenizer.extend import check_admit, extend_spm
 from cptlab.tokenizer.hf import export_hf_tokenizer, load_tokenizer
 from cptlab.tokenizer.spm import MODEL_FILE, train_spm
 from cptlab.utils.hashing import hash_dir, hash_file, hash_obj
@@ -26,7 +26,7 @@ KINDS = ("base", "train", "extend")
 # Bump when training or export changes what a cached tokenizer contains.
 TRAIN_VERSION = 1
 # Bump when extension changes what a cached extended tokenizer contains.
-EXTEND_VERSION = 1
+EXTEND_VERSION = 2
 # The base-language sample checked after an extension: enough to catch a changed segmentation, quick to encode.
 BASE_CHECK_DOCS = 2000
 # Files that make up a HF tokenizer directory (tokenizer.model is the SentencePiece original, if any).
@@ -55,17 +55,22 @@ def prepare_tokenizer(
     seed: int = 0,
     base_texts: Callable[[], Iterable[str]] | None = None,
     texts_key: str | None = None,
+    add_pieces: int | None = None,
+    admit: str = "auto",
+    base_texts_key: str | None = None,
 ) -> Path:
     """Write the tokenizer for a run into `out_dir` (a HF tokenizer directory) and return `out_dir`.
 
     kind="base": `source` is a model/tokenizer directory or a SentencePiece `.model` file.
     kind="train": a SentencePiece model (`model_type`, default bpe) trained on `texts()`, shared through
     `cache_root/tokenizers`.
-    kind="extend": the base `source` extended with a `vocab_size` vocabulary trained on `texts()` (the new
-    domain; `model_type` defaults to the base's), checked on up to BASE_CHECK_DOCS of `base_texts()` (the
-    base language), shared through `cache_root/tokenizers`. `extension_stats(out_dir)` reads its stats.
+    kind="extend": the base `source` extended with `add_pieces` new pieces (or those of a `vocab_size` domain
+    vocabulary) trained on `texts()` (the new domain; `model_type` defaults to the base's) and let in by the
+    rule `admit` (see cptlab.tokenizer.extend), sampling and checking up to BASE_CHECK_DOCS of `base_texts()`
+    (the base language), shared through `cache_root/tokenizers`. `extension_stats(out_dir)` reads its stats.
     The shared cache is keyed by `texts_key` when given (a cheap identity of the texts, e.g. their sources'
-    fingerprints: a warm start then reads no document) and otherwise by a hash of every text.
+    fingerprints: a warm start then reads no document) and otherwise by a hash of every text; likewise the
+    base-language sample by `base_texts_key` (for admit=auto, the only rule whose result depends on it).
     """
     out_dir = Path(out_dir)
     if kind == "base":
@@ -85,10 +90,9 @@ def prepare_tokenizer(
             raise CptlabError("tokenizer.kind=extend needs tokenizer.path: the base tokenizer directory or .model file")
         if texts is None:
             raise CptlabError("tokenizer.kind=extend needs new-domain training texts, but none were given")
-        options = dict(
-            vocab_size=vocab_size, model_type=model_type, character_coverage=character_coverage, seed=seed
-        )
-        cached = _extend_cached(Path(cache_root), Path(source), texts, base_texts, options, texts_key)
+        options = dict(vocab_size=vocab_size, add_pieces=add_pieces, admit=admit, model_type=model_type,
+                       character_coverage=character_coverage, seed=seed)  # fmt: skip
+        cached = _extend_cached(Path(cache_root), Path(source), texts, base_texts, options, texts_key, base_texts_key)
         _publish(out_dir, lambda tmp: _copy_files(cached, tmp, [p.name for p in cached.iterdir() if _visible(p)]))
     else:
         raise CptlabError(f"tokenizer.kind={kind!r} is not one of {list(KINDS)}")
@@ -137,12 +141,18 @@ def extension_base(source: Path) -> tuple[str, Path, list[Path]]:
         return "spm", source / MODEL_FILE, [source / MODEL_FILE]
     if source.is_dir() and (source / TOKENIZER_JSON).is_file():
         try:
-            byte_level = is_byte_level_bpe(json.loads((source / TOKENIZER_JSON).read_text(encoding="utf-8")))
+            spec = json.loads((source / TOKENIZER_JSON).read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
             raise CptlabError(f"cannot read {source / TOKENIZER_JSON}: {err}") from err
-        if byte_level:
+        if is_byte_level_bpe(spec):
             names = [TOKENIZER_JSON, *SIDE_FILES]
             return "bpe", source, [source / name for name in names if (source / name).is_file()]
+        model = (spec.get("model") or {}).get("type") if isinstance(spec, dict) else None
+        if model != "BPE":
+            raise CptlabError(
+                f"tokenizer.path={source}: a {model or 'unknown'} tokenizer.json cannot be extended; tokenizer=extend "
+                "needs a SentencePiece bpe/unigram model (tokenizer.model) or a byte-level BPE tokenizer.json"
+            )
     if not source.exists():
         raise CptlabError(f"tokenizer.path={source} does not exist")
     raise CptlabError(
@@ -156,33 +166,38 @@ def extend_tokenizer(
     *,
     texts: Callable[[], Iterable[str]],
     base_texts: Callable[[], Iterable[str]] | None = None,
-    vocab_size: int = 8000,
+    vocab_size: int | None = 8000,
+    add_pieces: int | None = None,
+    admit: str = "auto",
     model_type: str | None = None,
     character_coverage: float = 0.9995,
     seed: int = 0,
 ) -> dict:
     """Build the extended tokenizer directory `out_dir` from the base `source` (no cache) and return the
     build info also written to `out_dir/cptlab_tokenizer.json` (its "extension" key holds the stats)."""
+    check_admit(admit)
     kind, base, files = extension_base(Path(source))
     check = list(itertools.islice(base_texts(), BASE_CHECK_DOCS)) if base_texts is not None else None
     if kind == "spm":
         stats = extend_spm(
-            base, texts(), out_dir, vocab_size=vocab_size, model_type=model_type,
-            character_coverage=character_coverage, seed=seed, check_texts=check,
+            base, texts(), out_dir, vocab_size=vocab_size, add_pieces=add_pieces, admit=admit,
+            model_type=model_type, character_coverage=character_coverage, seed=seed, check_texts=check,
         )  # fmt: skip
     else:
         if model_type not in (None, "bpe"):
             raise CptlabError(
                 f"tokenizer.model_type={model_type!r} does not match the base {source}, a byte-level bpe tokenizer"
             )
-        stats = extend_bpe(base, texts(), out_dir, vocab_size=vocab_size, check_texts=check)
+        stats = extend_bpe(base, texts(), out_dir, vocab_size=vocab_size, add_pieces=add_pieces, admit=admit,
+                           check_texts=check)  # fmt: skip
         if load_tokenizer(out_dir).eos_token_id is None:
             raise CptlabError(f"the tokenizer in {source} has no eos_token; cptlab needs one to separate documents")
     info = {
         "version": EXTEND_VERSION,
         "kind": "extend",
         "base": {"format": kind, "files": {p.name: hash_file(p) for p in files}},
-        "options": dict(vocab_size=vocab_size, model_type=model_type, character_coverage=character_coverage, seed=seed),
+        "options": dict(vocab_size=vocab_size, add_pieces=add_pieces, admit=admit, model_type=model_type,
+                        character_coverage=character_coverage, seed=seed),
         "texts_sha256": _texts_sha256(texts()),
         "base_check_docs": len(check) if check is not None else 0,
         "extension": stats,
@@ -198,15 +213,17 @@ def _extend_cached(
     base_texts: Callable[[], Iterable[str]] | None,
     options: dict,
     texts_key: str | None = None,
+    base_texts_key: str | None = None,
 ) -> Path:
-    """Extend (once, even across concurrent jobs) keyed by the base's files, the texts and the options.
-
-    The base-language check does not change the result, so its sample is not part of the key.
-    """
+    """Extend (once, even across concurrent jobs) keyed by the base's files, the texts and the options, and for
+    admit=auto (whose admitted pieces depend on it) the base-language sample."""
     kind, _, files = extension_base(source)
     base_files = {p.name: hash_file(p) for p in files}
-    key = hash_obj({"version": EXTEND_VERSION, "base": [kind, base_files], "options": options,
-                    "texts": _texts_id(texts, texts_key)})
+    parts = {"version": EXTEND_VERSION, "base": [kind, base_files], "options": options,
+             "texts": _texts_id(texts, texts_key)}  # fmt: skip
+    if options.get("admit", "auto") == "auto" and base_texts is not None:
+        parts["base_texts"] = _texts_id(lambda: itertools.islice(base_texts(), BASE_CHECK_DOCS), base_texts_key)
+    key = hash_obj(parts)
 
     def build(tmp: Path) -> None:
         extend_tokenizer(source, tmp, texts=texts, base_texts=base_texts, **options)

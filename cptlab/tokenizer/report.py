@@ -76,3 +76,30 @@ def tokenizer_report(tokenizer_dir: Path, texts: list[str]) -> dict:
         "n_tokens": n_tokens,
         "n_chars": n_chars,
     }
+
+
+SKIP_WORDS = {
+    "skipped_existing": "already in the base",
+    "skipped_base_script": "without a character of a new script",
+    "skipped_covered": "made of characters the base covers",
+    "skipped_special": "special or byte pieces",
+    "skipped_unreachable": "unreachable (a part was skipped, or the base's normaliser rewrites it)",
+    "skipped_in_sample": "occurring in the base-language sample",
+    "skipped_surplus": "beyond add_pieces",
+}
+
+
+def extension_lines(stats: dict) -> list[str]:
+    """What a vocabulary extension did, for people: pieces added, each skip reason, the re-segmented share."""
+    admit = stats.get("admit", "strict")  # tokenizers extended before admission rules existed used "strict"
+    scripts = ", ".join(stats.get("new_scripts") or []) or "-"
+    lines = [f"{stats['added']} pieces added to {stats['base_pieces']} ({stats['final_pieces']} in all), "
+             f"admit={admit}, new scripts: {scripts}"
+             + (f", add_pieces={stats['add_pieces']}" if stats.get("add_pieces") else "")]
+    skips = [f"{stats[key]} {words}" for key, words in SKIP_WORDS.items() if stats.get(key)]
+    lines.append(f"skipped of the {stats['domain_pieces']} domain pieces: " + ("; ".join(skips) or "none"))
+    if stats.get("check_texts"):
+        share = stats.get("check_texts_changed_share", stats["check_texts_changed"] / stats["check_texts"])
+        lines.append(f"base-language texts segmented differently: {stats['check_texts_changed']} of "
+                     f"{stats['check_texts']} ({share:.2%})")
+    return lines

@@ -34,6 +34,16 @@ def _lines(texts: Iterable[str]) -> Iterator[str]:
                 yield line
 
 
+def check_vocab_size(vocab_size: int) -> None:
+    """CptlabError unless a byte-fallback model of `vocab_size` pieces can hold more than its fixed pieces."""
+    minimum = BYTE_PIECES + 3 + 1  # byte pieces, <unk> <s> </s>, and at least one character
+    if vocab_size < minimum:
+        raise CptlabError(
+            f"tokenizer.vocab_size={vocab_size} is too small: it must hold the {BYTE_PIECES} byte pieces, "
+            f"3 special pieces and the corpus characters (at least {minimum})"
+        )
+
+
 def train_spm(
     texts: Iterable[str],
     out_dir: Path,
@@ -52,12 +62,7 @@ def train_spm(
     """
     if model_type not in MODEL_TYPES:
         raise CptlabError(f"tokenizer.model_type={model_type!r} is not supported; use one of {list(MODEL_TYPES)}")
-    minimum = BYTE_PIECES + 3 + 1  # byte pieces, <unk> <s> </s>, and at least one character
-    if vocab_size < minimum:
-        raise CptlabError(
-            f"tokenizer.vocab_size={vocab_size} is too small: it must hold the {BYTE_PIECES} byte pieces, "
-            f"3 special pieces and the corpus characters (at least {minimum})"
-        )
+    check_vocab_size(vocab_size)
     lines = _lines(texts)
     first = next(lines, None)
     if first is None:

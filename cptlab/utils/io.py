@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -11,7 +12,22 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from cptlab.errors import CptlabError
+
 COMPLETE_MARKER = ".complete"
+# Written into every directory cptlab replaces as a whole (model exports, published models, tokenizers from
+# cptlab-tokenizer): {"kind": ...}. Only such a directory (or an absent or empty path) is ever replaced.
+OUTPUT_MARKER = ".cptlab-output.json"
+# What a directory of a kind holds when cptlab wrote it before the marker existed: every visible file matches.
+_TOKENIZER_FILES = (r"tokenizer\.json", r"tokenizer_config\.json", r"special_tokens_map\.json", r"added_tokens\.json",
+                    r"tokenizer\.model", r"chat_template\.jinja", r"chat_template\.json", r"vocab\.json", r"merges\.txt",
+                    r"cptlab_tokenizer\.json")
+KNOWN_FILES = {
+    "tokenizer": _TOKENIZER_FILES,
+    "model": (*_TOKENIZER_FILES, r"config\.json", r"generation_config\.json", r"model(-\d+-of-\d+)?\.safetensors",
+              r"model\.safetensors\.index\.json", r"pytorch_model(-\d+-of-\d+)?\.bin", r"adapter_config\.json",
+              r"adapter_model\.(safetensors|bin)", r"README\.md"),
+}
 
 
 def _umask() -> int:
@@ -50,6 +66,11 @@ def atomic_write_json(path: str | os.PathLike, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def mark_output(directory: str | os.PathLike, kind: str) -> None:
+    """Mark `directory` as cptlab's output of `kind`, so that a later run may replace it (check_replaceable)."""
+    atomic_write_json(Path(directory) / OUTPUT_MARKER, {"kind": kind, "written_by": "cptlab"})
+
+
 def is_complete(directory: str | os.PathLike) -> bool:
     return (Path(directory) / COMPLETE_MARKER).exists()
 
@@ -68,6 +89,7 @@ def build_once(final_dir: str | os.PathLike, build: Callable[[Path], None]) -> P
     with FileLock(str(final_dir) + ".lock"):
         if is_complete(final_dir):
             return final_dir
+        remove_dead_builds(final_dir)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".tmp", dir=final_dir.parent))
         try:
             build(tmp)
@@ -82,14 +104,66 @@ def build_once(final_dir: str | os.PathLike, build: Callable[[Path], None]) -> P
     return final_dir
 
 
-def replace_dir(out_dir: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+def output_kind(directory: str | os.PathLike) -> str | None:
+    """The kind of cptlab output `directory` holds ("model", "tokenizer"), from its marker; None if unmarked."""
+    try:
+        return json.loads((Path(directory) / OUTPUT_MARKER).read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_replaceable(path: str | os.PathLike, kind: str, what: str) -> Path:
+    """Refuse (one line naming `what`, the key or option that chose `path`) to replace anything but an absent
+    path, an empty directory, or cptlab's own output of this `kind`: its marker, or (written before markers
+    existed) nothing but the files such an output holds. Cheap; call it before any work. Returns the path."""
+    path = Path(path).expanduser()
+    if not path.exists() and not path.is_symlink():
+        for parent in path.parents:  # a path under an existing file can never be created
+            if parent.exists():
+                if not parent.is_dir():
+                    raise CptlabError(f"{what} {path}: {parent} is a file, not a directory")
+                break
+        return path
+    if not path.is_dir() or path.is_symlink():
+        raise CptlabError(f"{what} {path} exists and is not a directory: choose another path")
+    entries = [p for p in path.iterdir()]
+    if not entries or output_kind(path) == kind:
+        return path
+    known = [re.compile(pattern) for pattern in KNOWN_FILES.get(kind, ())]
+    visible = [p for p in entries if not p.name.startswith(".")]
+    legacy = output_kind(path) is None and visible and all(
+        p.is_file() and any(k.fullmatch(p.name) for k in known) for p in visible)
+    if not legacy:
+        raise CptlabError(f"{what} {path} is a non-empty directory that is not a {kind} export written by cptlab "
+                          f"(no {OUTPUT_MARKER}): choose another path; nothing was changed")
+    return path
+
+
+def remove_dead_builds(final_dir: Path) -> list[Path]:
+    """Delete the temporary directories of earlier builds of `final_dir` (a killed process leaves its own).
+    Called while holding `final_dir`'s build lock, which every builder holds while its temporary exists: any
+    such directory found then belongs to a build that is no longer running."""
+    pattern = re.compile(rf"\.{re.escape(final_dir.name)}\.[A-Za-z0-9_]{{8}}\.tmp")
+    removed = [p for p in final_dir.parent.iterdir() if pattern.fullmatch(p.name) and p.is_dir()]
+    for p in removed:
+        shutil.rmtree(p, ignore_errors=True)
+    return removed
+
+
+def replace_dir(out_dir: str | os.PathLike, write: Callable[[Path], None], *, kind: str | None = None,
+                what: str = "output") -> Path:
     """Replace `out_dir` with a directory that `write(tmp)` fills: built beside it, then swapped in with
-    renames, so `out_dir` is never half-written (the old one is removed once the new one is in place)."""
+    renames, so `out_dir` is never half-written (the old one is removed once the new one is in place).
+    With `kind`, only what `check_replaceable` allows is replaced, and the new directory is marked as that kind."""
     out_dir = Path(out_dir).expanduser()
+    if kind is not None:
+        check_replaceable(out_dir, kind, what)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         write(tmp)
+        if kind is not None:
+            mark_output(tmp, kind)
         public_mode(tmp)
         old = None
         if out_dir.exists():

@@ -1,11 +1,12 @@
-"""The GPU check's code path (python -m cptlab.bench.gpu) at tiny size on CPU: it trains through cptlab's
-pipeline with Lightning's ThroughputMonitor and reports tokens/s and FLOPs; MFU needs a known GPU peak."""
+"""The GPU check's code path (python -m benchmarks.gpu) at tiny size on CPU: it trains through cptlab's
+pipeline with Lightning's ThroughputMonitor and reports tokens/s and FLOPs; MFU needs a known GPU peak.
+The runs are slow tests (`make test-all`): they check the benchmark's own code, not cptlab's."""
 
 import json
 
 import pytest
 
-from cptlab.bench.gpu import flops_per_batch, main
+from benchmarks.gpu import flops_per_batch, main
 
 
 def bench(tmp_path, *flags):
@@ -15,10 +16,12 @@ def bench(tmp_path, *flags):
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_gpu_bench_code_path_runs_on_cpu(tmp_path):
     result = bench(tmp_path)
     assert result["device"] == "cpu" and result["steps"] == 4 and result["timed_steps"] == 3
-    assert result["compile"] is result["compiled"] is False and result["precision"] == "32-true" and result["seq_len"] == 64
+    assert result["compile"] is result["compiled"] is False
+    assert result["precision"] == "32-true" and result["seq_len"] == 64
     assert result["flops_per_batch"] > 0 and result["tokens_per_sec"] > 0
     assert result["flops_per_sec"] > 0
     assert result["peak_flops"] is None and result["mfu"] is None  # no datasheet peak for a CPU

@@ -105,3 +105,52 @@ def sweep(tmp_path) -> Path:
             continue
         (run_dir / "summary.json").write_text(json.dumps(summary))
     return root
+
+
+# A replay-ratio x seed sweep whose end-of-run forgetting follows a known line: en Δbpb = 0.2 - 0.3 * ratio
+# (within budget 0.05 from ratio 0.5 on), zh bpb at the end = 2.0 + 0.2 * ratio; seeds add -d, 0, +d.
+SEED_RATIOS = (0.0, 0.25, 0.5, 0.75)
+SEED_NOISE = {0: -0.01, 1: 0.0, 2: 0.01}
+
+
+def seeded_forgetting(ratio: float) -> float:
+    return 0.2 - 0.3 * ratio
+
+
+def seeded_new_bpb(ratio: float) -> float:
+    return 2.0 + 0.2 * ratio
+
+
+def write_seeded_run(run_dir: Path, overrides: list[str], ratio: float, seed: int, *, heldout_sha: str = "docs",
+                     blocks_sha: str = "blocks", shift: float = 0.0) -> None:
+    """One run of the seeded sweep (`shift` added to its en forgetting)."""
+    noise = SEED_NOISE[seed]
+    forgetting = seeded_forgetting(ratio) + shift
+    evals = {"zh": [3.0, 2.5 + noise, seeded_new_bpb(ratio) + noise],
+             "en": [1.5, 1.5 + forgetting / 2, 1.5 + forgetting + noise]}
+    run_dir.mkdir(parents=True)
+    write_hydra(run_dir, overrides, {"zh": "new", "en": "replay"})
+    write_metrics(run_dir, evals, list(range(10, 101, 10)))
+    summary = completed_summary(run_dir, overrides, evals, ratio)
+    summary["split"] = {"split_seed": 0, "domains": {d: {"heldout_sha256": f"{heldout_sha}-{d}"} for d in evals}}
+    summary["vocabulary"] = {"tokenizer_sha256": "tok"}
+    for d in evals:
+        summary["domains"][d]["eval_blocks_sha256"] = f"{blocks_sha}-{d}"
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+
+
+@pytest.fixture
+def seeded_sweep(tmp_path) -> Path:
+    """`cptlab-train -m experiment=demo_zh data.replay_ratio=0,0.25,0.5,0.75 seed=0,1,2` as it lands on disk."""
+    root = tmp_path / "runs" / "demo_zh" / "multirun"
+    for ratio in SEED_RATIOS:
+        for seed in SEED_NOISE:
+            overrides = ["experiment=demo_zh", f"data.replay_ratio={ratio:g}", f"seed={seed}"]
+            write_seeded_run(root / f"data.replay_ratio={ratio:g},seed={seed}", overrides, ratio, seed)
+    return root
+
+
+@pytest.fixture
+def seeded_run():
+    """write_seeded_run, for tests that add runs to the seeded sweep."""
+    return write_seeded_run

@@ -80,7 +80,6 @@ def make_domain(tmp_path):
             n_val_tokens=n_val,
             n_train_docs=1,
             n_val_docs=1,
-            val_chars=n_val,
             val_bytes=n_val,
             eos_id=0,
             stats={},

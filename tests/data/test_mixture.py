@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from cptlab.data.mixture import MixtureSampler, eval_blocks
+from cptlab.data.mixture import MixtureSampler, blocks_sha256, eval_blocks
 from cptlab.errors import CptlabError
 
 
@@ -200,3 +200,34 @@ def test_eval_blocks(make_domain):
         "held-out split of domain 'zh' has 101 tokens, fewer than one eval block (data.seq_len+1 = 102); "
         "raise data.domains.zh.heldout or lower data.seq_len"
     )
+
+
+def test_eval_blocks_spread_over_the_whole_held_out_stream(make_domain):
+    # 1000 held-out tokens = 62 windows of 16; the held-out array is source after source, so the first
+    # blocks alone would score only the first source.
+    domain = make_domain("zh", "new", n_val=1000)
+    val = np.asarray(domain.val_tokens(), dtype=np.int64)
+    blocks = eval_blocks(domain, seq_len=16, max_blocks=8)
+    starts = [int(np.flatnonzero(val == b[0])[0]) for b in blocks]
+    assert starts == [3 * 16, 11 * 16, 19 * 16, 27 * 16, 34 * 16, 42 * 16, 50 * 16, 58 * 16]  # middles of 8 stretches
+    for start, block in zip(starts, blocks):
+        np.testing.assert_array_equal(block, val[start : start + 17])
+    # Every eighth of the stream (a source holding >= 1/max_blocks of the tokens) gets one block.
+    assert sorted({s * 8 // 1000 for s in starts}) == list(range(8))
+    # Deterministic: the same blocks at every call, so at every evaluation and in every run on the same data.
+    np.testing.assert_array_equal(blocks, eval_blocks(domain, 16, max_blocks=8))
+    assert blocks_sha256(blocks) == blocks_sha256(eval_blocks(domain, 16, max_blocks=8))
+    assert blocks_sha256(blocks) != blocks_sha256(eval_blocks(domain, 16, max_blocks=7))
+    assert blocks_sha256(blocks) != blocks_sha256(eval_blocks(domain, 15, max_blocks=8))
+    assert eval_blocks(domain, 16, max_blocks=0).shape == (0, 17)
+    # max_blocks beyond what there is: every window, in order.
+    np.testing.assert_array_equal(eval_blocks(domain, 16, max_blocks=500), eval_blocks(domain, 16))
+
+
+def test_blocks_hash_sees_shape_and_ids():
+    a = np.arange(34, dtype=np.int64).reshape(2, 17)
+    assert blocks_sha256(a) == blocks_sha256(torch.from_numpy(a.copy()))  # the tensors the evaluator holds
+    assert blocks_sha256(a) != blocks_sha256(a.reshape(1, 34))
+    b = a.copy()
+    b[1, 5] += 1
+    assert blocks_sha256(a) != blocks_sha256(b)

@@ -1,10 +1,13 @@
-"""The held-out split: deterministic, stable under corpus changes, duplicate-safe, share and count modes."""
+"""The held-out split: deterministic, stable under corpus changes, duplicate-safe, share and count modes; keyed by
+data.split_seed only (never `seed`), recorded, and checked against the split a cptlab-built base model was trained on."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from cptlab.data.split import split_documents
+from cptlab.data.split import documents_sha256, leaks_from_base, split_documents
 from cptlab.errors import CptlabError
 
 DOCS = [f"document number {i} about topic {i % 7}" for i in range(2000)]
@@ -63,3 +66,92 @@ def test_a_side_would_be_empty():
         split_documents(["same"] * 4, 1)
     with pytest.raises(CptlabError, match="training side would be empty"):
         split_documents(["only one"], 0.5)
+
+
+def test_documents_hash_tells_held_out_sets_apart():
+    _, val = split_documents(DOCS, 0.1, seed=0)
+    assert documents_sha256(val) == documents_sha256(list(val))
+    assert documents_sha256(val) != documents_sha256(split_documents(DOCS, 0.1, seed=1)[1])
+    assert documents_sha256(["ab", "c"]) != documents_sha256(["a", "bc"])  # length-prefixed: no ambiguity
+
+
+def split(seed, heldout, sources=("demo:en",), max_docs=None, name="en"):
+    return {"split_seed": seed, "domains": {name: {"sources": list(sources), "heldout": heldout, "max_docs": max_docs}}}
+
+
+def test_a_run_may_hold_out_what_the_base_held_out_or_less():
+    base = split(0, 0.03)
+    assert leaks_from_base(base, split(0, 0.03)) is None
+    assert leaks_from_base(base, split(0, 0.02)) is None  # same seed, smaller share: a subset of the base's
+    assert leaks_from_base(base, split(0, 0.05, sources=("other.txt",))) is None  # no shared source
+    assert leaks_from_base(split(0, 20), split(0, 10)) is None  # counts on the same documents
+
+
+def test_the_nesting_the_rule_relies_on():
+    # Same seed: a smaller share holds out a subset of a larger one, also when the corpus is capped differently.
+    small = set(split_documents(DOCS[:1500], 0.05, seed=2)[1])
+    large = set(split_documents(DOCS, 0.1, seed=2)[1])
+    assert small and small <= large
+
+
+def test_a_run_that_would_score_documents_the_base_trained_on_is_refused():
+    base = split(0, 0.03)
+    reason = leaks_from_base(base, split(1, 0.03), base_dir="/cache/demo_base")
+    assert reason == ("data.domains.en shares demo:en with domain 'en' of /cache/demo_base, which was split with "
+                      "data.split_seed=0, this run with data.split_seed=1: its held-out documents would include ones "
+                      "the base trained on; set data.split_seed=0")
+    assert "\n" not in reason
+    assert "set data.domains.en.heldout <= 0.03" in leaks_from_base(base, split(0, 0.05))
+    # Another domain name and extra sources: still the shared source that counts.
+    assert leaks_from_base(base, split(1, 0.03, sources=("demo:en", "mine.txt"), name="old")) is not None
+    assert leaks_from_base(split(0, 10), split(0, 20)) is not None
+
+
+def test_split_seed_keys_the_split_and_seed_does_not(compose_cfg):
+    from cptlab import pipeline
+
+    base = ["model=tiny", "tokenizer=train", "data=demo_zh"]
+    cfg0, cfg1 = compose_cfg(base + ["seed=0"]), compose_cfg(base + ["seed=1"])
+    assert cfg0.data.split_seed == 0
+    assert pipeline._train_docs_key(cfg0) == pipeline._train_docs_key(cfg1)  # tokenizer and token caches shared
+    assert pipeline.split_record(cfg0) == pipeline.split_record(cfg1)
+    other = compose_cfg(base + ["data.split_seed=5"])
+    assert pipeline._train_docs_key(other) != pipeline._train_docs_key(cfg0)
+    assert pipeline.split_record(other)["split_seed"] == 5
+    assert pipeline.split_record(other)["domains"]["en"] == {"sources": ["demo:en"], "heldout": 0.03, "max_docs": None}
+
+
+def test_continuing_from_a_cptlab_base_checks_its_split(compose_cfg, tmp_path):
+    from cptlab import pipeline
+    from cptlab.errors import CptlabError
+    from cptlab.model.save import SPLIT_FILE
+
+    base_dir = tmp_path / "base"
+    base_dir.mkdir()
+    overrides = ["model=hf", f"model.name_or_path={base_dir}", "data=demo_zh"]
+    pipeline.check_base_split(compose_cfg(overrides + ["data.split_seed=3"]))  # no record: nothing to check
+    (base_dir / SPLIT_FILE).write_text(json.dumps(split(0, 0.03)))
+    pipeline.check_base_split(compose_cfg(overrides))
+    with pytest.raises(CptlabError, match=r"^data.domains.en shares demo:en .* set data.split_seed=0$"):
+        pipeline.check_base_split(compose_cfg(overrides + ["data.split_seed=3"]))
+    with pytest.raises(CptlabError, match="set data.domains.en.heldout <= 0.03"):
+        pipeline.check_base_split(compose_cfg(overrides + ["data.domains.en.heldout=0.1"]))
+    (base_dir / SPLIT_FILE).write_text("{not json")
+    with pytest.raises(CptlabError, match="unreadable"):
+        pipeline.check_base_split(compose_cfg(overrides))
+
+
+def test_a_published_model_carries_its_split(tmp_path):
+    from cptlab.model.load import load_model
+    from cptlab.model.save import SPLIT_FILE, publish_model
+
+    model = load_model(None, config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                                     "num_attention_heads": 2, "num_key_value_heads": 1}, dtype="float32",
+                       vocab_size=64)
+    tokenizer = tmp_path / "tok"
+    tokenizer.mkdir()
+    (tokenizer / "tokenizer.json").write_text("{}")
+    record = split(0, 0.03)
+    out = publish_model(model, tokenizer, tmp_path / "published", record)
+    assert json.loads((out / SPLIT_FILE).read_text()) == record
+    assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()

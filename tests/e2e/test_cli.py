@@ -5,10 +5,9 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-
-from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -89,7 +88,7 @@ def test_rerunning_a_completed_run_does_not_train_again(smoke_run):
 def test_bad_input_fails_at_once_with_one_line(tmp_path, override, fragment):
     proc = cptlab_train("experiment=demo_zh", "debug=smoke", override, f"hydra.run.dir={tmp_path / 'r'}", timeout=120)
     assert proc.returncode != 0
-    lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("cptlab-train: error:") and fragment in lines[0]
     assert "Traceback" not in proc.stderr

@@ -8,12 +8,12 @@ from transformers import AutoModelForCausalLM
 
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory):
+    from pathlib import Path
+
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
     from cptlab.train import train
-
-    from pathlib import Path
 
     conf = Path(__file__).resolve().parents[2] / "conf"
     root = tmp_path_factory.mktemp("base")

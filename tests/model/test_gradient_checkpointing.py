@@ -6,8 +6,8 @@ from cptlab import pipeline
 
 
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(compose_cfg, tmp_path):
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
 
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({f"w{i}": i for i in range(40)},
                                                                               unk_token="w0")),

@@ -63,3 +63,52 @@ def cptlab_train(tmp_path) -> Train:
 def train_cli():
     """The runner class, for module-scoped fixtures: `train_cli(cache_dir)(*overrides)`."""
     return Train
+
+
+# A complete run on the user's own files, small enough for a test: random-init tiny Llama, a SentencePiece
+# tokenizer trained on the corpus, two steps (what `debug=smoke` did before it kept the experiment's tokenizer).
+TINY_RUN = ["model=tiny", "tokenizer=train", "tokenizer.vocab_size=400", "tokenizer.character_coverage=1.0",
+            "logger=csv", "data=files", "data.domains.new.heldout=0.2", "data.domains.old.heldout=0.2",
+            "data.seq_len=64", "data.batch_size=8", "trainer.max_steps=2", "eval.every_n_steps=2", "eval.max_blocks=4",
+            "checkpoint.every_n_steps=2", "optim.warmup_steps=0", "trainer.log_every_n_steps=1"]
+
+
+def tiny_run(new: Path, old: Path, run_dir: Path, *extra: str) -> list[str]:
+    """The overrides of a tiny two-domain run on `new` and `old` into `run_dir`."""
+    return [*TINY_RUN, f"data.domains.new.sources=[{new}]", f"data.domains.old.sources=[{old}]", *extra,
+            f"hydra.run.dir={run_dir}"]
+
+
+def write_corpus(path: Path, n: int, seed: int, tag: str = "") -> Path:
+    path.write_text("\n".join(sentences(n, seed, tag)) + "\n", encoding="utf-8")
+    return path
+
+
+def error_line(proc, prog: str = "cptlab-train") -> str:
+    """The single stderr line of a refused command: non-zero exit, no traceback, one `PROG: error:` line."""
+    assert proc.returncode != 0, f"exit 0; stdout: {proc.stdout[-1500:]}"
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and "warning:" not in line]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith(f"{prog}: error:"), lines[0]
+    return lines[0]
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under `root` (hidden ones too) with its bytes: to show that nothing was changed."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+class Helpers:
+    """The helpers above, for test modules (with --import-mode=importlib a conftest is not importable)."""
+
+    TINY_RUN = TINY_RUN
+    tiny_run = staticmethod(tiny_run)
+    write_corpus = staticmethod(write_corpus)
+    error_line = staticmethod(error_line)
+    snapshot = staticmethod(snapshot)
+
+
+@pytest.fixture(scope="session")
+def rel() -> type[Helpers]:
+    return Helpers

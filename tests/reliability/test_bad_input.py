@@ -90,6 +90,12 @@ def fill(items, inputs) -> list[str]:
     return [item.format(**inputs) for item in items]
 
 
+def smoke(*overrides: str) -> list[str]:
+    """`debug=smoke` keeps the configured tokenizer; a random-init model on the user's files trains its own."""
+    own = [] if any(o.startswith("tokenizer=") for o in overrides) else ["tokenizer=train"]
+    return ["debug=smoke", *own, *overrides]
+
+
 def one_error_line(proc) -> str:
     """The single stderr line of a failed command (and no traceback)."""
     assert proc.returncode != 0, f"exit 0 for bad input; stdout: {proc.stdout[-1500:]}"
@@ -180,7 +186,7 @@ CASES = [
 @pytest.mark.parametrize("overrides, fragments, caches_allowed", CASES)
 def test_bad_input_fails_early_with_one_line(cptlab_train, tmp_path, inputs, overrides, fragments, caches_allowed):
     run_dir = tmp_path / "run"
-    proc = cptlab_train("debug=smoke", *fill(overrides, inputs), f"hydra.run.dir={run_dir}", timeout=180)
+    proc = cptlab_train(*smoke(*fill(overrides, inputs)), f"hydra.run.dir={run_dir}", timeout=180)
     line = one_error_line(proc)
     for fragment in fill(fragments, inputs):
         assert fragment in line, (fragment, line)
@@ -202,7 +208,7 @@ def test_invalid_utf8_is_accepted_and_counted_with_replace_or_skip(cptlab_train,
     run_dir = tmp_path / "run"
     overrides = ["data=files", "data.domains.new.sources=[{bad_utf8}]", "data.domains.old.sources=[{old}]",
                  "data.domains.new.heldout=0.2", "data.domains.old.heldout=0.2"]
-    proc = cptlab_train("debug=smoke", *fill(overrides, inputs), *SHORT, f"data.on_bad_text={policy}",
+    proc = cptlab_train(*smoke(*fill(overrides, inputs)), *SHORT, f"data.on_bad_text={policy}",
                         f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -221,7 +227,7 @@ def completed_run(tmp_path_factory, inputs, train_cli):
     base = tmp_path_factory.mktemp("completed")
     train = train_cli(base / "cache")
     run_dir = base / "run"
-    good = ["debug=smoke", *fill(FILES, inputs), *SHORT, f"hydra.run.dir={run_dir}"]
+    good = [*smoke(*fill(FILES, inputs)), *SHORT, f"hydra.run.dir={run_dir}"]
     proc = train(*good)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"

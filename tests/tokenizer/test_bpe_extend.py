@@ -11,7 +11,17 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from cptlab.errors import CptlabError
-from cptlab.tokenizer.bpe_extend import CoveredText, check_same_segmentation, extend_bpe, merge_bpe, token_bytes
+from cptlab.tokenizer.bpe_extend import (
+    CoveredText,
+    NoText,
+    ScriptText,
+    check_same_segmentation,
+    decoded_tokens,
+    extend_bpe,
+    merge_bpe,
+    token_bytes,
+)
+from cptlab.tokenizer.extend import make_admission
 from cptlab.tokenizer.hf import TRICKY_TEXTS, load_tokenizer
 from cptlab.tokenizer.prepare import extension_stats, prepare_tokenizer
 
@@ -131,6 +141,22 @@ def test_covered_text_knows_which_bytes_english_can_hold():
     assert token_bytes("Ġä¸Ń") == " 中".encode()
 
 
+def test_script_text_knows_which_bytes_an_english_base_can_see():
+    admission = make_admission("script", set(), ["Ġthe", "Ġand", "ing", "Ã©t"])
+    assert admission.base_scripts == ["Latin"]
+    text = ScriptText(admission)
+    assert text.possible(b" the") and text.possible("é".encode()) and text.possible("€ 🙂".encode())
+    assert text.possible("é".encode()[:1]) and text.possible(b"\xa9")  # Latin and Common hold these bytes
+    assert not text.possible("中".encode()) and not text.possible(" 中".encode()) and not text.possible("，".encode())
+    assert not text.possible("中".encode()[:2])  # only CJK code points start with these two bytes
+    assert not text.possible(b"a" + "国".encode()[:1])  # E5 starts only CJK characters
+    assert text.possible(b"a" + "中".encode()[:1])  # E4 also starts the (Common) Yijing hexagrams
+    assert text.possible("中".encode()[1:]) and text.possible("中".encode()[2:])  # ... but ends others too
+    assert not text.possible("中".encode()[1:] + b"a" + "国".encode())
+    assert not NoText().possible(b" the")
+    assert [*decoded_tokens(["Ġä¸Ń", "ä¸", "<|x|>"])] == [" 中", "", "<|x|>"]
+
+
 def test_check_fires_when_new_merges_touch_english(bases, make_docs, tmp_path):
     # Appending the merges of a domain tokenizer unfiltered (English included) re-segments English.
     base_dir = bases["gpt2"]
@@ -139,23 +165,49 @@ def test_check_fires_when_new_merges_touch_english(bases, make_docs, tmp_path):
     domain.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     domain.train_from_iterator(make_docs(300) + chinese_docs(), trainers.BpeTrainer(
         vocab_size=1500, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))  # fmt: skip
+    everything = make_admission("all", set(), [])
+    naive, stats = merge_bpe(spec, json.loads(domain.to_str())["model"], NoText(), everything)
+    assert stats["admit"] == "all" and "Latin" in stats["new_scripts"]
+    base, naive = Tokenizer.from_file(str(base_dir / "tokenizer.json")), Tokenizer.from_str(json.dumps(naive))
+    english = make_docs(100, seed=5)
+    tokens = decoded_tokens(spec["model"]["vocab"])
+    for rule in ("strict", "script", "auto"):
+        admission = make_admission(rule, CoveredText(spec["model"]["vocab"]).chars, tokens, english)
+        with pytest.raises(CptlabError, match="segments base-language text differently"):
+            check_same_segmentation(base, naive, english, admission, tmp_path)
+    assert 0 < check_same_segmentation(base, naive, english, everything, tmp_path) <= 100
 
-    class Nothing:  # covers no text at all, so every domain token passes
-        def possible(self, data):
-            return False
 
-    naive, _ = merge_bpe(spec, json.loads(domain.to_str())["model"], Nothing())
-    base = Tokenizer.from_file(str(base_dir / "tokenizer.json"))
-    with pytest.raises(CptlabError, match="segments base-language text differently"):
-        check_same_segmentation(base, Tokenizer.from_str(json.dumps(naive)), make_docs(100, seed=5),
-                                CoveredText(spec["model"]["vocab"]).chars, tmp_path)  # fmt: skip
+@pytest.mark.parametrize("style", STYLES)
+def test_rules_add_pieces_and_the_re_segmented_share(bases, make_docs, tmp_path, style):
+    base_dir, english = bases[style], make_docs(60, seed=8)
+    domain = chinese_docs() + ["龙凤呈祥，龙凤" + w for w in WORDS]
+    check = english + ["The idiom 龙凤呈祥 wishes luck."]
+    runs = {rule: extend_bpe(base_dir, domain, tmp_path / rule, vocab_size=1200, admit=rule, check_texts=check)
+            for rule in ("auto", "script", "strict", "all")}  # fmt: skip
+    auto, script, strict, every = runs["auto"], runs["script"], runs["strict"], runs["all"]
+    assert auto["base_scripts"] == script["base_scripts"] == ["Latin"] and auto["new_scripts"] == ["CJK"]
+    assert auto["check_texts_changed"] == 0 and auto["skipped_in_sample"] > 0
+    assert (script["check_texts_changed"], script["check_texts_changed_share"]) == (1, round(1 / 61, 6))
+    assert strict["skipped_covered"] > 0 and strict["skipped_base_script"] == 0
+    assert every["added"] >= max(script["added"], strict["added"]) and min(script["added"], strict["added"]) > 100
+    assert every["check_texts"] == 61 and every["check_texts_changed_share"] == round(
+        every["check_texts_changed"] / 61, 6)
+    for rule, stats in runs.items():
+        new = load_tokenizer(tmp_path / rule)
+        assert len(new) == stats["final_pieces"] == stats["base_pieces"] + stats["added"]
+    exact = extend_bpe(base_dir, domain, tmp_path / "exact", add_pieces=150, check_texts=english)
+    assert exact["added"] == 150 and exact["skipped_surplus"] > 0 and exact["check_texts_changed"] == 0
+    assert len(load_tokenizer(tmp_path / "exact")) == exact["base_pieces"] + 150
+    with pytest.raises(CptlabError, match=r"tokenizer\.add_pieces=20000 is more than the new-domain corpus yields"):
+        extend_bpe(base_dir, domain, tmp_path / "huge", add_pieces=20000)
 
 
 def test_errors_name_the_problem(bases, tmp_path, make_docs, exported):
     base_dir = bases["gpt2"]
     with pytest.raises(CptlabError, match=r"tokenizer\.vocab_size=256 is too small"):
         extend_bpe(base_dir, chinese_docs(), tmp_path / "a", vocab_size=256)
-    with pytest.raises(CptlabError, match=r"tokenizer\.vocab_size=800 adds nothing"):
+    with pytest.raises(CptlabError, match=r"adds nothing to .* under tokenizer\.admit=auto: its first 100 documents"):
         extend_bpe(base_dir, make_docs(100, seed=1), tmp_path / "b", vocab_size=800)
     _, spm_dir = exported("bpe")
     with pytest.raises(CptlabError, match="is not a byte-level BPE tokenizer"):
@@ -173,3 +225,19 @@ def test_prepare_extend_handles_byte_level_bases(bases, tmp_path, make_docs):
     assert (out / "special_tokens_map.json").exists() or (out / "tokenizer_config.json").exists()
     with pytest.raises(CptlabError, match=r"tokenizer\.model_type='unigram'"):
         prepare_tokenizer("extend", tmp_path / "run2", **{**kwargs, "model_type": "unigram"})
+
+
+def test_a_token_whose_domain_part_is_skipped_is_built_through_an_admissible_bridge():
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {token: i for i, token in enumerate(sorted(alphabet))}
+    vocab["Ġthe"] = len(vocab)
+    spec = {"model": {"type": "BPE", "vocab": vocab, "merges": []}, "added_tokens": []}
+    # The domain merged the last two bytes of "中" first: "¸Ń" also ends "ḭ" (Latin), so it may not be added.
+    domain = {"vocab": {**vocab, "¸Ń": 300, "ä¸Ń": 301}, "merges": [["¸", "Ń"], ["ä", "¸Ń"]]}
+    admission = make_admission("script", set(), decoded_tokens(vocab))
+    new_spec, stats = merge_bpe(spec, domain, admission=admission)
+    assert new_spec["model"]["merges"] == [["ä", "¸"], ["ä¸", "Ń"]]  # "ä¸" only starts CJK characters
+    assert (stats["added"], stats["bridges_added"], stats["skipped_base_script"]) == (2, 1, 1)
+    assert new_spec["model"]["vocab"]["ä¸Ń"] == len(vocab) + 1
+    _, limited = merge_bpe(spec, domain, admission=admission, limit=1)  # the bridge counts against the limit
+    assert (limited["added"], limited["skipped_surplus"]) == (0, 1)

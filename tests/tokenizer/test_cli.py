@@ -51,11 +51,33 @@ def test_extend_writes_a_tokenizer_and_prints_the_gain(extended_dir):
     out, stdout = extended_dir
     stats = extension_stats(out)
     assert stats["added"] > 100 and (out / "tokenizer.json").is_file() and (out / "tokenizer.model").is_file()
-    assert f"{stats['added']} pieces added" in stdout
+    assert f"{stats['added']} pieces added to 400 ({stats['final_pieces']} in all), admit=auto" in stdout
+    assert f"skipped of the {stats['domain_pieces']} domain pieces: {stats['skipped_special']} special or byte " \
+           "pieces" in stdout
+    assert f"base-language texts segmented differently: 0 of {stats['check_texts']} (0.00%)" in stdout
     before, after = map(float, re.search(r"on the corpus: ([\d.]+) before, ([\d.]+) after", stdout).groups())
     assert after < 0.5 * before
     before, after = re.search(r"on the check text: ([\d.]+) before, ([\d.]+) after", stdout).groups()
     assert before == after  # English segments as before
+
+
+def test_extend_add_pieces_and_admit(files, exported, tmp_path):
+    base_model, _ = exported("bpe")
+    out = tmp_path / "exact"
+    result = run_cli("extend", "--base", base_model, "--corpus", files / "zh.txt", "--add-pieces", 123,
+                     "--admit", "all", "--out", out, "--check-text", files / "en.txt")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    stats = extension_stats(out)
+    assert (stats["added"], stats["admit"], stats["add_pieces"]) == (123, "all", 123)
+    assert "123 pieces added to 400 (523 in all), admit=all" in result.stdout and "beyond add_pieces" in result.stdout
+    changed = re.search(r"segmented differently: (\d+) of (\d+) \(([\d.]+)%\)", result.stdout)
+    assert int(changed[1]) == stats["check_texts_changed"] and int(changed[2]) == stats["check_texts"] == 100
+    both = run_cli("extend", "--base", base_model, "--corpus", files / "zh.txt", "--add-pieces", 5,
+                   "--vocab-size", 600, "--out", tmp_path / "x")  # fmt: skip
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+    bad = run_cli("extend", "--base", base_model, "--corpus", files / "zh.txt", "--add-pieces", 5, "--admit", "some",
+                  "--out", tmp_path / "y")  # fmt: skip
+    assert bad.returncode == 2 and "--admit: invalid choice: 'some'" in bad.stderr
 
 
 def test_report_json_and_table(extended_dir, files, exported, capsys):
@@ -69,9 +91,13 @@ def test_report_json_and_table(extended_dir, files, exported, capsys):
     assert rows[ext, "zh.txt"]["tokens_per_char"] < 0.5 * rows[base, "zh.txt"]["tokens_per_char"]
     assert rows[ext, "en.txt"]["n_tokens"] == rows[base, "en.txt"]["n_tokens"]
     assert rows[base, "zh.txt"]["byte_fallback_share"] > 0.9 > rows[ext, "zh.txt"]["byte_fallback_share"]
+    assert rows[base, "zh.txt"]["extension"] is None
+    assert rows[ext, "zh.txt"]["extension"] == extension_stats(out)
     main(["report", "--tokenizer", str(out), "--text", str(files / "en.txt")])
     table = capsys.readouterr().out
     assert "tokens/char" in table and "byte-fallback share" in table and "en.txt" in table
+    stats = extension_stats(out)
+    assert f"{out}: built by extend: {stats['added']} pieces added" in table and "special or byte" in table
 
 
 def test_errors_are_one_line_and_exit_2(tmp_path, capsys):

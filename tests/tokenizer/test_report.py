@@ -11,7 +11,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from cptlab.tokenizer.hf import load_tokenizer
-from cptlab.tokenizer.report import fragment_ids, tokenizer_report, tokens_per_char
+from cptlab.tokenizer.report import extension_lines, fragment_ids, tokenizer_report, tokens_per_char
 from cptlab.tokenizer.spm import load_spm
 
 CHINESE = ["中文测试，日本語のテキスト。", "我们今天去北京，明天回上海。", "的的的一是在不了有和人这中大"]
@@ -57,3 +57,21 @@ def test_byte_level_fragments_are_tokens_that_split_a_character(tmp_path, docs):
     assert tokenizer_report(tmp_path, ["的"])["byte_fallback_share"] == 0.0
     korean = tokenizer_report(tmp_path, ["테스트"])  # lead byte 0xED never seen: one token per byte
     assert korean["byte_fallback_share"] == 1.0 and korean["n_tokens"] == 9
+
+
+def test_extension_lines_name_each_skip_reason_and_read_old_stats():
+    stats = dict(base_pieces=400, domain_pieces=700, added=300, final_pieces=700, skipped_special=259,
+                 skipped_existing=41, skipped_base_script=90, skipped_covered=0, skipped_unreachable=10,
+                 skipped_in_sample=0, skipped_surplus=0, admit="auto", new_scripts=["CJK"], add_pieces=None,
+                 check_texts=50, check_texts_changed=1, check_texts_changed_share=0.02)  # fmt: skip
+    assert extension_lines(stats) == [
+        "300 pieces added to 400 (700 in all), admit=auto, new scripts: CJK",
+        "skipped of the 700 domain pieces: 41 already in the base; 90 without a character of a new script; 259 "
+        "special or byte pieces; 10 unreachable (a part was skipped, or the base's normaliser rewrites it)",
+        "base-language texts segmented differently: 1 of 50 (2.00%)",
+    ]
+    # A tokenizer extended before admission rules existed (strict, no share recorded).
+    old = dict(base_pieces=400, domain_pieces=700, added=5, final_pieces=405, skipped_covered=3, check_texts=4,
+               check_texts_changed=1)  # fmt: skip
+    assert extension_lines(old)[0].endswith("admit=strict, new scripts: -")
+    assert extension_lines(old)[2] == "base-language texts segmented differently: 1 of 4 (25.00%)"

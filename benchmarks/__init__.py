@@ -1,4 +1,4 @@
-"""cptlab's benchmarks: `python -m cptlab.bench [--quick] [--out FILE]` (`make bench`).
+"""cptlab's benchmarks: `python -m benchmarks [--quick] [--out FILE]` (`make bench`).
 
 Every headline number is a ratio against a baseline measured in the same invocation (same machine,
 same moment, same load), so numbers from a shared or noisy machine still compare:

@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from cptlab.bench.common import SEED, BenchResult, Context, Ratio, matmul_peak, median
+from benchmarks.common import SEED, BenchResult, Context, Ratio, matmul_peak, median
 
 
 def _overrides(ctx: Context, steps: int) -> list[str]:
@@ -52,18 +52,21 @@ def _overrides(ctx: Context, steps: int) -> list[str]:
 
 
 def compose(overrides: list[str], output_dir: Path):
-    """The run config `cptlab-train <overrides>` would see, with the output directory set."""
+    """The run config `cptlab-train <overrides>` would see, with the output directory set, validated as
+    `cptlab.train.train` validates it."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from omegaconf import open_dict
 
     import cptlab.config  # noqa: F401  (schema and resolvers)
-    from cptlab.cli import CONF_DIR
+    from cptlab.utils.console import CONF_DIR
+    from cptlab.validate import validate
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = hydra_compose("train", overrides=overrides)
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
+    validate(cfg)
     return cfg
 
 

@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from cptlab.bench.common import BenchResult, Context, Ratio
+from benchmarks.common import ROOT, BenchResult, Context, Ratio
 
 FLOOR = "import pytorch_lightning, transformers; from transformers import LlamaForCausalLM"
 POLL_S = 0.01
@@ -129,8 +129,8 @@ def breakdown_child(overrides: list[str], output_dir: str) -> dict:
     from omegaconf import open_dict
 
     from cptlab import pipeline
-    from cptlab.cli import CONF_DIR
     from cptlab.tokenizer.hf import load_tokenizer
+    from cptlab.utils.console import CONF_DIR
     from cptlab.validate import validate
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -162,7 +162,7 @@ def _breakdown(ctx: Context) -> dict:
     spec = {"overrides": smoke_overrides(ctx),
             "output_dir": str(ctx.path("startup_runs", "breakdown"))}
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "cptlab.bench.startup", json.dumps(spec)],
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.startup", json.dumps(spec)], cwd=ROOT,
                           env=_env(ctx, ctx.root / "startup_runs"), capture_output=True, text=True, timeout=600)
     total = time.perf_counter() - t0
     if proc.returncode:

@@ -1,14 +1,17 @@
 """The GPU check: tokens/s and MFU of cptlab's own training path (`trainer=gpu`, bf16-mixed) on a ~1B
-random-init Llama (TinyLlama-1.1B's shape), measured with Lightning's throughput utilities (`Throughput`, `measure_flops`, `get_available_flops`).
+random-init Llama (TinyLlama-1.1B's shape), measured with Lightning's throughput utilities (`Throughput`,
+`measure_flops`, `get_available_flops`).
 
-    python -m cptlab.bench.gpu                              # on a CUDA machine (make install TORCH=torch)
-    python -m cptlab.bench.gpu --size tiny --accelerator cpu --precision 32-true --steps 4   # the code path, anywhere
+    python -m benchmarks.gpu                               # on a CUDA machine (make install TORCH=torch)
+    python -m benchmarks.gpu --size tiny --accelerator cpu --precision 32-true --steps 4   # the code path, anywhere
 
-The run is built exactly as `cptlab-train experiment=demo_zh` builds it (pipeline.build_tokenizer / build_data /
-build_model / build_lightning; the demo corpora, a fresh 4,000-piece tokenizer trained on them), with
-a callback feeding Lightning's `Throughput` once per step (as its `ThroughputMonitor` does). FLOPs per batch come from `measure_flops` (forward + backward of the same model built
-on the meta device), the peak from `get_available_flops` (the GPU's dense bf16 figure from its datasheet):
-MFU = achieved model FLOP/s / peak, over the steps after `--warmup`. Prints one JSON object (also `--out`).
+The run is built as `cptlab-train experiment=demo_zh` builds it, with the same calls in the same order
+(compose + validate, pipeline.build_tokenizer / build_base_tokenizer / build_data / build_model /
+build_lightning; the demo corpora, a fresh 4,000-piece tokenizer trained on them), plus a callback feeding
+Lightning's `Throughput` once per step (as its `ThroughputMonitor` does). FLOPs per batch come from
+`measure_flops` (forward + backward of the same model built on the meta device), the peak from
+`get_available_flops` (the GPU's dense bf16 figure from its datasheet): MFU = achieved model FLOP/s / peak,
+over the steps after `--warmup`. Prints one JSON object (also `--out`).
 """
 
 from __future__ import annotations
@@ -85,18 +88,22 @@ class Meter(pl.Callback):
 
 def run(size: str = "1b", *, steps: int = 30, warmup: int = 10, accelerator: str = "gpu",
         precision: str = "bf16-mixed", compile: bool = False, workdir: Path | None = None) -> dict:
+    from benchmarks.training import compose
     from cptlab import pipeline
-    from cptlab.bench.training import compose
     from cptlab.tokenizer.hf import load_tokenizer
 
     workdir = Path(workdir or tempfile.mkdtemp(prefix="cptlab-gpu-bench-"))
     cfg = compose(overrides(size, steps=steps, accelerator=accelerator, precision=precision, compile=compile,
                             workdir=workdir), workdir / "run")
     run_dir = workdir / "run"
+    # cptlab.train.train's steps up to fit, in its order (compose() validated the config); no run record
+    pipeline.check_base_split(cfg)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     tokenizer_dir = pipeline.build_tokenizer(cfg, run_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
+    base_dir = pipeline.build_base_tokenizer(cfg, run_dir)
     domains = pipeline.build_data(cfg, tokenizer_dir)
-    model, _ = pipeline.build_model(cfg, tokenizer)
+    model, _ = pipeline.build_model(cfg, tokenizer, load_tokenizer(base_dir) if base_dir else None)
     lightning = pipeline.build_lightning(cfg, model, domains, tokenizer, run_dir)
     s = SIZES[size]
     model_config = {k: v for k, v in s.items() if k not in ("seq_len", "batch_size")}
@@ -109,7 +116,8 @@ def run(size: str = "1b", *, steps: int = 30, warmup: int = 10, accelerator: str
     device = lightning.trainer.strategy.root_device
     return {
         "size": size, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
-        "precision": precision, "compile": compile, "compiled": model._compiled_call_impl is not None, "steps": steps, "timed_steps": max(steps - warmup, 1),
+        "precision": precision, "compile": compile, "compiled": model._compiled_call_impl is not None,
+        "steps": steps, "timed_steps": max(steps - warmup, 1),
         "params": sum(p.numel() for p in model.parameters()), "batch_size": s["batch_size"], "seq_len": s["seq_len"],
         "flops_per_batch": flops, "peak_flops": meter.throughput.available_flops if meter.throughput else None,
         # items = tokens (the meter counts each batch's input ids), per device
@@ -122,7 +130,7 @@ def run(size: str = "1b", *, steps: int = 30, warmup: int = 10, accelerator: str
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cptlab.bench.gpu", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="1b")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=10, help="steps before the throughput window")
@@ -132,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
-    from cptlab.cli import quiet_libraries
+    from cptlab.utils.console import quiet_libraries
 
     quiet_libraries()
     result = run(args.size, steps=args.steps, warmup=min(args.warmup, args.steps - 1), accelerator=args.accelerator,

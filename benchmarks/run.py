@@ -1,4 +1,4 @@
-"""`python -m cptlab.bench [--quick] [--out FILE] [--only NAME,...]`: run the benchmarks, print a table of
+"""`python -m benchmarks [--quick] [--out FILE] [--only NAME,...]`: run the benchmarks, print a table of
 ratios (each against a baseline measured in the same invocation) and write every number to JSON."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
-from cptlab.bench.common import BenchResult, Context, Ratio, Sizes, environment
+from benchmarks.common import BenchResult, Context, Ratio, Sizes, environment
 
 # In run order: the loader compares with the training steps/s, the tokenizer benchmark builds the extension.
 BENCHMARKS = ("training", "loader", "pretokenize", "tokenizer", "startup")
@@ -33,7 +33,7 @@ DEFAULT_OUT = Path("bench_results") / "bench.json"
 def _module(name: str):
     import importlib
 
-    return importlib.import_module(f"cptlab.bench.{name}")
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 def run_all(sizes: Sizes, names: list[str], workdir: Path | None = None, keep: bool = False,
@@ -103,7 +103,7 @@ def print_table(results: list[BenchResult], sizes: Sizes, total_s: float, out: P
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cptlab.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes and a few steps each (under a minute)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
     parser.add_argument("--only", default=",".join(BENCHMARKS),

@@ -1,4 +1,4 @@
-from cptlab.bench.run import main
+from benchmarks.run import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import time
 
-from cptlab.bench.common import EN_HELDOUT, SEED, BenchResult, Context, Ratio
+from benchmarks.common import EN_HELDOUT, SEED, BenchResult, Context, Ratio
 
 
 def run(ctx: Context, repeats: int | None = None) -> BenchResult:

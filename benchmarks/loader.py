@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from cptlab.bench.common import BenchResult, Context, Ratio, rss_bytes
+from benchmarks.common import ROOT, BenchResult, Context, Ratio, rss_bytes
 
 MB = 1 << 20
 
@@ -66,7 +66,7 @@ def write_corpus(root: Path, tokens_per_domain: int, seed: int = 0, vocab: int =
                     left -= k
         out.append({"name": name, "role": role, "weight": 1.0, "dir": str(d), "dtype": "uint16",
                     "n_train_tokens": tokens_per_domain, "n_val_tokens": n_val, "n_train_docs": 1,
-                    "n_val_docs": 1, "val_chars": n_val, "val_bytes": n_val, "eos_id": 2})
+                    "n_val_docs": 1, "val_bytes": n_val, "eos_id": 2})
     return out
 
 
@@ -103,7 +103,7 @@ def rss_child(spec: dict) -> dict:
 
 def _run_children(specs: dict[str, dict]) -> dict[str, dict]:
     """Each spec streamed in its own fresh process, all at once (resident memory is per process)."""
-    procs = {label: subprocess.Popen([sys.executable, "-m", "cptlab.bench.loader", json.dumps(spec)],
+    procs = {label: subprocess.Popen([sys.executable, "-m", "benchmarks.loader", json.dumps(spec)], cwd=ROOT,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for label, spec in specs.items()}
     out = {}
@@ -118,7 +118,7 @@ def _run_children(specs: dict[str, dict]) -> dict[str, dict]:
 def run(ctx: Context) -> BenchResult:
     import torch
 
-    from cptlab.bench import training
+    from benchmarks import training
     from cptlab.data.mixture import MixtureSampler
 
     s = ctx.sizes

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+# The repository root: `python -m benchmarks.<name>` child processes run from it (benchmarks/ is not installed).
+ROOT = Path(__file__).resolve().parents[1]
 # The demo_zh experiment's domains (conf/data/demo_zh.yaml): the held-out shares and seed a run uses.
 EN_HELDOUT, ZH_HELDOUT, SEED = 0.03, 0.02, 0
 

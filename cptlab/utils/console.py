@@ -1,0 +1,43 @@
+"""What every entry point shares at its edge: where the configs live, errors as one line, quiet libraries.
+
+Library code may import this module; it never imports an entry point (cptlab.cli, cptlab.train's main)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def one_line(err: BaseException) -> str:
+    """The error and its cause as one line, without OmegaConf's `full_key:` detail block."""
+    parts = []
+    while err is not None and len(parts) < 3:
+        text = str(err).split("\n    full_key:")[0].split("Config search path:")[0]
+        text = re.sub(r"\s+", " ", text).strip()
+        if text and text not in " ".join(parts):
+            parts.append(text)
+        err = err.__cause__
+    return ": ".join(parts) or "unknown error"
+
+
+def quiet_libraries() -> None:
+    import warnings
+
+    import transformers
+
+    # Library deprecation chatter users cannot act on.
+    # (peft still calls transformers' deprecated `is_gradient_checkpointing` when it wraps a model.)
+    for pattern in (".*LeafSpec.*", ".*does not have many workers.*", ".*`isinstance\\(treespec.*",
+                    ".*is_gradient_checkpointing.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    for name in ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.accelerators.cuda", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)

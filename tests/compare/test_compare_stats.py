@@ -1,0 +1,94 @@
+"""The statistics of cptlab-compare against textbook values: the t quantile, the t- and Welch intervals,
+the "no measurable difference" rule, the monotone fit and the replay-ratio budget."""
+
+import math
+
+import pytest
+
+from cptlab.compare.stats import (
+    NO_DIFFERENCE,
+    Estimate,
+    crossing,
+    difference_text,
+    fit_budget,
+    mean_ci,
+    parse_budgets,
+    pava_decreasing,
+    t_quantile,
+    welch_difference,
+)
+from cptlab.errors import CptlabError
+
+
+@pytest.mark.parametrize("df, expected", [(1, 12.7062), (2, 4.3027), (3, 3.1824), (4, 2.7764), (9, 2.2622),
+                                          (29, 2.0452), (1000, 1.9623)])
+def test_t_quantile_matches_the_tables(df, expected):
+    assert t_quantile(0.975, df) == pytest.approx(expected, abs=1e-4)
+    assert t_quantile(0.025, df) == pytest.approx(-expected, abs=1e-4)
+    assert t_quantile(0.5, df) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_t_quantile_rejects_bad_arguments():
+    for p, df in ((0.0, 3), (1.0, 3), (0.9, 0)):
+        with pytest.raises(ValueError):
+            t_quantile(p, df)
+
+
+def test_mean_ci_by_hand():
+    est = mean_ci([1.0, 2.0, 3.0])  # s = 1, n = 3: 4.3027 / sqrt(3)
+    assert (est.mean, est.n) == (2.0, 3) and est.ci == pytest.approx(4.302653 / math.sqrt(3), rel=1e-5)
+    assert mean_ci([5.0]) == Estimate(5.0, None, 1)
+    assert mean_ci([None, float("nan")]) == Estimate(None, None, 0)
+    assert mean_ci([2.0, 2.0]).ci == 0.0
+
+
+def test_welch_difference_by_hand():
+    a, b = [1.0, 2.0, 3.0], [2.0, 4.0, 6.0, 8.0]
+    d = welch_difference(b, a)
+    va, vb = 1.0 / 3, (20.0 / 3) / 4  # variance / n
+    df = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 3)
+    assert d.mean == pytest.approx(3.0)
+    assert d.ci == pytest.approx(t_quantile(0.975, df) * math.sqrt(va + vb))
+    assert welch_difference([1.0], a).ci is None and welch_difference([], a).mean is None
+
+
+def test_differences_inside_their_interval_read_as_no_measurable_difference():
+    assert difference_text(Estimate(0.01, 0.02, 3)) == NO_DIFFERENCE
+    assert difference_text(Estimate(-0.05, 0.02, 3)) == "-0.0500 ± 0.0200"
+    assert difference_text(Estimate(0.05, None, 1)) == "+0.0500 (n=1)"
+    assert difference_text(Estimate(None, None, 0)) == "-"
+
+
+def test_pava_is_the_non_increasing_least_squares_fit():
+    assert list(pava_decreasing([3.0, 1.0, 2.0, 0.5], [1, 1, 1, 1])) == [3.0, 1.5, 1.5, 0.5]
+    assert list(pava_decreasing([1.0, 2.0], [3, 1])) == [1.25, 1.25]  # weighted by the runs at each ratio
+    assert list(pava_decreasing([4.0, 3.0, 1.0], [1, 1, 1])) == [4.0, 3.0, 1.0]  # already monotone
+    assert crossing([0.0, 0.5, 1.0], [0.2, 0.1, 0.0], 0.05) == pytest.approx(0.75)
+    assert crossing([0.0, 0.5], [0.01, 0.0], 0.05) == 0.0
+    assert crossing([0.0, 0.5], [0.2, 0.1], 0.05) == math.inf
+
+
+def test_budget_recovers_the_ratio_of_a_known_curve():
+    # forgetting = 0.2 - 0.3 r, new bpb = 2 + 0.2 r; seeds at -d, 0, +d: within 0.05 from r = 0.5 on.
+    points = {r: [(0.2 - 0.3 * r + d, 2.0 + 0.2 * r + d) for d in (-0.01, 0.0, 0.01)] for r in (0.0, 0.25, 0.5, 0.75)}
+    fit = fit_budget("en", 0.05, points)
+    assert fit.ratio == pytest.approx(0.5)
+    assert fit.ratio_ci[0] < 0.5 < fit.ratio_ci[1] and fit.ratio_ci[1] - fit.ratio_ci[0] < 0.15
+    assert fit.new_bpb == pytest.approx(2.1) and fit.new_bpb_at_min == pytest.approx(2.0)
+    # Within budget with 95% confidence: the upper t-bounds 0.2 - 0.3 r + 4.303 * 0.01 / sqrt(3) reach 0.05 later.
+    assert fit.ratio_safe == pytest.approx((0.15 + t_quantile(0.975, 2) * 0.01 / math.sqrt(3)) / 0.3)
+    assert fit_budget("en", 0.05, points) == fit  # a fixed bootstrap generator: the same answer every time
+    # A noisy, non-monotone middle point is pooled by the monotone fit rather than followed.
+    bumpy = dict(points) | {0.25: [(0.22, 2.05)]}
+    # (3 runs at 0.2 + 1 at 0.22) / 4: pooled, weighted by the runs at each ratio
+    assert fit_budget("en", 0.05, bumpy).fitted[:2] == pytest.approx([0.205, 0.205], abs=1e-9)
+    assert fit_budget("en", 0.0, points).ratio == pytest.approx(2 / 3)
+    assert fit_budget("en", -0.5, points).ratio == math.inf
+
+
+def test_parse_budgets():
+    assert parse_budgets(["en=0.05", "code=0.1,fr=0"]) == {"en": 0.05, "code": 0.1, "fr": 0.0}
+    assert parse_budgets(None) == {}
+    for bad in ("en", "en=abc", "=0.1"):
+        with pytest.raises(CptlabError, match="expected DOMAIN=MAX_FORGETTING"):
+            parse_budgets([bad])

@@ -1,0 +1,28 @@
+"""load_model: a base directory, a random-init Llama, or random weights of a base's architecture (random_init)."""
+
+import pytest
+
+from cptlab.errors import CptlabError
+
+
+def test_random_init_keeps_the_base_architecture_and_vocabulary(tmp_path):
+    """model.random_init over a real base directory: its config with the size fields written over it."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from cptlab.model.load import load_model
+
+    base = LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=96, intermediate_size=128, num_hidden_layers=3,
+                                        num_attention_heads=6, num_key_value_heads=3, head_dim=16,
+                                        tie_word_embeddings=True, rms_norm_eps=1e-5))
+    base.save_pretrained(tmp_path / "base")
+    sizes = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    model = load_model(str(tmp_path / "base"), config=sizes, dtype="float32", vocab_size=280, random_init=True)
+    cfg = model.config
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.head_dim, cfg.vocab_size) == (32, 2, 8, 280)
+    assert cfg.tie_word_embeddings and cfg.rms_norm_eps == 1e-5
+    assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    again = load_model(str(tmp_path / "base"), config=sizes, dtype="float32", vocab_size=280, random_init=True)
+    assert all((a == b).all() for a, b in zip(model.parameters(), again.parameters()))  # seeded
+    with pytest.raises(CptlabError, match="model.config.no_such_field"):
+        load_model(str(tmp_path / "base"), config={"no_such_field": 1}, dtype="float32", vocab_size=280,
+                   random_init=True)
