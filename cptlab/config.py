@@ -52,6 +52,9 @@ class TokenizerConfig:
     admit: str = "auto"  # extend: which new pieces are appended: auto | script | strict | all
     model_type: Optional[str] = None  # bpe | unigram; null: bpe for kind=train, the base's type for extend
     character_coverage: float = 0.9995
+    # train/extend: each domain's tokenizer training text is its train split's leading documents up to this many
+    # UTF-8 bytes (a streamed sample: memory and time stay bounded on corpora bigger than memory); null: all of it
+    max_train_bytes: Optional[int] = 1 << 30
     init: str = "subword_mean"  # new embedding rows: random | mean | subword_mean
     pad_to_multiple_of: Optional[int] = 64
 
@@ -185,6 +188,14 @@ class CheckpointConfig:
 
 
 @dataclass
+class PrepareConfig:
+    # cptlab-prepare only: build shard group `group` of `groups` (every groups-th source file of each domain),
+    # so a job array fills the shared token cache in parallel; groups=1 also builds the domain entries.
+    group: int = 0
+    groups: int = 1
+
+
+@dataclass
 class TrainConfig:
     name: str = "default"
     seed: int = 0
@@ -203,6 +214,7 @@ class TrainConfig:
     train: TrainOptions = field(default_factory=TrainOptions)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
 
 
 def run_name(override_dirname: str) -> str:

@@ -23,7 +23,7 @@ from cptlab.checkpoint import AtomicCheckpointIO
 from cptlab.data.datamodule import CPTDataModule
 from cptlab.data.mixture import MixtureSampler, eval_blocks
 from cptlab.data.split import leaks_from_base
-from cptlab.data.tokens import DomainSpec, DomainTokens, documents_key, load_domain_documents, prepare_domain
+from cptlab.data.tokens import DomainSpec, DomainTokens, documents_key, prepare_domain, train_documents
 from cptlab.demo import demo_base_config, stands_in
 from cptlab.errors import CptlabError
 from cptlab.fsdp import fsdp_strategy, replicated_params
@@ -60,17 +60,20 @@ def domain_specs(data: DictConfig) -> list[DomainSpec]:
 
 
 def _train_docs(cfg: DictConfig, role: str | None = None):
-    """The train-split documents of the domains (of one role), streamed domain by domain."""
+    """The train-split documents of the domains (of one role), streamed domain by domain, each domain's cut at
+    tokenizer.max_train_bytes: tokenizer training never holds a corpus in memory."""
     def docs():
         for spec in _specs(cfg, role):
-            yield from load_domain_documents(spec, on_bad_text=cfg.data.on_bad_text, seed=cfg.data.split_seed)[0]
+            yield from train_documents(spec, on_bad_text=cfg.data.on_bad_text, seed=cfg.data.split_seed,
+                                       max_bytes=cfg.tokenizer.get("max_train_bytes"))
     return docs
 
 
 def _train_docs_key(cfg: DictConfig, role: str | None = None) -> str:
     """What identifies those documents without reading them (the shared tokenizer cache's key)."""
-    return hash_obj([documents_key(spec, seed=cfg.data.split_seed, on_bad_text=cfg.data.on_bad_text)
-                     for spec in _specs(cfg, role)])
+    return hash_obj({"max_train_bytes": cfg.tokenizer.get("max_train_bytes"),
+                     "domains": [documents_key(spec, seed=cfg.data.split_seed, on_bad_text=cfg.data.on_bad_text)
+                                 for spec in _specs(cfg, role)]})
 
 
 def _specs(cfg: DictConfig, role: str | None) -> list[DomainSpec]:
@@ -125,11 +128,12 @@ def build_base_tokenizer(cfg: DictConfig, run_dir: Path) -> Path | None:
                              source=base_tokenizer_source(cfg, run_dir))
 
 
-def tokenizer_stats(cfg: DictConfig, tokenizer_dir: Path, base_dir: Path | None, max_docs: int = 2000
-                    ) -> dict[str, dict]:
+def tokenizer_stats(cfg: DictConfig, tokenizer_dir: Path, base_dir: Path | None, max_docs: int = 2000,
+                    domains: list[DomainTokens] | None = None) -> dict[str, dict]:
     """Tokens per character of each domain's held-out text, for the base and the final tokenizer.
     Built once in the shared cache (keyed by the sources' fingerprints and the tokenizers' files), so a
-    warm start of a sweep job reads no document."""
+    warm start of a sweep job reads no document. The held-out text (small) comes from the token caches
+    (`domains`, else `build_data`, whose caches the run then reuses): no extra pass over the corpus."""
     key = hash_obj({"version": 1, "max_docs": max_docs, "tokenizers": [hash_dir(d) for d in (tokenizer_dir, base_dir) if d],
                     "domains": {spec.name: documents_key(spec, seed=cfg.data.split_seed, on_bad_text=cfg.data.on_bad_text)
                                 for spec in domain_specs(cfg.data)}})
@@ -137,10 +141,10 @@ def tokenizer_stats(cfg: DictConfig, tokenizer_dir: Path, base_dir: Path | None,
     def build(tmp: Path) -> None:
         tokenizer, base = load_tokenizer(tokenizer_dir), load_tokenizer(base_dir) if base_dir else None
         stats = {}
-        for spec in domain_specs(cfg.data):
-            held_out = load_domain_documents(spec, on_bad_text=cfg.data.on_bad_text, seed=cfg.data.split_seed)[1][:max_docs]
+        for domain in domains if domains is not None else build_data(cfg, tokenizer_dir):
+            held_out = domain.heldout_texts(max_docs)
             final = tokens_per_char(tokenizer, held_out)
-            stats[spec.name] = {"base": tokens_per_char(base, held_out) if base else final, "final": final}
+            stats[domain.name] = {"base": tokens_per_char(base, held_out) if base else final, "final": final}
         atomic_write_json(tmp / "tokens_per_char.json", stats)
 
     entry = build_once(Path(cfg.paths.cache_dir) / "stats" / f"tokens_per_char-{key}", build)

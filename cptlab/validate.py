@@ -125,6 +125,23 @@ def validate_adapter_targets(cfg: DictConfig) -> None:
     check_targets(skeleton, [str(t) for t in cfg.adapter.target_modules])
 
 
+def validate_expansion(cfg: DictConfig) -> None:
+    """adapter=block_expansion: adapter.blocks / adapter.placement fit the model's blocks (model.config's
+    num_hidden_layers, else the base's config.json), before the tokenizer and the token caches are built."""
+    if cfg.adapter.name != "block_expansion":
+        return
+    from cptlab.model.expand import insert_after
+
+    layers = (cfg.model.config or {}).get("num_hidden_layers") if (cfg.model.get("random_init") or
+                                                                   not cfg.model.name_or_path) else None
+    if layers is None and cfg.model.name_or_path:
+        path = Path(str(cfg.model.name_or_path)).expanduser() / "config.json"
+        if path.is_file():
+            layers = json.loads(path.read_text(encoding="utf-8")).get("num_hidden_layers")
+    if layers:
+        insert_after(int(layers), int(cfg.adapter.blocks), cfg.adapter.placement)
+
+
 def _check_extension(tok: DictConfig) -> None:
     """tokenizer.admit / tokenizer.add_pieces: known values, and only where they act (tokenizer=extend)."""
     from cptlab.tokenizer.extend import check_admit
@@ -153,6 +170,9 @@ def validate(cfg: DictConfig) -> None:
     if cfg.tokenizer.init not in INITS:
         raise CptlabError(f"tokenizer.init={cfg.tokenizer.init!r} must be one of {', '.join(INITS)}")
     _check_extension(cfg.tokenizer)
+    cap = cfg.tokenizer.get("max_train_bytes")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        raise CptlabError(f"tokenizer.max_train_bytes={cap!r} must be a number of bytes >= 1 (or null: no cap)")
     if not (cfg.model.name_or_path or cfg.model.config or cfg.model.gguf):
         raise CptlabError("set model.name_or_path (a model directory), model.gguf or model.config (random init)")
     _positive(cfg, "data.seq_len", "data.batch_size", "trainer.max_steps", "trainer.accumulate_grad_batches",
@@ -172,6 +192,7 @@ def validate(cfg: DictConfig) -> None:
     validate_data(cfg.data)
     validate_model(cfg)
     validate_adapter_targets(cfg)
+    validate_expansion(cfg)
     validate_strategy(cfg)
     validate_values(cfg)
     if cfg.publish_dir:  # a user's directory is never wiped at the end of a run: refused before any work

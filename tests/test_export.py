@@ -32,8 +32,9 @@ def train_in_process(compose_cfg, run_dir: Path, overrides: list[str]):
     pl.seed_everything(cfg.seed, verbose=False)
     tokenizer_dir = pipeline.build_tokenizer(cfg, run_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
+    base_dir = pipeline.build_base_tokenizer(cfg, run_dir)  # the extension's base: sizes the (random-init) base
     domains = pipeline.build_data(cfg, tokenizer_dir)
-    model, _ = pipeline.build_model(cfg, tokenizer, None)
+    model, _ = pipeline.build_model(cfg, tokenizer, load_tokenizer(base_dir) if base_dir else None)
     run = pipeline.build_lightning(cfg, model, domains, tokenizer, run_dir)
     run.trainer.fit(run.module, datamodule=run.datamodule)
     run.trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
@@ -119,6 +120,26 @@ def test_a_run_without_adapter_exports_whole_and_refuses_adapter_only(trained, t
     with pytest.raises(CptlabError, match="not a model export"):
         export_run(run_dir, precious)
     assert (precious / "notes.txt").read_text() == "keep me"
+
+
+def test_ema_export_has_the_ema_weights_logits(trained, tmp_path):
+    """`cptlab-export --weights ema` on a retention=ema run: the exported model computes what the module
+    computes with the EMA weights swapped in, which differs from the raw trained weights' logits."""
+    from transformers import AutoModelForCausalLM
+
+    from cptlab.export import main
+    from cptlab.retention.ema import EMA
+
+    run_dir, run, batch, logits = trained("retention=ema", "retention.decay=0.5", "retention.every_n_steps=2")
+    ema = next(c for c in run.trainer.callbacks if isinstance(c, EMA))
+    assert ema.every == 2 and ema.last_step == 4
+    with torch.no_grad(), ema.swapped(run.module.model):
+        expected = run.module(batch)
+    assert (expected - logits).abs().max() > 1e-3  # the average is not the raw weights
+    main([str(run_dir), "--out", str(tmp_path / "ema"), "--weights", "ema"])
+    with torch.no_grad():
+        got = AutoModelForCausalLM.from_pretrained(tmp_path / "ema")(input_ids=batch).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
 def test_cli_errors_are_one_line_with_exit_status_2(tmp_path, capsys):

@@ -215,14 +215,15 @@ def test_compare_draws_the_interpolation_beside_each_runs_point(runs, tmp_path):
 
     for kind in ("extended", "lora"):
         merge_run(runs[kind], [0.0, 1.0])
-    loaded = load_runs([runs["extended"], runs["lora"]])
+    merge_run(runs["lora"], [0.0, 1.0], weights="ema")
+    loaded = load_runs([runs["extended"], runs["lora"]])  # the lora run's EMA weights are a row of their own
     roles = resolve_roles(loaded)
     rows = build_rows(loaded, roles)
     scored = [i for i, r in enumerate(rows) if r["pareto_front"] is not None]
     curves = merge_curves(rows, scored)
-    assert sorted(curves) == scored and len(scored) == 2
+    assert sorted(curves) == scored and len(scored) == 3
     for i, curve in curves.items():
-        ends = {round(c[1], 9) for c in curve}
-        assert round(rows[i]["learning"], 9) in ends and 0.0 in ends  # alpha=1 is the run's own point
+        assert abs(curve[-1][1] - rows[i]["learning"]) <= 1e-6  # alpha=1 ends at the row's own point
+        assert abs(curve[0][0]) <= 1e-6 and abs(curve[0][1]) <= 1e-6  # alpha=0: the start, nothing learnt or lost
     plot_tradeoff(rows, roles, tmp_path / "tradeoff.png")
     assert (tmp_path / "tradeoff.png").stat().st_size > 10_000

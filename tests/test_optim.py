@@ -1,10 +1,22 @@
+"""The LR schedules and AdamW groups, and optim.lr_scale: every trained row moves by AdamW at optim.lr times its
+group's scale (embeddings, lm_head, new_rows, rest) at every step of every phase, across a resume, with LoRA's
+new-token rows and under FSDP; rows that do not train stay bit for bit under weight decay."""
+
 import math
+from types import SimpleNamespace
 
 import pytest
+import pytorch_lightning as pl
 import torch
+from omegaconf import OmegaConf
 
+from cptlab.data.datamodule import CPTDataModule
 from cptlab.errors import CptlabError
-from cptlab.optim import LRSchedule, build_optimizer, build_scheduler
+from cptlab.model.adapter import apply_adapter
+from cptlab.model.freeze import FreezePlan
+from cptlab.model.load import load_model
+from cptlab.module import CPTModule
+from cptlab.optim import LRScale, LRSchedule, build_optimizer, build_scheduler, lr_groups, param_groups
 
 
 def test_warmup_is_linear_to_peak():
@@ -57,18 +69,6 @@ def test_scheduler_drives_optimizer_lr_and_no_decay_on_vectors():
 
 
 # -- optim.lr_scale -------------------------------------------------------------------------------------
-
-from types import SimpleNamespace  # noqa: E402
-
-import pytorch_lightning as pl  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-
-from cptlab.data.datamodule import CPTDataModule  # noqa: E402
-from cptlab.model.adapter import apply_adapter  # noqa: E402
-from cptlab.model.freeze import FreezePlan  # noqa: E402
-from cptlab.model.load import load_model  # noqa: E402
-from cptlab.module import CPTModule  # noqa: E402
-from cptlab.optim import LRScale, lr_groups, param_groups  # noqa: E402
 
 BASE, GROWN, LR, WD, BETAS, EPS = 96, 128, 1e-2, 0.1, (0.9, 0.95), 1e-8
 

@@ -23,10 +23,10 @@ def test_warm_tokenizer_cache_reads_no_documents_and_follows_source_changes(tmp_
     new, old = tmp_path / "new.txt", tmp_path / "old.txt"
     new.write_text("\n".join(make_docs(seed=0)) + "\n")
     old.write_text("\n".join(make_docs(seed=1)) + "\n")
-    cfg = compose_cfg(["debug=smoke", "data=files", f"data.domains.new.sources=[{new}]",
+    cfg = compose_cfg(["debug=smoke", "tokenizer=train", "data=files", f"data.domains.new.sources=[{new}]",
                        f"data.domains.old.sources=[{old}]", f"paths.cache_dir={tmp_path / 'cache'}",
                        "tokenizer.vocab_size=400"])
-    reads, trainings = spy(pipeline, "load_domain_documents"), spy(prepare, "train_spm")
+    reads, trainings = spy(pipeline, "train_documents"), spy(prepare, "train_spm")
 
     first = pipeline.build_tokenizer(cfg, tmp_path / "run1")
     assert trainings and reads
@@ -43,7 +43,8 @@ def test_warm_tokenizer_cache_reads_no_documents_and_follows_source_changes(tmp_
 def test_tokenizer_stats_are_cached_and_keyed_by_tokenizer(tmp_path, compose_cfg, monkeypatch):
     src = tmp_path / "new.txt"
     src.write_text("\n".join(make_docs(seed=0)) + "\n")
-    overrides = ["debug=smoke", "data=files", f"data.domains.new.sources=[{src}]", f"data.domains.old.sources=[{src}]",
+    overrides = ["debug=smoke", "tokenizer=train", "data=files", f"data.domains.new.sources=[{src}]",
+                 f"data.domains.old.sources=[{src}]",
                  f"paths.cache_dir={tmp_path / 'cache'}"]
     small = pipeline.build_tokenizer(compose_cfg([*overrides, "tokenizer.vocab_size=300"]), tmp_path / "a")
     cfg = compose_cfg([*overrides, "tokenizer.vocab_size=400"])
@@ -54,7 +55,7 @@ def test_tokenizer_stats_are_cached_and_keyed_by_tokenizer(tmp_path, compose_cfg
     def no_reading(*args, **kwargs):
         raise AssertionError("documents read")
 
-    monkeypatch.setattr(pipeline, "load_domain_documents", no_reading)
+    monkeypatch.setattr(pipeline, "build_data", no_reading)
     assert pipeline.tokenizer_stats(cfg, tok_dir, None) == cold  # warm: no document read
     with pytest.raises(AssertionError, match="documents read"):  # another tokenizer: another entry
         pipeline.tokenizer_stats(cfg, small, None)

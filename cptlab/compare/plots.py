@@ -170,17 +170,21 @@ def place_labels(ax, points: list[tuple[float, float]], labels: list[str], bold:
 
 
 def merge_curves(rows: list[dict], scored: list[int]) -> dict[int, list[tuple[float, float]]]:
-    """Row index -> (forgetting, learning) of each alpha cptlab-merge scored for the row's run (rows of one run)."""
+    """Row index -> (forgetting, learning) of each alpha cptlab-merge scored for the row's run (rows of one run):
+    the interpolation (towards the raw or the EMA weights) whose alpha=1 end is the row's own point."""
     from cptlab.merge import read_merge
 
     curves = {}
     for i in scored:
         dirs = rows[i].get("run_dirs") or []
-        record = read_merge(dirs[0]) if len(dirs) == 1 else None
-        points = [(p["forgetting"], p["learning"]) for p in (record or {}).get("points", [])
-                  if p.get("forgetting") is not None and p.get("learning") is not None]
-        if points:
-            curves[i] = points
+        for weights in ("raw", "ema") if len(dirs) == 1 else ():
+            record = read_merge(dirs[0], weights) or {}
+            points = {p["alpha"]: (p["forgetting"], p["learning"]) for p in record.get("points", [])
+                      if p.get("forgetting") is not None and p.get("learning") is not None}
+            end = points.get(1.0)
+            if end and abs(end[0] - rows[i]["forgetting"]) <= 1e-6 and abs(end[1] - rows[i]["learning"]) <= 1e-6:
+                curves[i] = [points[a] for a in sorted(points)]
+                break
     return curves
 
 

@@ -135,7 +135,8 @@ class MixtureSampler:
             den = math.lcm(*(f.denominator for f in fractions))  # Python ints: no overflow for odd weights
             # Replay rows are floor(ratio * B * s) so replay never runs ahead of its share; new takes the rest (ceil).
             self._extras[role] = _ExtraRows([int(f * den) for f in fractions], den, ceil_capacity=(role == "new"))
-        self._fds: dict[int, int] = {}  # domain -> file descriptor of its train.bin, opened in this process
+        self._fds: dict[int, list[int]] = {}  # domain -> file descriptors of its train files, opened in this process
+        self._offsets: dict[int, np.ndarray] = {}  # domain -> first token of each train file in its train stream
         self._perms: dict[tuple[int, int], np.ndarray] = {}
 
     def _shares(self) -> list[Fraction]:
@@ -219,13 +220,24 @@ class MixtureSampler:
         (benchmarks/README.md, loader). The file is opened lazily per process: a sampler pickled into
         DataLoader workers carries no open file handles."""
         domain = self.domains[i]
-        if i not in self._fds:
-            self._fds[i] = os.open(domain.dir / "train.bin", os.O_RDONLY)
+        if i not in self._fds:  # one file per shard; the train stream is their concatenation
+            parts = domain.train_parts()
+            self._fds[i] = [os.open(path, os.O_RDONLY) for path, _ in parts]
+            self._offsets[i] = np.cumsum([0] + [n for _, n in parts])
         itemsize = np.dtype(domain.dtype).itemsize
-        data = os.pread(self._fds[i], length * itemsize, start * itemsize)
-        if len(data) != length * itemsize:
-            raise CptlabError(f"token cache {domain.dir / 'train.bin'} is shorter than its metadata says: delete it")
-        return np.frombuffer(data, dtype=domain.dtype)
+        offsets, pieces, pos, end = self._offsets[i], [], start, start + length
+        k = int(np.searchsorted(offsets, pos, side="right")) - 1
+        while pos < end and k < len(self._fds[i]):  # a block that crosses a shard boundary is read from both
+            take = min(end, int(offsets[k + 1])) - pos
+            data = os.pread(self._fds[i][k], take * itemsize, (pos - int(offsets[k])) * itemsize)
+            if len(data) != take * itemsize:
+                raise CptlabError(f"token cache {domain.train_parts()[k][0]} is shorter than its metadata says: "
+                                  "delete it")
+            pieces.append(data)
+            pos, k = pos + take, k + 1
+        if pos != end:
+            raise CptlabError(f"token cache {domain.dir} is shorter than its metadata says: delete it")
+        return np.frombuffer(pieces[0] if len(pieces) == 1 else b"".join(pieces), dtype=domain.dtype)
 
     def batch(self, step: int, rank: int = 0, world_size: int = 1) -> dict[str, torch.Tensor]:
         """Rank `rank`'s rows `[rank::world_size]` of global batch `step` (shuffled within the batch)."""
@@ -267,6 +279,7 @@ class MixtureSampler:
         state = self.__dict__.copy()
         state["_fds"] = {}
         state["_perms"] = {}
+        state["_offsets"] = {}
         return state
 
 

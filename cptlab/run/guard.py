@@ -153,6 +153,9 @@ def precheck_run_dir(cfg: DictConfig, multirun: bool) -> None:
         check_inputs(cfg, run_dir, str(cfg.train.on_changed_inputs), record=False)
     except RunDirRefused:
         lock.release()
+        from cptlab.validate import validate
+
+        validate(cfg)  # a bad value is named by its key first, as in any run (rare path: the cost is fine)
         raise
     except CptlabError:  # bad input (a missing source...): validation reports it, by key
         pass

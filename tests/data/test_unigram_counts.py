@@ -63,7 +63,8 @@ def synthetic_domain(directory: Path, n_train: int, vocab: int = 32000, seed: in
         for (size,) in chunks:
             yield rng.integers(0, vocab, size=size, dtype=np.uint16)
 
-    n = tokens._write_split(directory / "train.bin", sizes, 1, encode, lambda k: None, counts=counts)
+    batches = ([size] for size in sizes)
+    n = tokens._write_split(directory / "train.bin", batches, encode, lambda docs, ids: None, counts=counts)
     np.save(directory / UNIGRAM_FILE, counts)
     val = rng.integers(0, vocab, size=4096, dtype=np.uint16)
     val.tofile(directory / "val.bin")

@@ -32,7 +32,7 @@ def test_demo_zh_with_extension_on_a_published_base(compose_cfg, tmp_path, tiny_
 
     run_dir = tmp_path / "zh"
     cfg = compose_cfg(["experiment=demo_zh", "debug=smoke", "tokenizer=extend", f"model.name_or_path={tiny_base}",
-                       "model.config=null", "tokenizer.vocab_size=2000"], output_dir=run_dir)
+                       "model.config=null", "model.random_init=false", "tokenizer.vocab_size=2000"], output_dir=run_dir)
     summary, _ = train(cfg, run_dir)
     assert summary["status"] == "completed"
     vocab = summary["vocabulary"]

@@ -88,7 +88,8 @@ def test_fsdp_extension_two_stage_lora_matches_and_keeps_base_rows(tmp_path, tin
 
     from cptlab.export import export_run
 
-    extend = ["tokenizer=extend", f"model.name_or_path={tiny_base}", "model.config=null", "tokenizer.vocab_size=2000",
+    extend = ["tokenizer=extend", f"model.name_or_path={tiny_base}", "model.config=null", "model.random_init=false",
+              "tokenizer.vocab_size=2000",
               "schedule=two_stage", "schedule.stage1_steps=3", "adapter=lora", "adapter.train_new_tokens=true"]
     single = cptlab_train(tmp_path / "single", *SMOKE, *extend)
     fsdp = cptlab_train(tmp_path / "fsdp", *SMOKE, *extend, *FSDP)

@@ -72,6 +72,30 @@ def test_a_failing_job_is_recorded_and_the_others_complete(tmp_path):
     assert "1 job(s) of the sweep failed" in proc.stderr and "data.replay_ratio=1.5" in proc.stderr.splitlines()[-1]
 
 
+def test_the_sweep_goes_on_after_a_first_job_failing_at_validation_and_one_failing_mid_training(tmp_path):
+    """Job #0 fails before any work (optim.lr=-1), job #1 diverges mid-training (a huge lr: a non-finite
+    loss under train.nan_policy=stop), job #2 still runs to the end; the command then exits non-zero
+    listing both failures."""
+    sweep = tmp_path / "sweep"
+    proc = cptlab_train("-m", *SMOKE, "train.nan_policy=stop", "optim.lr=-1,1e6,0.001", f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    launched = [line.split("#", 1)[1] for line in proc.stdout.splitlines() if "[HYDRA] \t#" in line]
+    assert [job.split(" : ")[0] for job in launched] == ["0", "1", "2"]
+    assert [job.split("optim.lr=")[1].split()[0] for job in launched] == ["-1", "1000000.0", "0.001"]
+    final = statuses(sweep)
+    assert final == {"optim.lr=-1": "failed", "optim.lr=1000000.0": "failed", "optim.lr=0.001": "completed"}
+    summaries = {lr: json.loads(next(sweep.glob(f"*optim.lr={lr},*/summary.json")).read_text())
+                 for lr in ("-1", "1000000.0", "0.001")}
+    assert "optim.lr=-1" in summaries["-1"]["error"]
+    assert "non-finite train loss" in summaries["1000000.0"]["error"]  # it failed while training
+    completed = summaries["0.001"]
+    assert completed["status"] == "completed" and completed["steps"] == 4
+    tail = proc.stderr.strip().splitlines()[-3:]
+    assert tail[0] == "cptlab-train: 2 job(s) of the sweep failed:"
+    assert "optim.lr=-1," in tail[1] and tail[1].endswith(" must be > 0")
+    assert "optim.lr=1000000.0," in tail[2] and "non-finite train loss" in tail[2]
+
+
 def test_in_process_ddp_inside_a_local_multirun_is_refused(tmp_path):
     sweep = tmp_path / "sweep"
     proc = cptlab_train("-m", *SMOKE, "trainer=ddp", "trainer.accelerator=cpu", "trainer.precision=32-true",

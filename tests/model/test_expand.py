@@ -74,6 +74,11 @@ def test_the_composed_config_validates(compose_cfg):
     validate(cfg)
     with pytest.raises(CptlabError, match=r"^adapter.blocks=0 must be"):
         validate(compose_cfg(["experiment=demo_zh", "debug=smoke", "adapter=block_expansion", "adapter.blocks=0"]))
+    with pytest.raises(CptlabError, match=r"^adapter.blocks=3 exceeds the model's 2 blocks"):  # before any heavy work
+        validate(compose_cfg(["experiment=demo_zh", "debug=smoke", "adapter=block_expansion", "adapter.blocks=3"]))
+    with pytest.raises(CptlabError, match=r"^adapter.placement: block 5 does not exist"):
+        validate(compose_cfg(["experiment=demo_zh", "debug=smoke", "adapter=block_expansion",
+                              "adapter.placement=[0,5]"]))
 
 
 # -- the expanded model is the base function -----------------------------------------------------------
@@ -256,6 +261,9 @@ def test_run_starts_as_the_base_and_keeps_every_original_block(expanded_run):
         elif name.endswith(("embed_tokens.weight", "lm_head.weight")):
             assert torch.equal(p[:rows], base_params[name][:rows]), name
     assert not torch.equal(r.logits, r.logits0)  # it trained
+    # the learning-rate curves of what trains: the new rows (stage 1 and 2) and the new blocks (rest)
+    header = (r.run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {c for c in header if c.startswith("lr")} == {"lr", "lr/new_rows", "lr/rest"}
 
 
 def test_export_is_a_plain_model_with_the_extra_layers_and_the_trained_logits(expanded_run, tmp_path):

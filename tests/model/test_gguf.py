@@ -111,7 +111,8 @@ def test_converted_directory_matches_the_gguf_model_and_tokenizer(tiny_gguf, tmp
     assert ids == ref_tokenizer(text).input_ids and tokenizer.decode(ids) == text
     assert tokenizer.eos_token == "<|endoftext|>"
     batch = torch.tensor([ids])
-    model.eval(), reference.eval()
+    model.eval()
+    reference.eval()
     with torch.no_grad():
         torch.testing.assert_close(model(batch).logits, reference(batch).logits, atol=0, rtol=0)
     info = json.loads((out / gguf_mod.INFO).read_text())
@@ -167,7 +168,7 @@ def test_missing_package_or_file_is_one_line(tmp_path, monkeypatch):
         gguf_mod.check_gguf(str(tmp_path / "m.gguf"))
 
 
-def test_model_smollm2_without_its_package_fails_validation_in_one_line(compose_cfg, monkeypatch):
+def test_model_smollm2_without_its_package_fails_validation_in_one_line(compose_cfg):
     from cptlab.validate import validate
 
     cfg = compose_cfg(["model=smollm2", "tokenizer=extend", "data=demo_zh", "model.gguf=no_such_pkg_cptlab:x.gguf"])

@@ -1,0 +1,177 @@
+"""6. Corpus scale: pre-tokenizing a generated corpus of many shard files, bigger than a test fixture (default
+1 GiB, `--corpus-bytes`): tokens/s, peak RSS, RSS growth per corpus byte (a corpus 1/10 the size is the
+baseline) and num_proc 1 vs 2 on the smaller corpus.
+
+Each build runs `prepare_domain` in a child process (`python -m benchmarks.corpus prepare ...`) that reports its
+own peak RSS (getrusage), so one measurement never inherits another's heap. The corpus is synthetic text
+(Zipf-distributed words, a share of Chinese characters, one document per line) written as `.txt.gz` shards:
+reading includes decompression, as on a real pre-tokenization job.
+
+`python -m benchmarks.corpus train --corpus-bytes N` measures a whole short run instead (cptlab.train with
+data=files, tokenizer=train on a capped sample, trainer.max_steps=1) under /usr/bin/time -v, at N/10 and N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.common import ROOT, BenchResult, Context, Ratio
+
+SHARDS = 16
+
+
+def generate_corpus(out: Path, total_bytes: int, *, shards: int = SHARDS, seed: int = 0) -> int:
+    """`shards` gzip files of one document per line holding about `total_bytes` bytes of text; returns the
+    exact number of text bytes. Deterministic in (total_bytes, shards, seed); reused when already there."""
+    import numpy as np
+
+    out.mkdir(parents=True, exist_ok=True)
+    done = out / "corpus.json"
+    if done.is_file():
+        info = json.loads(done.read_text())
+        if info.get("requested") == total_bytes and info.get("shards") == shards and info.get("seed") == seed:
+            return int(info["bytes"])
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("etaoinshrdlucmfwypvbgkjqxz"))
+    words = ["".join(rng.choice(letters, size=int(n))) for n in rng.integers(1, 11, size=20_000)]
+    words += list("的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说产种面")
+    weights = 1.0 / np.arange(1, len(words) + 1) ** 1.1
+    weights /= weights.sum()
+    # A pool of distinct lines; every document is a pool line plus its own number, so no two are equal.
+    lengths = rng.integers(5, 120, size=50_000)
+    drawn = rng.choice(len(words), size=int(lengths.sum()), p=weights)
+    ends = np.cumsum(lengths)
+    pool = [" ".join(words[i] for i in drawn[end - n : end]) for n, end in zip(lengths, ends)]
+    per_shard, written, doc = total_bytes // shards, 0, 0
+    for s in range(shards):
+        lines, size = [], 0
+        while size < per_shard:
+            line = f"{pool[doc % len(pool)]} {doc}"
+            lines.append(line)
+            size += len(line.encode()) + 1
+            doc += 1
+        with gzip.open(out / f"shard-{s:04d}.txt.gz", "wt", encoding="utf-8", compresslevel=1) as f:
+            f.write("\n".join(lines) + "\n")
+        written += size
+    done.write_text(json.dumps({"requested": total_bytes, "shards": shards, "seed": seed, "bytes": written}))
+    return written
+
+
+def prepare_child(corpus: Path, tokenizer_dir: Path, cache: Path, num_proc: int) -> dict:
+    """Run one cache build in a fresh process; its report: tokens, documents, seconds, peak RSS (bytes)."""
+    cmd = [sys.executable, "-m", "benchmarks.corpus", "prepare", "--corpus", str(corpus), "--tokenizer",
+           str(tokenizer_dir), "--cache", str(cache), "--num-proc", str(num_proc)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    if proc.returncode:
+        raise RuntimeError(f"prepare child failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _prepare(args) -> None:
+    import resource
+
+    from cptlab.data.tokens import DomainSpec, prepare_domain
+
+    spec = DomainSpec(name="corpus", role="new", sources=(str(args.corpus),), heldout=0.002)
+    t0 = time.perf_counter()
+    dom = prepare_domain(spec, Path(args.tokenizer), Path(args.cache), num_proc=args.num_proc)
+    seconds = time.perf_counter() - t0
+    print(json.dumps({
+        "seconds": seconds, "tokens": dom.n_train_tokens + dom.n_val_tokens,
+        "docs": dom.n_train_docs + dom.n_val_docs,
+        "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "children_peak_rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
+    }))
+
+
+def run(ctx: Context) -> BenchResult:
+    s = ctx.sizes
+    res = BenchResult("corpus")
+    large_bytes = s.corpus_bytes
+    small = generate_corpus(ctx.root / "corpus" / "small", large_bytes // 10)
+    large = generate_corpus(ctx.root / "corpus" / "large", large_bytes)
+    tok = ctx.base_tokenizer_dir
+    runs = {}
+    for label, corpus, num_proc in (("small_np1", "small", 1), ("small_np2", "small", 2), ("large_np1", "large", 1)):
+        runs[label] = prepare_child(ctx.root / "corpus" / corpus, tok, ctx.path("corpus-cache", label), num_proc)
+    growth = (runs["large_np1"]["peak_rss"] - runs["small_np1"]["peak_rss"]) / (large - small)
+    res.ratios.append(Ratio(
+        "corpus.rss_growth_per_corpus_byte", growth,
+        f"peak RSS {runs['large_np1']['peak_rss'] / 2**20:,.0f} MB on {large / 1e6:,.0f} MB of text",
+        f"peak RSS {runs['small_np1']['peak_rss'] / 2**20:,.0f} MB on {small / 1e6:,.0f} MB of text", "<= 0.15"))
+    speedup = runs["small_np1"]["seconds"] / runs["small_np2"]["seconds"]
+    res.ratios.append(Ratio(
+        "corpus.num_proc2_vs_num_proc1", speedup,
+        f"num_proc=2 {runs['small_np2']['tokens'] / runs['small_np2']['seconds']:,.0f} tok/s",
+        f"num_proc=1 {runs['small_np1']['tokens'] / runs['small_np1']['seconds']:,.0f} tok/s", ">= 1.6",
+        note=f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""))
+    res.details = {"bytes": {"small": small, "large": large}, "shards": SHARDS, "runs": runs,
+                   "tokens_per_s": {k: v["tokens"] / v["seconds"] for k, v in runs.items()}}
+    return res
+
+
+# -- a whole short run under /usr/bin/time -v -------------------------------------------------------------------
+
+
+def train_peak_rss(corpus: Path, replay: Path, work: Path, *, max_train_bytes: int) -> dict:
+    """Peak RSS and wall time of `cptlab.train` on `corpus` (new) + `replay`, one training step."""
+    run_dir, cache = work / "run", work / "cache"
+    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "cptlab.train", "data=files",
+           f"data.domains.new.sources=[{corpus}]", f"data.domains.old.sources=[{replay}]",
+           "tokenizer=train", "tokenizer.vocab_size=2000", f"tokenizer.max_train_bytes={max_train_bytes}",
+           "trainer.max_steps=1", "data.seq_len=64", "data.batch_size=4", "eval.max_blocks=4", "logger=csv",
+           f"paths.cache_dir={cache}", f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "CPTLAB_RUNS": str(work / "runs"), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, check=False)
+    seconds = time.perf_counter() - t0
+    found = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+    if proc.returncode or not found:
+        raise RuntimeError(f"cptlab.train failed ({proc.returncode}): {proc.stderr.strip()[-3000:]}")
+    return {"peak_rss": int(found.group(1)) * 1024, "seconds": seconds}
+
+
+def _train(args) -> None:
+    work = Path(args.workdir)
+    large_bytes = args.corpus_bytes
+    small = generate_corpus(work / "small", large_bytes // 10)
+    large = generate_corpus(work / "large", large_bytes)
+    replay = generate_corpus(work / "replay", 2_000_000, shards=1, seed=1)
+    out = {}
+    for label, corpus, size in (("small", "small", small), ("large", "large", large)):
+        out[label] = {"bytes": size, **train_peak_rss(work / corpus, work / "replay", work / f"run-{label}",
+                                                     max_train_bytes=args.max_train_bytes)}
+        print(json.dumps({label: out[label]}), flush=True)
+    out["replay_bytes"] = replay
+    out["rss_growth_per_corpus_byte"] = (out["large"]["peak_rss"] - out["small"]["peak_rss"]) / (large - small)
+    print(json.dumps(out))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.corpus", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    prep = commands.add_parser("prepare", help="one cache build (the child process of the corpus benchmark)")
+    prep.add_argument("--corpus", required=True)
+    prep.add_argument("--tokenizer", required=True)
+    prep.add_argument("--cache", required=True)
+    prep.add_argument("--num-proc", type=int, default=1)
+    train = commands.add_parser("train", help="peak RSS of a one-step cptlab.train run at N/10 and N corpus bytes")
+    train.add_argument("--corpus-bytes", type=int, default=300_000_000)
+    train.add_argument("--max-train-bytes", type=int, default=8_000_000)
+    train.add_argument("--workdir", required=True)
+    args = parser.parse_args(argv)
+    _prepare(args) if args.command == "prepare" else _train(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

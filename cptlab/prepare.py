@@ -1,0 +1,100 @@
+"""cptlab-prepare: the tokenizer and token caches of a run, built into the shared cache, and nothing else (no
+model, no training), on the same config as cptlab-train. A cluster job array fills the cache this way before
+the training jobs start; each training job then finds every tokenizer and shard ready.
+
+    cptlab-prepare experiment=demo_zh                       # everything a cptlab-train run would tokenize
+    cptlab-prepare -m hydra/launcher=submitit_slurm data=files data.domains.new.sources='[/data/zh/*.jsonl.zst]' \\
+        prepare.groups=64 'prepare.group=range(64)'          # 64 jobs, each every 64th source file
+    cptlab-prepare data=files data.domains.new.sources=...  # then once more: links the shards into domains
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+import cptlab.config  # noqa: F401  (registers the schema and resolvers before Hydra composes)
+from cptlab.errors import CptlabError
+from cptlab.utils.console import CONF_DIR, one_line, quiet_libraries
+
+# Where a prepare job's own Hydra output (.hydra/, the tokenizer copy) goes: never a training run's directory.
+RUN_DIR = "hydra.run.dir=${paths.runs_dir}/prepare/${name}/${run_name:${hydra:job.override_dirname}}"
+SWEEP_DIR = "hydra.sweep.dir=${paths.runs_dir}/prepare/${name}/multirun"
+FAILED: list[str] = []
+
+
+def prepare(cfg: DictConfig, run_dir: Path, log=print) -> dict:
+    """Build the run's tokenizer and, per domain, its token cache (prepare.groups=1) or shard group
+    prepare.group of prepare.groups; returns what was built, per domain."""
+    from cptlab import pipeline
+    from cptlab.data.tokens import prepare_shards
+
+    started = time.perf_counter()
+    tokenizer_dir = pipeline.build_tokenizer(cfg, run_dir)
+    log(f"tokenizer: {tokenizer_dir} ({time.perf_counter() - started:.1f} s)")
+    group, groups = int(cfg.prepare.group), int(cfg.prepare.groups)
+    out = {}
+    if groups == 1:
+        for domain in pipeline.build_data(cfg, tokenizer_dir):
+            out[domain.name] = {"dir": str(domain.dir), "shards": len(domain.train_parts()),
+                                "train_tokens": domain.n_train_tokens, "heldout_tokens": domain.n_val_tokens}
+            log(f"{domain.name}: {domain.n_train_tokens:,} train + {domain.n_val_tokens:,} held-out tokens in "
+                f"{len(domain.train_parts())} shard(s), {domain.dir}")
+    else:
+        for spec in pipeline.domain_specs(cfg.data):
+            n = prepare_shards(spec, tokenizer_dir, Path(cfg.paths.cache_dir), group=group, groups=groups,
+                               seed=cfg.data.split_seed, num_proc=cfg.data.num_proc, on_bad_text=cfg.data.on_bad_text,
+                               progress=pipeline.show_progress())
+            out[spec.name] = {"group": group, "groups": groups, "shards": n}
+            log(f"{spec.name}: shard group {group} of {groups} ready ({n} shard(s))")
+    log(f"prepared in {time.perf_counter() - started:.1f} s")
+    return out
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
+def hydra_main(cfg: DictConfig) -> None:
+    from cptlab.validate import validate
+
+    quiet_libraries()
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        validate(cfg)
+        groups, group = cfg.prepare.groups, cfg.prepare.group
+        if isinstance(groups, bool) or groups < 1 or not 0 <= group < groups:
+            raise CptlabError(f"prepare.group={group} of prepare.groups={groups}: need groups >= 1 and "
+                              "0 <= group < groups")
+        prepare(cfg, run_dir)
+    except Exception as err:
+        message = str(err) if isinstance(err, CptlabError) else one_line(err)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"cptlab-prepare: error: {message}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            FAILED.append(f"{run_dir}: {message}")
+            return
+        sys.exit(2 if isinstance(err, CptlabError) else 1)
+
+
+def main() -> None:
+    """The `cptlab-prepare` console script: Hydra's output goes under runs/prepare/ unless the command says
+    otherwise; a failed job of a multirun makes the command exit non-zero at the end."""
+    argv = sys.argv[1:]
+    given = {a.split("=")[0] for a in argv}
+    sys.argv[1:] = argv + [d for d in (RUN_DIR, SWEEP_DIR) if d.split("=")[0] not in given]
+    hydra_main()
+    if FAILED:
+        print(f"cptlab-prepare: {len(FAILED)} job(s) failed:", file=sys.stderr)
+        for line in FAILED:
+            print(f"  {line}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
