@@ -6,6 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: help install install-real test test-all lint demo demo-real sweep bench train clean
 
@@ -40,8 +41,8 @@ demo-real:  ## SmolLM2-135M (make install-real) continued on Chinese, ~20 min on
 sweep:  ## the demo study: replay ratio x LoRA rank multirun, then cptlab-compare on the sweep
 	$(BIN)/python -m cptlab.demo sweep
 
-bench:  ## benchmarks, each a ratio against a baseline run side by side (bench_results/bench.json)
-	$(BIN)/python -m benchmarks
+bench:  ## benchmarks, each a ratio against a baseline run side by side; BENCH_ARGS=--real-base adds SmolLM2-135M
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 train:  ## one run: make train ARGS="experiment=demo_zh data.replay_ratio=0.5"
 	$(BIN)/cptlab-train $(ARGS)

@@ -59,13 +59,16 @@ class Sizes:
     # quick: the smoke job reads small local .txt slices of the corpora (data=files) instead of demo:zh / demo:en,
     # whose reading (demo:en parses the standard library) would dominate a quick run
     startup_local_files: bool = False
+    # 6. corpus scale: text bytes of the large generated corpus (the small one is a tenth of it)
+    corpus_bytes: int = 1_000_000_000
 
     @classmethod
-    def make(cls, quick: bool, threads: int | None = None) -> "Sizes":
+    def make(cls, quick: bool, threads: int | None = None, corpus_bytes: int | None = None) -> "Sizes":
         threads = threads or default_threads()
         if not quick:
-            return cls(quick=False, threads=threads, en_docs=None, zh_docs=None)
-        return cls(
+            return cls(quick=False, threads=threads, en_docs=None, zh_docs=None,
+                       corpus_bytes=corpus_bytes or cls.corpus_bytes)
+        return cls(corpus_bytes=corpus_bytes or 4_000_000,
             quick=True, threads=threads, en_docs=400, zh_docs=1500, hidden=64, intermediate=176, layers=2,
             heads=4, seq_len=64, batch_size=4, train_steps=6, warmup_steps=2, train_docs=300,
             peak_n=512, profile_steps=0, pretok_docs=300, pretok_procs=(1, 2), loader_batches=200,

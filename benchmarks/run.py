@@ -16,7 +16,7 @@ from pathlib import Path
 from benchmarks.common import BenchResult, Context, Ratio, Sizes, environment
 
 # In run order: the loader compares with the training steps/s, the tokenizer benchmark builds the extension.
-BENCHMARKS = ("training", "loader", "pretokenize", "tokenizer", "startup")
+BENCHMARKS = ("training", "loader", "pretokenize", "tokenizer", "startup", "corpus")
 # Every headline ratio the JSON holds (the smoke test checks them all).
 RATIO_KEYS = {
     "training": ("training.tokens_per_s_vs_hf_trainer", "training.fused_adamw_cptlab_vs_hf_trainer",
@@ -26,7 +26,10 @@ RATIO_KEYS = {
     "tokenizer": ("tokenizer.hf_vs_spm_encode_en", "tokenizer.hf_vs_spm_encode_zh",
                   "tokenizer.zh_tokens_per_char_extended_vs_base", "tokenizer.en_tokens_per_char_extended_vs_base"),
     "startup": ("startup.warm_vs_cold", "startup.warm_vs_import_floor"),
+    "corpus": ("corpus.rss_growth_per_corpus_byte", "corpus.num_proc2_vs_num_proc1"),
 }
+# Optional, not run by default (minutes, needs `make install-real`): `--real-base` adds it.
+OPTIONAL = ("real_base",)
 DEFAULT_OUT = Path("bench_results") / "bench.json"
 
 
@@ -36,8 +39,14 @@ def _module(name: str):
     return importlib.import_module(f"benchmarks.{name}")
 
 
+def _ratio_keys(name: str) -> tuple[str, ...]:
+    if name in OPTIONAL:
+        return _module(name).RATIO_KEYS
+    return RATIO_KEYS[name]
+
+
 def run_all(sizes: Sizes, names: list[str], workdir: Path | None = None, keep: bool = False,
-            log=lambda msg: None) -> tuple[list[BenchResult], Context]:
+            log=lambda msg: None, real_rounds: int = 1) -> tuple[list[BenchResult], Context]:
     ctx = Context(sizes, workdir)
     results = []
     try:
@@ -45,14 +54,14 @@ def run_all(sizes: Sizes, names: list[str], workdir: Path | None = None, keep: b
             log(f"[{i}/{len(names)}] {name} ...")
             t0 = time.perf_counter()
             try:
-                res = _module(name).run(ctx)
+                res = _module(name).run(ctx, rounds=real_rounds) if name == "real_base" else _module(name).run(ctx)
             except Exception as err:  # one failing benchmark must not hide the others' numbers
                 res = BenchResult(name, error=f"{type(err).__name__}: {err}")
                 res.details["traceback"] = traceback.format_exc()
                 log(f"    {name} failed: {res.error}")
             res.seconds = time.perf_counter() - t0
             got = {r.key for r in res.ratios}
-            for key in RATIO_KEYS[name]:
+            for key in _ratio_keys(name):
                 if key not in got:
                     res.ratios.append(Ratio(key, None, "not measured", f"{name} failed" if res.error else "", None))
             log(f"    {name} done in {res.seconds:.1f} s")
@@ -112,23 +121,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None,
                         help="scratch directory (default: a temporary one, removed at the end)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary scratch directory")
+    parser.add_argument("--real-base", action="store_true",
+                        help="also run real_base: SmolLM2-135M (make install-real) vs transformers.Trainer, tokens/s "
+                             "and peak RSS, with and without model.chunked_loss (~15 min on 2 cores)")
+    parser.add_argument("--real-rounds", type=int, default=1,
+                        help="real_base: rounds of its sides, alternating their order (default 1)")
+    parser.add_argument("--corpus-bytes", type=float, default=None,
+                        help="text bytes of the corpus-scale benchmark's large corpus (default 1e9; --quick 4e6)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
-    unknown = [n for n in names if n not in BENCHMARKS]
+    unknown = [n for n in names if n not in BENCHMARKS + OPTIONAL]
     if unknown:
-        parser.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
-    names = [n for n in BENCHMARKS if n in names]  # dependency order
+        parser.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS + OPTIONAL)}")
+    if args.real_base and "real_base" not in names:
+        names.append("real_base")
+    names = [n for n in BENCHMARKS + OPTIONAL if n in names]  # dependency order
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("WANDB_MODE", "offline")
-    sizes = Sizes.make(args.quick, args.threads)
+    sizes = Sizes.make(args.quick, args.threads, corpus_bytes=int(args.corpus_bytes) if args.corpus_bytes else None)
     env = environment()
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
+    if "real_base" not in names:
+        log("real_base (SmolLM2-135M vs transformers.Trainer: tokens/s, peak RSS) skipped: pass --real-base "
+            "(needs make install-real; ~15 min on 2 cores)")
     t0 = time.perf_counter()
-    results, _ = run_all(sizes, names, args.workdir, args.keep, log)
+    results, _ = run_all(sizes, names, args.workdir, args.keep, log, real_rounds=args.real_rounds)
     total = time.perf_counter() - t0
     env["loadavg_1m_at_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -158,7 +158,7 @@ class PeriodicEval(pl.Callback):
             n_batches = -(-len(blocks[0::world]) // self.batch_size) if is_fsdp(trainer) else None
             sums = eval_sums(pl_module.model, blocks[rank::world], self.token_bytes,
                              batch_size=self.batch_size, device=pl_module.device, n_batches=n_batches,
-                             filler=blocks[:1])
+                             filler=blocks[:1], chunked=getattr(pl_module, "chunked_loss", False))
             m = metrics_from_sums(trainer.strategy.reduce(sums, reduce_op="sum"))
             # delta_bpb of both the raw and the EMA weights is measured from the step-0 (raw) bpb.
             self.bpb0.setdefault(name, m["bpb"])

@@ -24,6 +24,7 @@ from pytorch_lightning.utilities.types import LRSchedulerConfig
 from cptlab.errors import CptlabError
 from cptlab.fsdp import STATE_DICT_KEYS, average_gradients, is_fsdp
 from cptlab.model.freeze import FreezePlan, clean_name
+from cptlab.model.loss import causal_lm_loss
 from cptlab.optim import LRScale, LRSchedule, base_lr, build_optimizer, build_scheduler, lr_groups
 
 PREFIX = "model."
@@ -33,7 +34,7 @@ class CPTModule(pl.LightningModule):
     def __init__(self, model: torch.nn.Module, *, lr: float, weight_decay: float, betas, eps: float,
                  schedule: LRSchedule, freeze: FreezePlan | None = None,
                  nan_policy: str = "stop", lr_scale: LRScale | None = None, max_consecutive_skipped: int = 5,
-                 max_skipped_batches: int = 50):
+                 max_skipped_batches: int = 50, chunked_loss: bool = False):
         super().__init__()
         self.model = model
         self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, list(betas), eps
@@ -58,6 +59,10 @@ class CPTModule(pl.LightningModule):
         # step: the first bad micro-batch is noted on the device and checked (one sync) where the host
         # looks anyway (train-metric logs, evaluations) and before every checkpoint is written.
         self.nan_policy, self.skipped_batches = nan_policy, 0
+        # model.chunked_loss: the loss (and the evaluation's per-token losses) never materialise the full
+        # float32 logits [B*T, V] (cptlab.model.loss). The mean-teacher KL needs the student's logits, so a
+        # run with a retention loss takes the plain path for training (evaluation stays chunked).
+        self.chunked_loss = chunked_loss
         # skip_batch gives up after this many skipped batches in a row / in all (a diverged model skips forever).
         self.max_consecutive_skipped, self.max_skipped_batches = max_consecutive_skipped, max_skipped_batches
         self.consecutive_skipped = 0
@@ -182,8 +187,11 @@ class CPTModule(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         if batch["step"] != self.batches_done:
             raise RuntimeError(f"data stream out of step: got batch {batch['step']}, expected {self.batches_done}")
-        logits = self.model(input_ids=batch["input_ids"]).logits
-        loss = F.cross_entropy(logits.float().flatten(0, 1), batch["targets"].flatten())
+        if self.chunked_loss and self.retention is None:
+            loss = causal_lm_loss(self.model, batch["input_ids"], batch["targets"])
+        else:
+            logits = self.model(input_ids=batch["input_ids"], use_cache=False).logits
+            loss = F.cross_entropy(logits.float().flatten(0, 1), batch["targets"].flatten())
         if self.retention is not None:
             extra = self.retention(self.model, batch, logits)
             self.retention_sum = self.retention_sum.to(extra.device) + extra.detach()

@@ -270,7 +270,8 @@ def build_lightning(cfg: DictConfig, model, domains: list[DomainTokens], tokeniz
                        eps=cfg.optim.eps, schedule=schedule, freeze=plan,
                        nan_policy=cfg.train.nan_policy, lr_scale=LRScale.from_config(cfg.optim.get("lr_scale")),
                        max_consecutive_skipped=cfg.train.max_consecutive_skipped,
-                       max_skipped_batches=cfg.train.max_skipped_batches)
+                       max_skipped_batches=cfg.train.max_skipped_batches,
+                       chunked_loss=bool(cfg.model.get("chunked_loss", False)))
     ema = build_retention(cfg.retention, module, plan)
     plain = not show_progress()  # no TTY (a SLURM log, nohup, CI): plain progress lines instead of bars
     train_metrics = TrainMetrics(tr.log_every_n_steps, tokens_per_batch, plain=plain)

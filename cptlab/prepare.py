@@ -25,8 +25,8 @@ from cptlab.errors import CptlabError
 from cptlab.utils.console import CONF_DIR, one_line, quiet_libraries
 
 # Where a prepare job's own Hydra output (.hydra/, the tokenizer copy) goes: never a training run's directory.
-RUN_DIR = "hydra.run.dir=${paths.runs_dir}/prepare/${name}/${run_name:${hydra:job.override_dirname}}"
-SWEEP_DIR = "hydra.sweep.dir=${paths.runs_dir}/prepare/${name}/multirun"
+RUN_DIR = "hydra.run.dir='${paths.runs_dir}/prepare/${name}/${run_name:${hydra:job.override_dirname}}'"
+SWEEP_DIR = "hydra.sweep.dir='${paths.runs_dir}/prepare/${name}/multirun'"
 FAILED: list[str] = []
 
 
@@ -60,16 +60,16 @@ def prepare(cfg: DictConfig, run_dir: Path, log=print) -> dict:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> None:
-    from cptlab.validate import validate
-
-    quiet_libraries()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        validate(cfg)
         groups, group = cfg.prepare.groups, cfg.prepare.group
-        if isinstance(groups, bool) or groups < 1 or not 0 <= group < groups:
+        if groups < 1 or not 0 <= group < groups:  # before the heavy imports below
             raise CptlabError(f"prepare.group={group} of prepare.groups={groups}: need groups >= 1 and "
                               "0 <= group < groups")
+        from cptlab.validate import validate
+
+        quiet_libraries()
+        validate(cfg)
         prepare(cfg, run_dir)
     except Exception as err:
         message = str(err) if isinstance(err, CptlabError) else one_line(err)

@@ -221,6 +221,11 @@ def validate_values(cfg: DictConfig) -> None:
             raise CptlabError(f"retention=mean_teacher needs retention.weight > 0 (got {ret.weight})")
     if cfg.model.dtype not in DTYPES:
         raise CptlabError(f"model.dtype={cfg.model.dtype!r} must be one of {', '.join(DTYPES)}")
+    if cfg.model.get("chunked_loss") and (cfg.model.compile or tr.strategy == "fsdp"):
+        # The chunked loss calls the decoder and the head itself, around the compiled (or FSDP-wrapped) model.
+        raise CptlabError(f"model.chunked_loss=true does not combine with "
+                          f"{'model.compile=true' if cfg.model.compile else 'trainer.strategy=fsdp'}: "
+                          f"set one of them to false")
     betas = list(opt.betas)
     if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
         raise CptlabError(f"optim.betas={betas} must be two numbers in [0, 1)")

@@ -122,7 +122,8 @@ def test_a_run_without_adapter_exports_whole_and_refuses_adapter_only(trained, t
     assert (precious / "notes.txt").read_text() == "keep me"
 
 
-def test_ema_export_has_the_ema_weights_logits(trained, tmp_path):
+@pytest.mark.parametrize("adapter", ["none", pytest.param("lora", marks=pytest.mark.slow)])
+def test_ema_export_has_the_ema_weights_logits(trained, tmp_path, adapter):
     """`cptlab-export --weights ema` on a retention=ema run: the exported model computes what the module
     computes with the EMA weights swapped in, which differs from the raw trained weights' logits."""
     from transformers import AutoModelForCausalLM
@@ -130,7 +131,8 @@ def test_ema_export_has_the_ema_weights_logits(trained, tmp_path):
     from cptlab.export import main
     from cptlab.retention.ema import EMA
 
-    run_dir, run, batch, logits = trained("retention=ema", "retention.decay=0.5", "retention.every_n_steps=2")
+    run_dir, run, batch, logits = trained("retention=ema", "retention.decay=0.5", "retention.every_n_steps=2",
+                                          f"adapter={adapter}", *(["adapter.r=4"] if adapter == "lora" else []))
     ema = next(c for c in run.trainer.callbacks if isinstance(c, EMA))
     assert ema.every == 2 and ema.last_step == 4
     with torch.no_grad(), ema.swapped(run.module.model):

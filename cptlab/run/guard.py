@@ -21,7 +21,8 @@ LOCK = ".cptlab.lock"
 POLICIES = ("refuse", "restart", "resume")
 # The config sections whose values shape the model, tokenizer and data (less what only affects speed).
 SHAPING = ("seed", "model", "tokenizer", "data", "schedule", "adapter")
-NOT_SHAPING = {"model.compile", "model.gradient_checkpointing", "data.num_workers", "data.num_proc"}
+NOT_SHAPING = {"model.compile", "model.gradient_checkpointing", "model.chunked_loss", "data.num_workers",
+               "data.num_proc"}
 # What a restart removes: the record of the earlier attempt (tokenizer and caches are rebuilt or reused).
 RUN_OUTPUTS = ("checkpoints", "metrics.csv", "summary.json", "report.md", "forgetting_curve.png", "hparams.yaml")
 

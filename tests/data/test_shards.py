@@ -141,7 +141,7 @@ def spm_tokenizer(out, seed: int, vocab_size: int = 320):
     return out
 
 
-def test_sentencepiece_encodes_when_it_gives_the_hf_ids_and_the_arrays_are_identical(tmp_path, encoded_docs):
+def test_sentencepiece_encodes_when_it_gives_the_hf_ids_and_the_arrays_are_identical(tmp_path):
     import shutil
 
     tok_dir = spm_tokenizer(tmp_path / "spm", seed=0)
