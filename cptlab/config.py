@@ -196,6 +196,7 @@ class PrepareConfig:
     # so a job array fills the shared token cache in parallel; groups=1 also builds the domain entries.
     group: int = 0
     groups: int = 1
+    tokenizer_only: bool = False  # only the tokenizer (the first step of a cluster's pre-tokenization)
 
 
 @dataclass

@@ -41,6 +41,8 @@ def prepare(cfg: DictConfig, run_dir: Path, log=print) -> dict:
     log(f"tokenizer: {tokenizer_dir} ({time.perf_counter() - started:.1f} s)")
     group, groups = int(cfg.prepare.group), int(cfg.prepare.groups)
     out = {}
+    if cfg.prepare.tokenizer_only:
+        return out
     if groups == 1:
         for domain in pipeline.build_data(cfg, tokenizer_dir):
             out[domain.name] = {"dir": str(domain.dir), "shards": len(domain.train_parts()),

@@ -1,6 +1,7 @@
 """Test-wide settings: caches and runs in a temporary directory, CPU only, quiet, offline."""
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -10,14 +11,24 @@ ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = ROOT / "conf"
 
 
+_BASE: list[Path] = []
+
+
 def pytest_configure(config):
     base = Path(tempfile.mkdtemp(prefix="cptlab-tests-"))
+    _BASE.append(base)
     os.environ.setdefault("CPTLAB_CACHE", str(base / "cache"))
     os.environ["CPTLAB_RUNS"] = str(base / "runs")
     os.environ["CI"] = "true"
     os.environ["WANDB_MODE"] = "offline"
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_unconfigure(config):
+    """The session's scratch caches and runs go with it (a multi-GB leftover per session otherwise)."""
+    for base in _BASE:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

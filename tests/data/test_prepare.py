@@ -37,6 +37,8 @@ def test_shard_groups_fill_the_cache_and_training_encodes_nothing(tmp_path, comp
     new, old = corpus(tmp_path)
     base = overrides(tmp_path, new, old)
     lines = []
+    assert prepare(compose_cfg([*base, "prepare.tokenizer_only=true"]), tmp_path / "t", log=lines.append) == {}
+    assert lines[0].startswith("tokenizer: ") and not (tmp_path / "cache" / "tokens").exists()
     for group in (0, 1):
         built = prepare(compose_cfg([*base, "prepare.groups=2", f"prepare.group={group}"]), tmp_path / f"p{group}",
                         log=lines.append)
