@@ -133,8 +133,14 @@ def child_hf(spec: dict) -> dict:
     """The plain loop: the converted model, resized to the extended tokenizer, under transformers.Trainer."""
     import torch
     from datasets import Dataset
-    from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback,
-                              TrainingArguments)
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     torch.set_num_threads(spec["threads"])
     tok = AutoTokenizer.from_pretrained(spec["tokenizer_dir"])

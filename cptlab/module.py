@@ -179,6 +179,13 @@ class CPTModule(pl.LightningModule):
             return
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        # Free the gradients as soon as they are used (as transformers.Trainer does): Lightning zeroes them
+        # only after the next step's forward, which kept a model's worth of gradients alive through it (the
+        # forward's end is a step's peak memory). Called once per accumulation window, after its last backward.
+        optimizer.zero_grad(set_to_none=True)
+
     # -- training ---------------------------------------------------------------------------------------
 
     def forward(self, input_ids):

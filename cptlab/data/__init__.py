@@ -6,12 +6,15 @@ import importlib
 _EXPORTS = {
     "read_documents": "cptlab.data.sources",
     "read_documents_with_stats": "cptlab.data.sources",
+    "iter_documents": "cptlab.data.sources",
     "demo_documents": "cptlab.data.demo",
     "split_documents": "cptlab.data.split",
     "DomainSpec": "cptlab.data.tokens",
     "DomainTokens": "cptlab.data.tokens",
     "load_domain_documents": "cptlab.data.tokens",
     "prepare_domain": "cptlab.data.tokens",
+    "prepare_shards": "cptlab.data.tokens",
+    "train_documents": "cptlab.data.tokens",
     "MixtureSampler": "cptlab.data.mixture",
     "eval_blocks": "cptlab.data.mixture",
 }

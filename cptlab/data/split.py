@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import numbers
+from collections.abc import Iterable
 
 from cptlab.errors import CptlabError
 
@@ -70,7 +71,7 @@ def split_documents(docs: list[str], heldout: float | int, seed: int = 0) -> tup
     return train, val
 
 
-def documents_sha256(docs: list[str]) -> str:
+def documents_sha256(docs: Iterable[str]) -> str:
     """A hash of a list of documents, in order (each length-prefixed): which held-out documents a split
     chose, independent of the tokenizer, so two runs can tell whether they were scored on the same text."""
     h = hashlib.sha256()

@@ -38,9 +38,9 @@ from cptlab.utils.io import COMPLETE_MARKER, atomic_write_json, build_once, is_c
 log = logging.getLogger(__name__)
 
 # 2: meta.json records the held-out documents' hash (heldout_sha256); 3: unigram_counts.npy; 4: heldout.jsonl;
-# 5: one shard entry per source file (tokens/shards/<key>/), the domain's train files hard links to them
+# 5: one shard entry per source file (token_shards/<key>/), the domain's train files hard links to them
 FORMAT_VERSION = 5
-SHARDS_DIR = "shards"  # cache_root/tokens/shards/<key>/: one source file's train/held-out arrays
+SHARDS_DIR = "token_shards"  # cache_root/token_shards/<key>/: one source file's train/held-out arrays
 ROLES = ("new", "replay")
 UNIGRAM_FILE = "unigram_counts.npy"  # train-split token counts, beside train.bin
 HELDOUT_FILE = "heldout.jsonl"  # the held-out documents' text (a JSON string per line), for tokenizer statistics
@@ -296,7 +296,7 @@ def prepare_domain(
 ) -> DomainTokens:
     """Tokenize a domain into `cache_root/tokens/<name>-<key>/` (or reuse a valid cache) and describe it.
 
-    Each source file is a shard with its own content-keyed entry in `cache_root/tokens/shards/`: a domain whose
+    Each source file is a shard with its own content-keyed entry in `cache_root/token_shards/`: a domain whose
     sources gained a file encodes only that file. Shards are built by `num_proc` processes (one shard each at a
     time); the domain's train files are hard links to its shards' arrays (nothing is copied)."""
     _check_spec(spec, on_bad_text)
@@ -471,14 +471,14 @@ def encode_documents(tok, docs: list[str], eos_id: int, dtype: str) -> np.ndarra
 _WORKER: tuple | None = None
 
 
-def _worker_init(tokenizer_dir: str, dtype: str, encoder: str = "hf") -> None:
+def _worker_init(tokenizer_dir: str, dtype: str, eos_id: int, encoder: str = "hf") -> None:
     # The pool's processes already occupy the cores; Rust-level threads on top would oversubscribe them.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     global _WORKER
-    tok = load_tokenizer(Path(tokenizer_dir))
-    eos_id = tok.eos_token_id
-    if encoder == "spm":
+    if encoder == "spm":  # SentencePiece alone: the worker starts without importing transformers
         tok = SpmEncoder(Path(tokenizer_dir) / "tokenizer.model", num_threads=1)
+    else:
+        tok = load_tokenizer(Path(tokenizer_dir))
     _WORKER = (tok, eos_id, dtype)
 
 
@@ -537,7 +537,7 @@ def _shard(job: _ShardJob, encode, advance) -> dict:
 def _build_shard(job: _ShardJob, encode, advance, out: Path) -> None:
     """Stream one shard's documents through the held-out rule into train.bin and val.bin (+ the held-out texts in
     heldout.jsonl), each side encoded batch by batch: memory holds a batch, never the shard."""
-    stats = {"bad_text_replaced": 0, "bad_text_skipped": 0, "docs_read": 0}
+    stats = {"bad_text_replaced": 0, "bad_text_skipped": 0, "docs_read": 0, "docs_blank": 0}
     n_train_docs = 0
     held = {"docs": 0, "tokens": 0, "bytes": 0}
     val_batch: list[str] = []
@@ -559,8 +559,15 @@ def _build_shard(job: _ShardJob, encode, advance, out: Path) -> None:
 
         def train_batches() -> Iterator[list[str]]:
             nonlocal n_train_docs
-            docs = (d for d in iter_part(job.part, text_field=job.text_field, on_bad_text=job.on_bad_text,
-                                         stats=stats, label=job.label) if d.strip())
+            def non_blank() -> Iterator[str]:
+                for doc in iter_part(job.part, text_field=job.text_field, on_bad_text=job.on_bad_text,
+                                     stats=stats, label=job.label):
+                    if doc.strip():
+                        yield doc
+                    else:
+                        stats["docs_blank"] += 1
+
+            docs = non_blank()
             batch, size = [], 0
             for doc in itertools.islice(docs, job.limit):
                 stats["docs_read"] += 1
@@ -601,7 +608,7 @@ def _build_shards(spec: DomainSpec, tokenizer_dir: Path, tokens_root: Path, *, t
     dtype = token_dtype(vocab_size)
     _check_sources(spec)
     rule = heldout_rule(spec, seed=seed, on_bad_text=on_bad_text)
-    shards_root = tokens_root / SHARDS_DIR
+    shards_root = tokens_root.parent / SHARDS_DIR
     parts = [(source, part) for source in _sources(spec) for part in resolve_source(source)]
 
     def job(source: str, part: SourcePart, limit: int | None) -> _ShardJob:
@@ -631,13 +638,13 @@ def _build_shards(spec: DomainSpec, tokenizer_dir: Path, tokens_root: Path, *, t
                 metas.append((source, meta))
                 left -= meta["docs_read"]
         else:
-            jobs = [job(source, part, None) for source, part in parts][group::groups]
+            jobs = [job(source, part, None) for source, part in parts[group::groups]]  # fingerprints: the group's
             todo = [j for j in jobs if _valid_shard_meta(j.final, j.key) is None]
             if num_proc > 1 and len(todo) > 1:
                 # spawn, not fork: a forked child would inherit the parent's (possibly running) Rust thread pool.
                 ctx = multiprocessing.get_context("spawn")
                 with ctx.Pool(min(num_proc, len(todo)), initializer=_worker_init,
-                              initargs=(str(tokenizer_dir), dtype, encoder)) as pool:
+                              initargs=(str(tokenizer_dir), dtype, eos_id, encoder)) as pool:
                     for meta in pool.imap_unordered(_worker_shard, todo):
                         advance(meta["docs_read"], meta["n_train_tokens"] + meta["n_val_tokens"])
             metas = [(j.label, _shard(j, local, advance)) for j in jobs]
@@ -664,7 +671,7 @@ def prepare_shards(spec: DomainSpec, tokenizer_dir: Path, cache_root: Path, *, g
 def _build(spec, tokenizer_dir, out: Path, *, key, inputs, seed, num_proc, on_bad_text, progress) -> None:
     """Build (or reuse) the entry of every shard of the domain, then the domain entry: hard links to the
     shards' train arrays, the held-out arrays and texts concatenated (small), the unigram counts summed."""
-    shards_root = out.parent / SHARDS_DIR
+    shards_root = out.parent.parent / SHARDS_DIR
     parts, metas, vocab_size, eos_id, dtype = _build_shards(
         spec, tokenizer_dir, out.parent, tokenizer_hash=inputs["tokenizer"], seed=seed, num_proc=num_proc,
         on_bad_text=on_bad_text, progress=progress)
@@ -711,12 +718,15 @@ def _build(spec, tokenizer_dir, out: Path, *, key, inputs, seed, num_proc, on_ba
 def _check_not_empty(spec: DomainSpec, parts: list, metas: list[tuple[str, dict]]) -> None:
     """A source without any document is an error, as when it is read whole (`iter_documents`)."""
     read = {source: 0 for source, _ in parts}
+    blank = dict(read)
     for source, meta in metas:
         read[source] += meta["docs_read"]
+        blank[source] += meta["stats"].get("docs_blank", 0)
     reached = {source for source, _ in metas}
     for source, n in read.items():
         if source in reached and not n:
-            raise CptlabError(f"data source {source} has no documents")
+            why = f" (all {blank[source]} are empty or whitespace)" if blank[source] else ""
+            raise CptlabError(f"data source {source} has no documents{why}")
 
 
 def _link(src: Path, dst: Path) -> None:

@@ -44,7 +44,7 @@ def test_shard_groups_fill_the_cache_and_training_encodes_nothing(tmp_path, comp
                         log=lines.append)
         assert built["new"] == {"group": group, "groups": 2, "shards": 2}
     assert any(line.startswith("new: shard group 1 of 2 ready") for line in lines)
-    shards = list((tmp_path / "cache" / "tokens" / tokens.SHARDS_DIR).glob("*/meta.json"))
+    shards = list((tmp_path / "cache" / tokens.SHARDS_DIR).glob("*/meta.json"))
     assert len(shards) == 5  # 4 files of `new`, 1 of `old`
 
     encoded = []

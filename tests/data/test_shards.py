@@ -77,7 +77,7 @@ def test_adding_a_file_encodes_only_that_file(tmp_path, tokenizer_dir, encoded_d
 def test_domain_train_files_are_links_to_the_shards_not_copies(tmp_path, tokenizer_dir):
     write_shards(tmp_path / "corpus", 2)
     dom = prepare_domain(spec_for(tmp_path / "corpus"), tokenizer_dir, tmp_path / "cache")
-    shard_files = sorted((tmp_path / "cache" / "tokens" / tokens.SHARDS_DIR).glob("*/train.bin"))
+    shard_files = sorted((tmp_path / "cache" / tokens.SHARDS_DIR).glob("*/train.bin"))
     assert len(shard_files) == 2
     inodes = {os.stat(path).st_ino for path, _ in dom.train_parts()}
     assert inodes == {os.stat(p).st_ino for p in shard_files}
@@ -155,6 +155,8 @@ def test_sentencepiece_encodes_when_it_gives_the_hf_ids_and_the_arrays_are_ident
     train, val, _ = load_domain_documents(spec_for(tmp_path / "corpus"))
     np.testing.assert_array_equal(dom.train_tokens(), expected(tok_dir, train))
     np.testing.assert_array_equal(dom.val_tokens(), expected(tok_dir, val))
+    pooled = prepare_domain(spec_for(tmp_path / "corpus"), tok_dir, tmp_path / "cache3", num_proc=2)
+    np.testing.assert_array_equal(pooled.train_tokens(), dom.train_tokens())  # SentencePiece in the workers too
     # A tokenizer.model that is not the tokenizer's own fails the check: the HF encoder is used, ids unchanged.
     mismatched = shutil.copytree(tok_dir, tmp_path / "mismatched")
     spm_tokenizer(tmp_path / "other", seed=5, vocab_size=300)
@@ -162,3 +164,15 @@ def test_sentencepiece_encodes_when_it_gives_the_hf_ids_and_the_arrays_are_ident
     assert tokens.fastest_encoder(AutoTokenizer.from_pretrained(str(mismatched)), mismatched, docs[:50]) == "hf"
     again = prepare_domain(spec_for(tmp_path / "corpus"), mismatched, tmp_path / "cache2")
     np.testing.assert_array_equal(again.train_tokens(), expected(mismatched, train))
+
+
+def test_a_source_without_documents_is_one_line_naming_it(tmp_path, tokenizer_dir):
+    write_shards(tmp_path / "corpus", 1)
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n   \n\t\n")
+    from cptlab.errors import CptlabError
+
+    spec = DomainSpec(name="toy", role="new", sources=(str(tmp_path / "corpus"), str(blank)), heldout=0.1)
+    with pytest.raises(CptlabError) as e:
+        prepare_domain(spec, tokenizer_dir, tmp_path / "cache")
+    assert str(e.value) == f"data source {blank} has no documents (all 2 are empty or whitespace)"

@@ -148,3 +148,25 @@ def test_tokenizer_sample_is_capped_in_bytes(tmp_path):
     assert sum(len(d.encode()) for d in train[: len(sample) + 1]) > 500  # the next document would not fit
     assert list(train_documents(spec, max_bytes=10**9)) == train  # a cap above the corpus changes nothing
     assert list(train_documents(spec, max_bytes=1)) == train[:1]  # at least one document
+
+
+def test_multi_frame_zstd_reads_every_frame(tmp_path):
+    # zstd -T / pzstd write several frames; each must be read, and a cut inside one is an error.
+    frames = compress(txt_bytes(DOCS[:3]), "zst") + compress(txt_bytes(DOCS[3:]), "zst")
+    (tmp_path / "multi.txt.zst").write_bytes(frames)
+    assert read_documents(str(tmp_path / "multi.txt.zst")) == DOCS
+    (tmp_path / "cut.txt.zst").write_bytes(frames[:-3])
+    with pytest.raises(CptlabError, match=r"cut\.txt\.zst: not a readable zstandard archive"):
+        read_documents(str(tmp_path / "cut.txt.zst"))
+
+
+def test_max_train_bytes_is_validated(compose_cfg, tmp_path):
+    from cptlab.validate import validate
+
+    (tmp_path / "a.txt").write_text("one\ntwo\n")
+    base = ["data=files", f"data.domains.new.sources=[{tmp_path / 'a.txt'}]",
+            f"data.domains.old.sources=[{tmp_path / 'a.txt'}]", "tokenizer=train"]
+    assert compose_cfg(base).tokenizer.max_train_bytes == 1 << 30
+    with pytest.raises(CptlabError, match=r"tokenizer.max_train_bytes=0 must be a number of bytes >= 1"):
+        validate(compose_cfg([*base, "tokenizer.max_train_bytes=0"]))
+    validate(compose_cfg([*base, "tokenizer.max_train_bytes=null"]))

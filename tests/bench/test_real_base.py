@@ -1,0 +1,55 @@
+"""`python -m benchmarks --quick --only real_base` runs the real-base benchmark's code (debug=smoke: a tiny model
+of SmolLM2's architecture) and writes its ratio keys (slow; `make test-all`). Without the real extra it is
+skipped with the reason in the JSON. Nothing about speed or memory is asserted."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import real_base
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_quick_real_base_writes_its_ratios(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--only", "real_base", "--out", str(out),
+                           "--workdir", str(tmp_path / "work")], capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert set(data["benchmarks"]) == {"real_base"}
+    assert sorted(data["ratios"]) == sorted(real_base.RATIO_KEYS)
+    reason = real_base.available()
+    if reason:
+        assert data["benchmarks"]["real_base"]["details"]["skipped"] == reason
+        return
+    sides = data["benchmarks"]["real_base"]["details"]["sides"]
+    assert set(sides) == set(real_base.SIDES)
+    assert [r["chunked_loss"] for r in sides["cptlab_chunked"]["runs"]] == [True]
+    assert [r["chunked_loss"] for r in sides["cptlab"]["runs"]] == [False]
+    for key in real_base.RATIO_KEYS:
+        value = data["ratios"][key]["value"]
+        assert isinstance(value, float) and math.isfinite(value) and value > 0, key
+
+
+@pytest.mark.parametrize("side", real_base.CPTLAB_SIDES)
+def test_every_cptlab_side_composes_a_valid_run(side, tmp_path):
+    """Each side's overrides pass cptlab's validation; the chunked ones set model.chunked_loss, the full-work ones
+    train everything (the baseline's work), the zh ones keep the experiment's LoRA."""
+    if real_base.available():
+        pytest.skip(real_base.available())
+    from benchmarks.training import compose
+
+    cfg = compose(real_base.base_overrides(tmp_path / "cache", 8, 2, quick=False) + real_base.SIDE_OVERRIDES[side],
+                  tmp_path / "run")
+    assert cfg.model.chunked_loss == side.endswith("_chunked")
+    assert (cfg.schedule.name, cfg.adapter.name) == (("full", "none") if side in real_base.TARGETED
+                                                      else ("two_stage", "lora"))
+    assert (cfg.data.seq_len, cfg.data.batch_size) == (128, 8)  # experiment=smollm2_zh's
