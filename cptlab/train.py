@@ -33,11 +33,13 @@ from cptlab.utils.console import CONF_DIR, one_line, quiet_libraries
 from cptlab.validate import config_warnings, validate
 
 
-def train(cfg: DictConfig, run_dir: Path) -> tuple[dict, bool]:
+def train(cfg: DictConfig, run_dir: Path, *, validated: bool = False) -> tuple[dict, bool]:
     """One run, start to finish (or resumed from run_dir/checkpoints/last.ckpt).
-    Returns the summary and whether this process is the global rank zero (the one that reports)."""
+    Returns the summary and whether this process is the global rank zero (the one that reports).
+    `validated`: the caller has already run `validate(cfg)` (the CLI does, once per run)."""
     started = time.time()
-    validate(cfg)
+    if not validated:
+        validate(cfg)
     refuse_relaunch_in_multirun(cfg)
     pipeline.check_base_split(cfg)  # before any heavy work: never score documents the base trained on
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -144,7 +146,7 @@ def hydra_main(cfg: DictConfig) -> None:
             print(f"cptlab-train: {run_dir} already completed; delete it to run again")
             render_table(previous)
             return
-        summary, reporter = train(cfg, run_dir)
+        summary, reporter = train(cfg, run_dir, validated=True)
     except Exception as err:
         message = str(err) if isinstance(err, CptlabError) else one_line(err)
         # A completed run's record is never overwritten by a later failure, nor a refused directory touched.
