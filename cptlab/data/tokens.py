@@ -344,32 +344,29 @@ def _arrays_ok(directory: Path, meta: dict, files: list[tuple[str, int]]) -> boo
 
 
 def _valid_meta(directory: Path, key: str) -> dict | None:
-    """The cache's meta if the directory is complete and its arrays have the recorded sizes, else None."""
-    if not is_complete(directory):
-        return None
-    try:
-        meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
-        if meta["format"] != FORMAT_VERSION or meta["key"] != key:
-            return None
-        files = [*map(tuple, meta["train_files"]), ("val.bin", meta["n_val_tokens"])]
-        if sum(int(n) for _, n in meta["train_files"]) != int(meta["n_train_tokens"]):
-            return None
-        if not _arrays_ok(directory, meta, files):
-            return None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return meta
+    """A domain cache's meta if the directory is complete and its arrays have the recorded sizes, else None."""
+    return _checked_meta(directory, key, lambda meta: [*map(tuple, meta["train_files"]),
+                                                       ("val.bin", meta["n_val_tokens"])]
+                         if sum(int(n) for _, n in meta["train_files"]) == int(meta["n_train_tokens"]) else None)
 
 
 def _valid_shard_meta(directory: Path, key: str) -> dict | None:
+    """A shard's meta if the directory is complete and its two arrays have the recorded sizes, else None."""
+    return _checked_meta(directory, key, lambda meta: [("train.bin", meta["n_train_tokens"]),
+                                                       ("val.bin", meta["n_val_tokens"])])
+
+
+def _checked_meta(directory: Path, key: str, arrays) -> dict | None:
+    """The meta.json of a complete cache entry of this format and key whose `arrays(meta)` (name, tokens) pairs
+    match the files on disk; None for anything incomplete, stale or damaged (`arrays` may return None)."""
     if not is_complete(directory):
         return None
     try:
         meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
         if meta["format"] != FORMAT_VERSION or meta["key"] != key:
             return None
-        files = [("train.bin", meta["n_train_tokens"]), ("val.bin", meta["n_val_tokens"])]
-        if not _arrays_ok(directory, meta, files):
+        files = arrays(meta)
+        if files is None or not _arrays_ok(directory, meta, files):
             return None
     except (OSError, ValueError, KeyError, TypeError):
         return None
