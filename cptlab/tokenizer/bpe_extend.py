@@ -7,7 +7,6 @@ from __future__ import annotations
 import bisect
 import functools
 import json
-import math
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -19,7 +18,6 @@ from cptlab.errors import CptlabError
 from cptlab.tokenizer.byte_lengths import _has_byte_level
 from cptlab.tokenizer.extend import (
     CJK_CHECK_TEXTS,
-    MAX_TRAININGS,
     Admission,
     _read_lines,
     _skips,
@@ -34,6 +32,7 @@ from cptlab.tokenizer.extend import (
     nothing_foreign_error,
     peek_foreign,
     segmentation_error,
+    train_to_target,
     training_size,
 )
 from cptlab.tokenizer.hf import TRICKY_TEXTS, load_tokenizer
@@ -251,29 +250,21 @@ def extend_bpe(base_dir: Path, texts: Iterable[str], out_dir: Path, *, vocab_siz
         else:
             overlap = sum(1 for text in decoded_tokens(model["vocab"]) if len(text) == 1 and not text.isascii())
             size, docs = training_size(add_pieces, overlap), _spooled(keep_sample(texts, sample), spool)
-        for trainings in range(1, MAX_TRAININGS + 1):
+        def train_and_merge(docs, size):
             domain = _train_domain(base, docs, size)
-            for _ in docs:  # the spool must hold the whole corpus before it is read again
-                pass
             if check_texts and admission.rule == "auto":
                 # A token is searched in the sample as bytes, so the windows reach its length in bytes; the
                 # space stands for a prefix space a ByteLevel pre-tokenizer may add.
                 norm = base.normalizer.normalize_str if base.normalizer else str
                 longest = max(len(token_bytes(t) or t) for t in domain["vocab"])
                 admission.sample_windows = foreign_windows(check_texts, admission.foreign,
-                                                           lambda t: " " + norm(t), longest)  # fmt: skip  # noqa: B023 (used at once)
-            new_spec, stats = merge_bpe(spec, domain, allowed, admission, limit=add_pieces)
-            admissible = stats["added"] + stats["skipped_surplus"]
-            if add_pieces is None or admissible >= add_pieces:
-                break
-            if len(domain["vocab"]) < size or trainings == MAX_TRAININGS:
-                raise CptlabError(
-                    f"tokenizer.add_pieces={add_pieces} is more than the new-domain corpus yields: a domain model "
-                    f"of {len(domain['vocab'])} tokens gives {admissible} tokens that tokenizer.admit={admit} lets "
-                    f"in; ask for at most {admissible} or give more text"
-                )
-            size = math.ceil(size * add_pieces / max(admissible, 1) * 1.05) + 64
-            docs = _read_lines(spool)
+                                                           lambda t: " " + norm(t), longest)  # fmt: skip
+            return domain, *merge_bpe(spec, domain, allowed, admission, limit=add_pieces)
+
+        domain, new_spec, stats, trainings = train_to_target(
+            train_and_merge, docs, size, add_pieces=add_pieces, admit=admit, unit="tokens",
+            domain_size=lambda d: len(d["vocab"]), again=lambda: _read_lines(spool),
+        )  # fmt: skip
     if stats["added"] == 0:
         raise CptlabError(
             f"tokenizer.vocab_size={vocab_size} adds nothing to {base_dir} under tokenizer.admit={admit}: none of "

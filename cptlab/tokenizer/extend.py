@@ -188,6 +188,30 @@ def training_size(add_pieces: int, overlap: int) -> int:
     return add_pieces + BYTE_PIECES + 3 + overlap + math.ceil(0.05 * add_pieces)
 
 
+def train_to_target(train_and_merge, docs, size: int, *, add_pieces: int | None, admit: str, unit: str,
+                    domain_size, again) -> tuple:
+    """Train the domain model on `docs` at `size` and merge it (`train_and_merge(docs, size)` -> (domain,
+    merged, stats)); for `add_pieces`, train again larger (on `again()`, the spooled corpus) until that many
+    admissible pieces come out, at most MAX_TRAININGS times. Returns (domain, merged, stats, trainings)."""
+    for trainings in range(1, MAX_TRAININGS + 1):
+        domain, merged, stats = train_and_merge(docs, size)
+        for _ in docs:  # the spool must hold the whole corpus before it is read again
+            pass
+        admissible = stats["added"] + stats["skipped_surplus"]
+        if add_pieces is None or admissible >= add_pieces:
+            return domain, merged, stats, trainings
+        if domain_size(domain) < size or trainings == MAX_TRAININGS:
+            # hard_vocab_limit=False: a corpus too small for `size` gives fewer pieces, so more is not there.
+            raise CptlabError(
+                f"tokenizer.add_pieces={add_pieces} is more than the new-domain corpus yields: a domain model "
+                f"of {domain_size(domain)} {unit} gives {admissible} {unit} that tokenizer.admit={admit} lets "
+                f"in; ask for at most {admissible} or give more text"
+            )
+        size = math.ceil(size * add_pieces / max(admissible, 1) * 1.05) + 64
+        docs = again()
+    raise AssertionError("unreachable")
+
+
 def extend_spm(
     base_model: Path,
     texts: Iterable[str],
@@ -243,24 +267,15 @@ def extend_spm(
         spool = Path(tmp) / "corpus.txt"
         size = vocab_size if add_pieces is None else training_size(add_pieces, _overlap(base))
         lines = _spooled(keep_sample(texts, sample), spool) if add_pieces is not None else keep_sample(texts, sample)
-        for trainings in range(1, MAX_TRAININGS + 1):
-            domain = _read_proto(train_spm(lines, Path(tmp), vocab_size=size, model_type=model_type,
+        def train_and_merge(docs, size):
+            domain = _read_proto(train_spm(docs, Path(tmp), vocab_size=size, model_type=model_type,
                                            character_coverage=character_coverage, seed=seed))  # fmt: skip
-            for _ in lines:  # the spool must hold the whole corpus before it is read again
-                pass
-            merged, stats = merge_protos(base, domain, admission, limit=add_pieces)
-            admissible = stats["added"] + stats["skipped_surplus"]
-            if add_pieces is None or admissible >= add_pieces:
-                break
-            if len(domain.pieces) < size or trainings == MAX_TRAININGS:
-                # hard_vocab_limit=False: a corpus too small for `size` gives fewer pieces, so more is not there.
-                raise CptlabError(
-                    f"tokenizer.add_pieces={add_pieces} is more than the new-domain corpus yields: a domain model "
-                    f"of {len(domain.pieces)} pieces gives {admissible} pieces that tokenizer.admit={admit} lets "
-                    f"in; ask for at most {admissible} or give more text"
-                )
-            size = math.ceil(size * add_pieces / max(admissible, 1) * 1.05) + 64
-            lines = _read_lines(spool)
+            return domain, *merge_protos(base, domain, admission, limit=add_pieces)
+
+        domain, merged, stats, trainings = train_to_target(
+            train_and_merge, lines, size, add_pieces=add_pieces, admit=admit, unit="pieces",
+            domain_size=lambda d: len(d.pieces), again=lambda: _read_lines(spool),
+        )  # fmt: skip
     if stats["added"] == 0:
         raise CptlabError(
             f"tokenizer.vocab_size={vocab_size} adds nothing to {base_model} under tokenizer.admit={admit}: none of "
