@@ -206,7 +206,8 @@ def decoded_tokens(tokens: Iterable[str]) -> Iterator[str]:
 
 
 def extend_bpe(base_dir: Path, texts: Iterable[str], out_dir: Path, *, vocab_size: int | None = None,
-               add_pieces: int | None = None, admit: str = "auto", check_texts: list[str] | None = None) -> dict:
+               add_pieces: int | None = None, admit: str = "auto", check_texts: list[str] | None = None,
+               base_chars: set[str] | None = None) -> dict:
     """Train a byte-level BPE on the domain `texts` with the base's pre-tokenizer, append the new tokens and
     merges `admit` lets in to the base `tokenizer.json`, and write the HF tokenizer directory `out_dir`; return
     the merge stats.
@@ -215,7 +216,7 @@ def extend_bpe(base_dir: Path, texts: Iterable[str], out_dir: Path, *, vocab_siz
     token is admitted only if its bytes cannot occur in the UTF-8 of text free of foreign characters (`BaseText`).
     `add_pieces` appends exactly that many tokens, the first in the domain's merge order; otherwise `vocab_size`
     is the domain model's size. `check_texts` (a base-language sample) is checked and counted as for
-    SentencePiece.
+    SentencePiece; `base_chars` are the characters of all the base-language text at hand (admit=auto).
     """
     check_admit(admit)
     if add_pieces is None and vocab_size is None:
@@ -236,7 +237,8 @@ def extend_bpe(base_dir: Path, texts: Iterable[str], out_dir: Path, *, vocab_siz
         )
     base = Tokenizer.from_str(json.dumps(spec))
     covered = CoveredText(model["vocab"])
-    admission = make_admission(admit, covered.chars, decoded_tokens(model["vocab"]), check_texts)
+    admission = make_admission(admit, covered.chars, decoded_tokens(model["vocab"]), check_texts,
+                               sample_chars=base_chars)
     texts, found, peeked = peek_foreign(texts, admission)
     if not found:
         raise nothing_foreign_error(admission, base_dir, peeked)

@@ -15,8 +15,11 @@ guarantees: **text whose normalised form holds no character of F segments exactl
   English base that spells a thousand Chinese characters as pieces of their own, every new Chinese piece
   ("中国", "▁中", "2024年", "，我们") is admitted, and English or code without a CJK character is untouched.
 - `auto` (the default): given a base-language sample (a run's replay domains), the sample's dominant scripts
-  also count as the base's, and a piece that occurs in the normalised sample is skipped too, so the sample
-  itself, Chinese quotes included, segments exactly as before.
+  also count as the base's, F also holds the Common characters (punctuation, symbols) the base spells in bytes
+  that the normalised sample never uses (the curly quotes and ellipses of Chinese text, for an ASCII-only
+  base), and a piece that occurs
+  in the normalised sample is skipped too, so the sample itself, Chinese quotes included, segments exactly as
+  before.
 - `strict`: F = the characters the base spells in bytes (or <unk>): only pieces holding such a character.
   Keeps even text that quotes covered Chinese characters, at the price of most of the benefit.
 - `all`: every new piece (the Chinese-LLaMA recipe). Re-segments base-language text; the stats count how much.
@@ -106,21 +109,51 @@ def check_admit(admit: str) -> None:
 
 
 def make_admission(rule: str, covered: set[str], base_pieces: Iterable[str], sample: list[str] | None = None,
-                   normalize: Callable[[str], str] | None = None, window: int = 0) -> Admission:
+                   normalize: Callable[[str], str] | None = None, window: int = 0,
+                   sample_chars: set[str] | None = None) -> Admission:
     """Resolve `rule` for a base whose covered characters are `covered` and whose pieces (decoded) are
     `base_pieces`; `sample` is base-language text (auto), `normalize` the base's normaliser and `window` the
-    longest new piece in characters (the sample is searched within that distance of foreign characters)."""
+    longest new piece in characters (the sample is searched within that distance of foreign characters).
+    `sample_chars` are the characters of base-language text (auto; default: those of `sample`), usually of
+    far more text than the sample: see `text_characters`."""
     check_admit(rule)
     if rule == "strict":
         return Admission(rule, _cached(lambda c: c not in covered))
     if rule == "all":
         return Admission(rule, lambda c: True)
     scripts = base_scripts(base_pieces, sample if rule == "auto" else None)
-    admission = Admission(rule, _cached(lambda c: script_of(c) not in scripts and script_of(c) != COMMON),
-                          base_scripts=sorted(scripts))  # fmt: skip
+    if rule == "auto" and sample:
+        # Common characters (punctuation, symbols) the base spells in bytes and its language, as sampled, never
+        # uses: e.g. the curly quotes and ellipses of Chinese text for an ASCII-only base. Letters of the base's
+        # own scripts never count, however rare: a small sample cannot show they are unused.
+        seen = text_characters(sample) if sample_chars is None else set(sample_chars)
+        if normalize is not None:
+            seen.update(*map(normalize, list(seen)))
+
+        def foreign(c: str) -> bool:
+            script = script_of(c)
+            if script == COMMON:
+                return c not in covered and c not in seen
+            return script not in scripts
+    else:
+        def foreign(c: str) -> bool:
+            return script_of(c) not in scripts and script_of(c) != COMMON
+    admission = Admission(rule, _cached(foreign), base_scripts=sorted(scripts))
     if rule == "auto" and sample:
         admission.sample_windows = foreign_windows(sample, admission.foreign, normalize, window)
     return admission
+
+
+def text_characters(texts: Iterable[str], max_chars: int | None = None) -> set[str]:
+    """Every character of the `texts`, reading at most about `max_chars` characters of them."""
+    seen: set[str] = set()
+    read = 0
+    for text in texts:
+        seen.update(text)
+        read += len(text)
+        if max_chars is not None and read >= max_chars:
+            break
+    return seen
 
 
 def _cached(predicate: Callable[[str], bool]) -> Callable[[str], bool]:
@@ -224,6 +257,7 @@ def extend_spm(
     character_coverage: float = 0.9995,
     seed: int = 0,
     check_texts: list[str] | None = None,
+    base_chars: set[str] | None = None,
 ) -> dict:
     """Train a SentencePiece model on the domain `texts`, append the new pieces `admit` lets in (see the module
     docstring) to the base model, and write `out_dir/tokenizer.model` plus its verified HF export; return the
@@ -234,7 +268,8 @@ def extend_spm(
     domain model's type and must be the base's (default): appended scores are merge priorities for BPE and
     log-probabilities for unigram. `check_texts` (a base-language sample) is encoded with both models: text
     the rule guarantees must encode identically (else CptlabError; never for admit=all), and the stats count
-    the texts that change ("check_texts_changed", "check_texts_changed_share").
+    the texts that change ("check_texts_changed", "check_texts_changed_share"). `base_chars` (admit=auto) are
+    the characters of all the base-language text at hand, default those of `check_texts`.
     """
     check_admit(admit)
     if add_pieces is None and vocab_size is None:
@@ -257,7 +292,7 @@ def extend_spm(
         )
     normalize = build_normalizer(base).normalize_str
     admission = make_admission(admit, covered_characters(base), (p.piece for p in base.pieces if p.type == NORMAL),
-                               check_texts, normalize, window=_MAX_PIECE_CHARS)  # fmt: skip
+                               check_texts, normalize, window=_MAX_PIECE_CHARS, sample_chars=base_chars)  # fmt: skip
     texts, found, peeked = peek_foreign(texts, admission)
     if not found:
         raise nothing_foreign_error(admission, base_model, peeked)

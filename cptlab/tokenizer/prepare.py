@@ -16,7 +16,7 @@ from filelock import FileLock
 
 from cptlab.errors import CptlabError
 from cptlab.tokenizer.bpe_extend import SIDE_FILES, TOKENIZER_JSON, extend_bpe, is_byte_level_bpe
-from cptlab.tokenizer.extend import check_admit, extend_spm
+from cptlab.tokenizer.extend import check_admit, extend_spm, text_characters
 from cptlab.tokenizer.hf import export_hf_tokenizer, load_tokenizer
 from cptlab.tokenizer.spm import MODEL_FILE, train_spm
 from cptlab.utils.hashing import hash_dir, hash_file, hash_obj
@@ -26,9 +26,11 @@ KINDS = ("base", "train", "extend")
 # Bump when training or export changes what a cached tokenizer contains.
 TRAIN_VERSION = 1
 # Bump when extension changes what a cached extended tokenizer contains.
-EXTEND_VERSION = 2
+EXTEND_VERSION = 3
 # The base-language sample checked after an extension: enough to catch a changed segmentation, quick to encode.
 BASE_CHECK_DOCS = 2000
+# admit=auto protects every character that this much base-language text uses (see tokenizer.extend).
+BASE_CHARS = 256_000_000
 # Files that make up a HF tokenizer directory (tokenizer.model is the SentencePiece original, if any).
 HF_TOKENIZER_FILES = (
     "tokenizer.json",
@@ -67,7 +69,8 @@ def prepare_tokenizer(
     kind="extend": the base `source` extended with `add_pieces` new pieces (or those of a `vocab_size` domain
     vocabulary) trained on `texts()` (the new domain; `model_type` defaults to the base's) and let in by the
     rule `admit` (see cptlab.tokenizer.extend), sampling and checking up to BASE_CHECK_DOCS of `base_texts()`
-    (the base language), shared through `cache_root/tokenizers`. `extension_stats(out_dir)` reads its stats.
+    (the base language; admit=auto also protects every character of its first BASE_CHARS characters), shared
+    through `cache_root/tokenizers`. `extension_stats(out_dir)` reads its stats.
     The shared cache is keyed by `texts_key` when given (a cheap identity of the texts, e.g. their sources'
     fingerprints: a warm start then reads no document) and otherwise by a hash of every text; likewise the
     base-language sample by `base_texts_key` (for admit=auto, the only rule whose result depends on it).
@@ -178,10 +181,13 @@ def extend_tokenizer(
     check_admit(admit)
     kind, base, files = extension_base(Path(source))
     check = list(itertools.islice(base_texts(), BASE_CHECK_DOCS)) if base_texts is not None else None
+    # admit=auto: the characters base-language text uses, from far more of it than the checked sample.
+    chars = text_characters(base_texts(), BASE_CHARS) if base_texts is not None and admit == "auto" else None
     if kind == "spm":
         stats = extend_spm(
             base, texts(), out_dir, vocab_size=vocab_size, add_pieces=add_pieces, admit=admit,
             model_type=model_type, character_coverage=character_coverage, seed=seed, check_texts=check,
+            base_chars=chars,
         )  # fmt: skip
     else:
         if model_type not in (None, "bpe"):
@@ -189,7 +195,7 @@ def extend_tokenizer(
                 f"tokenizer.model_type={model_type!r} does not match the base {source}, a byte-level bpe tokenizer"
             )
         stats = extend_bpe(base, texts(), out_dir, vocab_size=vocab_size, add_pieces=add_pieces, admit=admit,
-                           check_texts=check)  # fmt: skip
+                           check_texts=check, base_chars=chars)  # fmt: skip
         if load_tokenizer(out_dir).eos_token_id is None:
             raise CptlabError(f"the tokenizer in {source} has no eos_token; cptlab needs one to separate documents")
     info = {
@@ -222,7 +228,7 @@ def _extend_cached(
     parts = {"version": EXTEND_VERSION, "base": [kind, base_files], "options": options,
              "texts": _texts_id(texts, texts_key)}  # fmt: skip
     if options.get("admit", "auto") == "auto" and base_texts is not None:
-        parts["base_texts"] = _texts_id(lambda: itertools.islice(base_texts(), BASE_CHECK_DOCS), base_texts_key)
+        parts["base_texts"] = _texts_id(base_texts, base_texts_key)
     key = hash_obj(parts)
 
     def build(tmp: Path) -> None:

@@ -372,3 +372,41 @@ def test_prepare_extend_dispatches_by_base(tmp_path, exported):
                           texts=lambda: chinese_docs())  # fmt: skip
     with pytest.raises(CptlabError, match="tokenizer.kind=extend needs tokenizer.path"):
         prepare_tokenizer("extend", tmp_path / "out", cache_root=tmp_path / "c", texts=lambda: chinese_docs())
+
+
+def test_auto_admits_punctuation_the_base_spells_in_bytes_and_its_language_never_uses():
+    # "“" and "…" are Common (no script rule admits them) and the base spells them in bytes; "?" it covers.
+    base = _proto(HAND_BASE + [("?", -7, 1)])
+    domain = _proto([("“中", -1, 1), ("…", -2, 1), ("“", -3, 1), ("?…", -4, 1), ("??", -5, 1)])
+    pieces = [p.piece for p in base.pieces]
+    unused = make_admission("auto", covered_characters(base), pieces, ["plain a b text?"])
+    merged, stats = merge_protos(base, domain, unused)
+    assert [p.piece for p in merged.pieces[len(base.pieces) :]] == ["“中", "…", "“", "?…"]
+    assert stats["skipped_base_script"] == 1 and stats["new_scripts"] == ["CJK", "Common"]
+    # Base-language text uses "…" (here seen beyond the checked sample): pieces holding only it stay out.
+    used = make_admission("auto", covered_characters(base), pieces, ["plain a b text?"], sample_chars=set("ab …?"))
+    merged, stats = merge_protos(base, domain, used)
+    assert [p.piece for p in merged.pieces[len(base.pieces) :]] == ["“中", "“"]
+    assert stats["skipped_base_script"] == 3
+    # The script rule (no sample) never admits Common characters, so "“中" has no "“" to be built from.
+    merged, stats = merge_protos(base, domain, make_admission("script", covered_characters(base), pieces))
+    assert stats["added"] == 0 and stats["skipped_unreachable"] == 1 and stats["skipped_base_script"] == 4
+
+
+def test_auto_protects_characters_of_base_text_beyond_the_checked_sample(exported, tmp_path, docs, monkeypatch):
+    """prepare_tokenizer reads the whole base-language stream for its characters, not just the checked docs."""
+    base_model, _ = exported("bpe")
+    assert "…" not in covered_characters(_read_proto(base_model))
+    zh = [doc.replace("。", "……") for doc in chinese_docs()]
+    monkeypatch.setattr(prepare, "BASE_CHECK_DOCS", 5)
+
+    def new_pieces(base_texts, run):
+        out = prepare_tokenizer("extend", tmp_path / run, cache_root=tmp_path / "cache", source=str(base_model),
+                                texts=lambda: zh, vocab_size=700, base_texts=base_texts)  # fmt: skip
+        merged = _read_proto(out / "tokenizer.model")
+        return {p.piece for p in merged.pieces[len(_read_proto(base_model).pieces) :]}
+
+    assert "……" in new_pieces(lambda: iter(docs), "unused")
+    quoting = docs + ["An English sentence that trails off…"]  # far beyond the 5 checked documents
+    added = new_pieces(lambda: iter(quoting), "used")
+    assert not any(set(piece) <= set("▁…") for piece in added) and len(added) > 100
