@@ -1,0 +1,24 @@
+# Shared by the studies' run.sh: every study point is experiment=demo_zh for 100 steps x 4,096 tokens,
+# evaluated every 20 steps, over the seeds $SEEDS (default 0,1,2), so arms shared between studies (the
+# baseline: full fine-tuning, 25% replay, cosine re-warmed to 1e-3, subword_mean rows) run once.
+# Re-running a study skips the points already completed.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+RUNS="${CPTLAB_RUNS:-runs}/studies"
+SEEDS="${SEEDS:-0,1,2}"
+BIN="${CPTLAB_BIN:-.venv/bin}"
+
+# study_runs NAME OVERRIDES...: one multirun (the overrides' product x the seeds) in $RUNS/NAME.
+study_runs() {
+    local name=$1
+    shift
+    "$BIN/cptlab-train" -m experiment=demo_zh trainer.max_steps=100 eval.every_n_steps=20 \
+        "seed=$SEEDS" "$@" hydra.sweep.dir="$RUNS/$name"
+}
+
+# study_compare STUDY DIRS... [-- cptlab-compare options]: the study's results/ from those sweeps.
+study_compare() {
+    local study=$1
+    shift
+    "$BIN/cptlab-compare" "$@" --out "experiments/$study/results"
+}
