@@ -5,9 +5,8 @@ random-init Llama (TinyLlama-1.1B's shape), measured with Lightning's throughput
     python -m benchmarks.gpu                               # on a CUDA machine (make install TORCH=torch)
     python -m benchmarks.gpu --size tiny --accelerator cpu --precision 32-true --steps 4   # the code path, anywhere
 
-The run is built as `cptlab-train experiment=demo_zh` builds it, with the same calls in the same order
-(compose + validate, pipeline.build_tokenizer / build_base_tokenizer / build_data / build_model /
-build_lightning; the demo corpora, a fresh 4,000-piece tokenizer trained on them), plus a callback feeding
+The run is built as `cptlab-train experiment=demo_zh` builds it (compose + validate, then
+`cptlab.run.build.build_run`; the demo corpora, a fresh 4,000-piece tokenizer trained on them), plus a callback feeding
 Lightning's `Throughput` once per step (as its `ThroughputMonitor` does). FLOPs per batch come from
 `measure_flops` (forward + backward of the same model built on the meta device), the peak from
 `get_available_flops` (the GPU's dense bf16 figure from its datasheet): MFU = achieved model FLOP/s / peak,
@@ -89,29 +88,21 @@ class Meter(pl.Callback):
 def run(size: str = "1b", *, steps: int = 30, warmup: int = 10, accelerator: str = "gpu",
         precision: str = "bf16-mixed", compile: bool = False, workdir: Path | None = None) -> dict:
     from benchmarks.training import compose
-    from cptlab import pipeline
-    from cptlab.tokenizer.hf import load_tokenizer
+    from cptlab.run.build import build_run
 
     workdir = Path(workdir or tempfile.mkdtemp(prefix="cptlab-gpu-bench-"))
     cfg = compose(overrides(size, steps=steps, accelerator=accelerator, precision=precision, compile=compile,
                             workdir=workdir), workdir / "run")
-    run_dir = workdir / "run"
-    # cptlab.train.train's steps up to fit, in its order (compose() validated the config); no run record
-    pipeline.check_base_split(cfg)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    tokenizer_dir = pipeline.build_tokenizer(cfg, run_dir)
-    tokenizer = load_tokenizer(tokenizer_dir)
-    base_dir = pipeline.build_base_tokenizer(cfg, run_dir)
-    domains = pipeline.build_data(cfg, tokenizer_dir)
-    model, _ = pipeline.build_model(cfg, tokenizer, load_tokenizer(base_dir) if base_dir else None)
-    lightning = pipeline.build_lightning(cfg, model, domains, tokenizer, run_dir)
+    # cptlab-train's own build (compose() validated the config); no run record
+    built = build_run(cfg, workdir / "run")
+    model, lightning = built.model, built.lightning
     s = SIZES[size]
     model_config = {k: v for k, v in s.items() if k not in ("seq_len", "batch_size")}
     flops = flops_per_batch(model_config, model.get_input_embeddings().weight.shape[0], s["batch_size"], s["seq_len"])
     meter = Meter(flops, s["batch_size"] * s["seq_len"], s["batch_size"], warmup=warmup, window=steps - warmup)
     lightning.trainer.callbacks.append(meter)
     started = time.time()
-    lightning.trainer.fit(lightning.module, datamodule=lightning.datamodule)
+    built.fit()
     logged = {k: float(v) for k, v in meter.result().items()}
     device = lightning.trainer.strategy.root_device
     return {

@@ -10,8 +10,8 @@ included, as a scheduler accounts it; the JSON also holds the peak up to the end
 - `hf`: a plain `transformers.Trainer` on the converted model resized to the extended tokenizer (as its
   documentation writes it: TrainingArguments + Trainer + a Dataset of the blocks, labels = input_ids), full
   fine-tuning with the documented default fused AdamW;
-- `cptlab`, `cptlab_chunked`: cptlab's real path (compose `conf/`, `pipeline.build_tokenizer / build_data /
-  build_model / build_lightning`, `trainer.fit`) doing the same work, `schedule=full adapter=none`, without and
+- `cptlab`, `cptlab_chunked`: cptlab's real path (compose `conf/`, `cptlab.run.build.build_run`, as
+  cptlab-train, then `trainer.fit`) doing the same work, `schedule=full adapter=none`, without and
   with `model.chunked_loss=true`;
 - `cptlab_zh`, `cptlab_zh_chunked`: the experiment's own schedule (stage 1 new rows, switched to stage 2, LoRA +
   new rows, before the timed steps), informational: less work than the baseline.
@@ -98,18 +98,12 @@ def child_cptlab(spec: dict) -> dict:
     import torch
 
     from benchmarks.training import compose
-    from cptlab import pipeline
-    from cptlab.tokenizer.hf import load_tokenizer
+    from cptlab.run.build import build_run
 
     torch.set_num_threads(spec["threads"])
     run_dir = Path(spec["run_dir"])
-    cfg = compose(spec["overrides"], run_dir)
-    tokenizer_dir = pipeline.build_tokenizer(cfg, run_dir)
-    tokenizer = load_tokenizer(tokenizer_dir)
-    base_dir = pipeline.build_base_tokenizer(cfg, run_dir)
-    domains = pipeline.build_data(cfg, tokenizer_dir)
-    model, _ = pipeline.build_model(cfg, tokenizer, load_tokenizer(base_dir) if base_dir else None)
-    run = pipeline.build_lightning(cfg, model, domains, tokenizer, run_dir)
+    built = build_run(compose(spec["overrides"], run_dir), run_dir)
+    model, run = built.model, built.lightning
     clock = StepClock(spec["steps"])
 
     class Clock(pl.Callback):
@@ -126,7 +120,7 @@ def child_cptlab(spec: dict) -> dict:
     return {"step_s": clock.step_s, "peak_rss_setup": rss_setup, "peak_rss_timed": clock.peak_rss,
             "vocab": model.get_input_embeddings().weight.shape[0], "trainable_params": trainable,
             "final_loss": float(run.train_metrics.latest.get("train/loss", float("nan"))),
-            "chunked_loss": bool(cfg.model.chunked_loss)}
+            "chunked_loss": bool(built.cfg.model.chunked_loss)}
 
 
 def child_hf(spec: dict) -> dict:
@@ -216,8 +210,9 @@ def prepare(ctx: Context, cache: Path, steps: int) -> dict:
     t0 = time.perf_counter()
     cfg = compose(base, run_dir)
     tokenizer_dir = pipeline.build_tokenizer(cfg, run_dir)
-    pipeline.build_base_tokenizer(cfg, run_dir)
+    base_dir = pipeline.build_base_tokenizer(cfg, run_dir)
     domains = pipeline.build_data(cfg, tokenizer_dir)
+    pipeline.tokenizer_stats(cfg, tokenizer_dir, base_dir, domains=domains)  # warm for the children's build_run
     model_dir, fields = pipeline.model_source(cfg)
     d = cfg.data
     sampler = MixtureSampler(domains, replay_ratio=d.replay_ratio, batch_size=d.batch_size, seq_len=d.seq_len,

@@ -15,8 +15,9 @@ imports (`import pytorch_lightning, transformers; from transformers import Llama
 for cptlab's own entry point (`import cptlab.train`).
 
 Breakdown (full mode): a third fresh process, on the warm caches, times each start-up stage of
-`cptlab.train.train()` separately, calling the same public pipeline functions in the same order (compose,
-validate, tokenizer, base tokenizer, token caches, model, Lightning objects, tokenizer stats); fit is not run.
+`cptlab.train.train()` separately: compose, validate, then `cptlab.run.build.build_run` (the one cptlab-train
+calls), whose stages (tokenizer, base tokenizer, tokenizer stats, token caches, model, Lightning objects) it
+times itself; fit is not run.
 """
 
 from __future__ import annotations
@@ -128,8 +129,7 @@ def breakdown_child(overrides: list[str], output_dir: str) -> dict:
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
-    from cptlab import pipeline
-    from cptlab.tokenizer.hf import load_tokenizer
+    from cptlab.run.build import build_run
     from cptlab.utils.console import CONF_DIR
     from cptlab.validate import validate
 
@@ -140,21 +140,8 @@ def breakdown_child(overrides: list[str], output_dir: str) -> dict:
     mark("compose config")
     validate(cfg)
     mark("validate")
-    run_dir = _Path(output_dir)
-    tokenizer_dir = pipeline.build_tokenizer(cfg, run_dir)
-    tokenizer = load_tokenizer(tokenizer_dir)
-    mark("tokenizer (cached)")
-    base_dir = pipeline.build_base_tokenizer(cfg, run_dir)
-    base_tokenizer = load_tokenizer(base_dir) if base_dir else None
-    mark("base tokenizer")
-    domains = pipeline.build_data(cfg, tokenizer_dir)
-    mark("token caches (cached)")
-    model, _ = pipeline.build_model(cfg, tokenizer, base_tokenizer)
-    mark("model")
-    pipeline.build_lightning(cfg, model, domains, tokenizer, run_dir)
-    mark("Lightning objects")
-    pipeline.tokenizer_stats(cfg, tokenizer_dir, base_dir)
-    mark("tokenizer stats")
+    built = build_run(cfg, _Path(output_dir), started=time.time())  # cptlab-train's own build, stage by stage
+    stages.update(built.stages)
     return stages
 
 

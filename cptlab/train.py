@@ -14,21 +14,17 @@ import warnings
 from pathlib import Path
 
 import hydra
-import pytorch_lightning as pl
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import cptlab.config  # noqa: F401  (registers the schema and resolvers before Hydra composes)
-from cptlab import pipeline
 from cptlab.checkpoint import resume_checkpoint
 from cptlab.errors import CptlabError, RunDirRefused
+from cptlab.run.build import build_run
 from cptlab.run.guard import RunLock, check_inputs, is_rank_zero
 from cptlab.run.record import RunRecord
 from cptlab.run.summary import read_summary, render_table, write_summary
-from cptlab.tokenizer.hf import load_tokenizer
-from cptlab.tokenizer.prepare import extension_stats
 from cptlab.utils.console import CONF_DIR, one_line, quiet_libraries
 from cptlab.validate import config_warnings, validate
 
@@ -41,65 +37,17 @@ def train(cfg: DictConfig, run_dir: Path, *, validated: bool = False) -> tuple[d
     if not validated:
         validate(cfg)
     refuse_relaunch_in_multirun(cfg)
-    pipeline.check_base_split(cfg)  # before any heavy work: never score documents the base trained on
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    if cfg.trainer.num_threads:
-        torch.set_num_threads(cfg.trainer.num_threads)
-
-    clock = SetupClock(started)
-    tokenizer_dir = pipeline.build_tokenizer(cfg, run_dir)
-    tokenizer = load_tokenizer(tokenizer_dir)
-    base_dir = pipeline.build_base_tokenizer(cfg, run_dir)
-    base_tokenizer = load_tokenizer(base_dir) if base_dir else None
-    tokenizer_stats = pipeline.tokenizer_stats(cfg, tokenizer_dir, base_dir)
-    clock.lap("tokenizer_s")
-    domains = pipeline.build_data(cfg, tokenizer_dir)
-    report_bad_text(domains, cfg.data.on_bad_text)
-    clock.lap("data_s")
-    model, base_rows = pipeline.build_model(cfg, tokenizer, base_tokenizer)
-    run = pipeline.build_lightning(cfg, model, domains, tokenizer, run_dir)
-    clock.lap("model_s")
-
-    record = RunRecord(run_dir=run_dir, name=cfg.name, overrides=task_overrides(), domains=domains,
-                       tokenizer_dir=tokenizer_dir, replay_ratio=cfg.data.replay_ratio,
-                       tokens_per_batch=cfg.data.batch_size * cfg.data.seq_len, train_metrics=run.train_metrics,
-                       evaluator=run.evaluator, publish_dir=cfg.publish_dir,
-                       tokenizer_stats=tokenizer_stats,
-                       vocabulary={"base_rows": base_rows, "final_tokens": len(tokenizer),
-                                   "extension": extension_stats(tokenizer_dir)}, started=started,
-                       setup=clock.laps, split=pipeline.split_record(cfg, domains))
+    run = build_run(cfg, run_dir, started=started)
+    record = RunRecord(run, overrides=task_overrides(), started=started)
     run.trainer.callbacks.append(record)
-    run.trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=resume_checkpoint(run_dir, run.module))
+    run.fit(ckpt_path=resume_checkpoint(run_dir, run.lightning.module))
     # The record is written by the process that trained (a spawned rank under ddp_spawn): read it back.
     summary = record.summary or read_summary(run_dir)
     if run.trainer.is_global_zero and (summary or {}).get("status") != "completed":
         # The checkpoint was already at max_steps (killed after its final save): fit restored it and
         # had nothing to do, so the record is written from the restored state here.
-        summary = record.finish(run.trainer, run.module)
+        summary = record.finish(run.trainer, run.lightning.module)
     return summary, run.trainer.is_global_zero
-
-
-def report_bad_text(domains, policy: str) -> None:
-    """Documents with invalid UTF-8 that data.on_bad_text accepted, said on the console (summary.json has them too)."""
-    for d in domains:
-        replaced, skipped = d.stats.get("bad_text_replaced", 0), d.stats.get("bad_text_skipped", 0)
-        if (replaced or skipped) and is_rank_zero():
-            done = f"{replaced} replaced invalid bytes with U+FFFD" if replaced else f"{skipped} skipped"
-            print(f"cptlab-train: warning: data.domains.{d.name}: {replaced + skipped} documents with invalid UTF-8 "
-                  f"({done}; data.on_bad_text={policy})", file=sys.stderr)
-
-
-class SetupClock:
-    """Seconds spent in each set-up phase (tokenizer, data, model) before training starts: with warm
-    shared caches a sweep's later jobs spend almost nothing in the first two (summary.json "setup")."""
-
-    def __init__(self, started: float):
-        self.last, self.laps = started, {}
-
-    def lap(self, name: str) -> None:
-        now = time.time()
-        self.laps[name] = round(now - self.last, 3)
-        self.last = now
 
 
 def refuse_relaunch_in_multirun(cfg: DictConfig) -> None:

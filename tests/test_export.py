@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
@@ -21,22 +20,16 @@ SMOKE = ["experiment=demo_zh", "debug=smoke", "trainer.max_steps=4", "eval.every
 
 def train_in_process(compose_cfg, run_dir: Path, overrides: list[str]):
     """What cptlab-train does, keeping the trained module: config saved as Hydra would, then fit."""
-    from cptlab import pipeline
-    from cptlab.tokenizer.hf import load_tokenizer
+    from cptlab.run.build import build_run
     from cptlab.validate import validate
 
     cfg = compose_cfg([*SMOKE, *overrides], output_dir=run_dir)
     (run_dir / ".hydra").mkdir(parents=True)
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
     validate(cfg)
-    pl.seed_everything(cfg.seed, verbose=False)
-    tokenizer_dir = pipeline.build_tokenizer(cfg, run_dir)
-    tokenizer = load_tokenizer(tokenizer_dir)
-    base_dir = pipeline.build_base_tokenizer(cfg, run_dir)  # the extension's base: sizes the (random-init) base
-    domains = pipeline.build_data(cfg, tokenizer_dir)
-    model, _ = pipeline.build_model(cfg, tokenizer, load_tokenizer(base_dir) if base_dir else None)
-    run = pipeline.build_lightning(cfg, model, domains, tokenizer, run_dir)
-    run.trainer.fit(run.module, datamodule=run.datamodule)
+    built = build_run(cfg, run_dir)
+    run = built.lightning
+    built.fit()
     run.trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     run.module.eval()
     batch = run.evaluator.eval_sets["zh"][:3, :-1]

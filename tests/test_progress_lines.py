@@ -30,16 +30,11 @@ def test_bars_and_no_plain_lines_with_a_tty(compose_cfg, tmp_path, monkeypatch):
 
     from cptlab import pipeline
     from cptlab.callbacks import PeriodicEval, TrainMetrics
+    from cptlab.run.build import build_run
 
     monkeypatch.setattr(pipeline, "show_progress", lambda: True)
     cfg = compose_cfg(["experiment=demo_base", "debug=smoke", "logger=csv"], output_dir=tmp_path)
-    tokenizer_dir = pipeline.build_tokenizer(cfg, tmp_path)
-    from cptlab.tokenizer.hf import load_tokenizer
-
-    tokenizer = load_tokenizer(tokenizer_dir)
-    domains = pipeline.build_data(cfg, tokenizer_dir)
-    model, _ = pipeline.build_model(cfg, tokenizer)
-    run = pipeline.build_lightning(cfg, model, domains, tokenizer, tmp_path)
+    run = build_run(cfg, tmp_path)
     kinds = {type(c): c for c in run.trainer.callbacks}
     assert RichProgressBar in kinds
     assert not kinds[TrainMetrics].plain and not kinds[PeriodicEval].plain

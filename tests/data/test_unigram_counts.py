@@ -74,19 +74,24 @@ def synthetic_domain(directory: Path, n_train: int, vocab: int = 32000, seed: in
 
 
 def end_of_run(domains: list[DomainTokens], run_dir: Path, vocab: int = 32000) -> dict:
-    """RunRecord.build (what summary.json holds) after a run on `domains`, with the trainer, module and
-    callbacks reduced to what the record reads."""
-    from cptlab.run.record import RunRecord
+    """summarize() (what summary.json holds) after a run on `domains`, with the run, trainer and module reduced
+    to what it reads."""
+    from omegaconf import OmegaConf
+
+    from cptlab.run.summarize import summarize
 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "tokenizer").mkdir(exist_ok=True)
     blocks = {d.name: torch.from_numpy(d.val_tokens()[: 4 * 64].astype(np.int64).reshape(4, 64)) for d in domains}
     evaluator = SimpleNamespace(first={}, latest={}, eval_sets=blocks, token_bytes=torch.ones(vocab, dtype=torch.long))
-    record = RunRecord(run_dir=run_dir, name="t", overrides=[], domains=domains, tokenizer_dir=run_dir / "tokenizer",
-                       replay_ratio=0.0, tokens_per_batch=64, evaluator=evaluator,
-                       train_metrics=SimpleNamespace(latest={}, mean_tokens_per_sec=0.0))
+    cfg = OmegaConf.create({"name": "t", "data": {"batch_size": 1, "seq_len": 64, "replay_ratio": 0.0,
+                                                  "split_seed": 0, "domains": {}}})
+    run = SimpleNamespace(cfg=cfg, run_dir=run_dir, domains=domains, tokenizer_dir=run_dir / "tokenizer",
+                          tokenizer=[0] * vocab, base_rows=vocab, tokenizer_stats={}, setup={},
+                          lightning=SimpleNamespace(evaluator=evaluator,
+                                                    train_metrics=SimpleNamespace(latest={}, mean_tokens_per_sec=0.0)))
     module = SimpleNamespace(model=torch.nn.Linear(2, 2), batches_done=0, replay_share=0.0, skipped_batches=0)
-    return record.build(SimpleNamespace(global_step=0, loggers=[]), module)
+    return summarize(run, SimpleNamespace(global_step=0, loggers=[]), module, overrides=[], started=0.0)
 
 
 def test_the_end_of_a_run_reads_the_counts_not_the_train_split(tmp_path, monkeypatch):

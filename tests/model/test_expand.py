@@ -202,8 +202,7 @@ def compose(overrides, output_dir):
 def expanded_run(tmp_path_factory):
     """A smoke base published like the demo base, then continued on Chinese with an extended vocabulary,
     two stages (new rows, then new blocks + new rows) and two new blocks; trained in this process."""
-    from cptlab import pipeline
-    from cptlab.tokenizer.hf import load_tokenizer
+    from cptlab.run.build import build_run
     from cptlab.train import train
     from cptlab.validate import validate
 
@@ -220,18 +219,13 @@ def expanded_run(tmp_path_factory):
     (run_dir / ".hydra").mkdir(parents=True)
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
     validate(cfg)
-    pl.seed_everything(cfg.seed, verbose=False)
-    tokenizer_dir = pipeline.build_tokenizer(cfg, run_dir)
-    tokenizer = load_tokenizer(tokenizer_dir)
-    base_tokenizer = load_tokenizer(pipeline.build_base_tokenizer(cfg, run_dir))
-    domains = pipeline.build_data(cfg, tokenizer_dir)
-    model, base_rows = pipeline.build_model(cfg, tokenizer, base_tokenizer)
-    run = pipeline.build_lightning(cfg, model, domains, tokenizer, run_dir)
+    built = build_run(cfg, run_dir)
+    model, base_rows, run = built.model, built.base_rows, built.lightning
     step0 = dict(run.evaluator.eval_sets)
     with torch.no_grad():
         batch, english = step0["zh"][:2, :-1], step0["en"][:2, :-1]
         logits0, english0 = model(input_ids=batch).logits, model(input_ids=english).logits
-    run.trainer.fit(run.module, datamodule=run.datamodule)
+    built.fit()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     model.eval()
     with torch.no_grad():

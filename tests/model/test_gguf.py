@@ -190,12 +190,11 @@ def test_cli_converts_and_prints_the_directory(tiny_gguf, tmp_path, capsys):
 def test_tied_base_extended_with_lora_exports_and_generates_identically(tiny_gguf, compose_cfg, tmp_path):
     """A GGUF base with tied embeddings, extended for Chinese, two-stage LoRA + new token rows: cptlab-export
     gives a plain directory that greedy-generates exactly what the trained in-process model generates."""
-    import pytorch_lightning as pl
     from omegaconf import OmegaConf
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cptlab import pipeline
     from cptlab.export import export_run, merged_model
+    from cptlab.run.build import build_run
     from cptlab.tokenizer.hf import load_tokenizer
     from cptlab.validate import validate
 
@@ -207,16 +206,12 @@ def test_tied_base_extended_with_lora_exports_and_generates_identically(tiny_ggu
     (run_dir / ".hydra").mkdir(parents=True)
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
     validate(cfg)
-    pl.seed_everything(cfg.seed, verbose=False)
-    tokenizer_dir = pipeline.build_tokenizer(cfg, run_dir)
-    tokenizer = load_tokenizer(tokenizer_dir)
-    base_tokenizer = load_tokenizer(pipeline.build_base_tokenizer(cfg, run_dir))
+    built = build_run(cfg, run_dir)
+    tokenizer, base_rows, run = built.tokenizer, built.base_rows, built.lightning
+    base_tokenizer = load_tokenizer(built.base_dir)
     assert len(tokenizer) > len(base_tokenizer)  # extended
-    domains = pipeline.build_data(cfg, tokenizer_dir)
-    model, base_rows = pipeline.build_model(cfg, tokenizer, base_tokenizer)
     assert base_rows == len(base_tokenizer)
-    run = pipeline.build_lightning(cfg, model, domains, tokenizer, run_dir)
-    run.trainer.fit(run.module, datamodule=run.datamodule)
+    built.fit()
     run.trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
 
     out = export_run(run_dir, tmp_path / "export")
