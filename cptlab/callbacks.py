@@ -113,12 +113,17 @@ class TrainMetrics(pl.Callback):
 
 
 class PeriodicEval(pl.Callback):
-    """val/D/{loss,ppl,bpb,delta_bpb} on every domain's held-out blocks, at step 0 and every N steps."""
+    """val/D/{loss,ppl,bpb,delta_bpb} on every domain's held-out blocks, at step 0 and every N steps.
+
+    After a vocabulary extension (`base_rows`: the base's vocabulary size), step 0 also scores the domains whose
+    blocks hold only base tokens with the softmax over the base's rows alone: val/D/bpb_base_vocab, exactly the
+    unextended base's bpb on the same blocks. val/D/bpb minus it is what the new rows' initialisation costs the
+    base language before any update (the probability mass the new rows take)."""
 
     def __init__(self, eval_sets: dict[str, torch.Tensor], token_bytes: torch.Tensor, *, every_n_steps: int,
                  batch_size: int, tokens_per_batch: int, clock: TrainMetrics | None = None, ema=None,
-                 plain: bool = False):
-        self.eval_sets, self.token_bytes, self.ema = eval_sets, token_bytes, ema
+                 plain: bool = False, base_rows: int | None = None):
+        self.eval_sets, self.token_bytes, self.ema, self.base_rows = eval_sets, token_bytes, ema, base_rows
         self.plain = plain  # without a TTY: one plain line per evaluation (per-domain bpb and its change)
         self.every, self.batch_size, self.tokens_per_batch = every_n_steps, batch_size, tokens_per_batch
         self.clock = clock
@@ -133,6 +138,8 @@ class PeriodicEval(pl.Callback):
             self.clock.pause()
         with full_parameters(trainer, recurse=False):
             metrics = self._evaluate(trainer, pl_module, "val")
+            if trainer.global_step == 0:
+                metrics.update(self._base_vocab(trainer, pl_module))
         if self.ema is not None and self.ema.shadow:
             with self.ema.swapped(pl_module.model):
                 metrics.update(self._evaluate(trainer, pl_module, "val_ema"))
@@ -150,16 +157,26 @@ class PeriodicEval(pl.Callback):
             self.clock.resume()
         return metrics
 
-    def _evaluate(self, trainer, pl_module, prefix: str) -> dict[str, float]:
+    def _sums(self, trainer, pl_module, blocks: torch.Tensor, vocab_limit: int | None = None) -> dict[str, float]:
         rank, world = trainer.global_rank, trainer.world_size
+        # Under FSDP each rank makes as many forward passes as rank 0 (which has the most blocks).
+        n_batches = -(-len(blocks[0::world]) // self.batch_size) if is_fsdp(trainer) else None
+        sums = eval_sums(pl_module.model, blocks[rank::world], self.token_bytes, batch_size=self.batch_size,
+                         device=pl_module.device, n_batches=n_batches, filler=blocks[:1],
+                         chunked=getattr(pl_module, "chunked_loss", False), vocab_limit=vocab_limit)
+        return metrics_from_sums(trainer.strategy.reduce(sums, reduce_op="sum"))
+
+    def _base_vocab(self, trainer, pl_module) -> dict[str, float]:
+        """val/D/bpb_base_vocab for the domains whose blocks hold base tokens only (see the class docstring)."""
+        if not self.base_rows or self.base_rows >= len(self.token_bytes):
+            return {}
+        return {f"val/{name}/bpb_base_vocab": self._sums(trainer, pl_module, blocks, self.base_rows)["bpb"]
+                for name, blocks in self.eval_sets.items() if int(blocks.max()) < self.base_rows}
+
+    def _evaluate(self, trainer, pl_module, prefix: str) -> dict[str, float]:
         metrics = {}
         for name, blocks in self.eval_sets.items():
-            # Under FSDP each rank makes as many forward passes as rank 0 (which has the most blocks).
-            n_batches = -(-len(blocks[0::world]) // self.batch_size) if is_fsdp(trainer) else None
-            sums = eval_sums(pl_module.model, blocks[rank::world], self.token_bytes,
-                             batch_size=self.batch_size, device=pl_module.device, n_batches=n_batches,
-                             filler=blocks[:1], chunked=getattr(pl_module, "chunked_loss", False))
-            m = metrics_from_sums(trainer.strategy.reduce(sums, reduce_op="sum"))
+            m = self._sums(trainer, pl_module, blocks)
             # delta_bpb of both the raw and the EMA weights is measured from the step-0 (raw) bpb.
             self.bpb0.setdefault(name, m["bpb"])
             m["delta_bpb"] = m["bpb"] - self.bpb0[name]

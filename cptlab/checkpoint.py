@@ -10,6 +10,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from cptlab.errors import CptlabError
+from cptlab.run.layout import last_checkpoint
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -28,7 +29,7 @@ def resume_checkpoint(run_dir: Path, module: torch.nn.Module | None = None) -> P
     """The run's checkpoint to resume from, or None. A damaged file, or one whose tensors do not fit `module`
     (the LightningModule about to load it), is refused with one line naming it (instead of the unpickler's
     or load_state_dict's pages of text)."""
-    last = Path(run_dir) / "checkpoints" / "last.ckpt"
+    last = last_checkpoint(run_dir)
     if not last.is_file():
         return None
     how = ("delete it to start the run again from step 0 (or its run directory), or use a new run directory "

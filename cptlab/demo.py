@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from cptlab.config import run_name
+from cptlab.run import layout
 
 
 def cache_dir() -> Path:
@@ -75,10 +76,10 @@ def demo(extra: list[str], experiment: str = "demo_zh") -> None:
         ensure_base()
     run_dir = runs_dir() / experiment / run_name(",".join(extra))
     run("cptlab.train", f"experiment={experiment}", *extra, f"hydra.run.dir={run_dir}")
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / layout.SUMMARY).read_text())
     print("\ncptlab demo finished")
-    for label, path in (("plot", summary["paths"].get("plot")), ("report", run_dir / "report.md"),
-                        ("summary", run_dir / "summary.json"), ("metrics", summary["paths"]["metrics"])):
+    for label, path in (("plot", summary["paths"].get("plot")), ("report", run_dir / layout.REPORT),
+                        ("summary", run_dir / layout.SUMMARY), ("metrics", summary["paths"]["metrics"])):
         print(f"  {label:<8} {path}")
 
 

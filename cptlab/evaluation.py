@@ -14,24 +14,28 @@ import torch.nn.functional as F
 from cptlab.model.loss import chunked_token_nll, hidden_states
 
 
-def token_nll(model, input_ids: torch.Tensor, targets: torch.Tensor, *, chunked: bool = False) -> torch.Tensor:
+def token_nll(model, input_ids: torch.Tensor, targets: torch.Tensor, *, chunked: bool = False,
+              vocab_limit: int | None = None) -> torch.Tensor:
     """Per-position negative log-likelihood (float32) of `targets` under the causal LM; `chunked`: without
-    the full logits (model.chunked_loss, cptlab.model.loss), same values."""
-    if chunked:
+    the full logits (model.chunked_loss, cptlab.model.loss), same values. `vocab_limit`: the softmax over the
+    first that many tokens only: after a vocabulary extension, exactly the unextended base's distribution
+    (its rows are untouched), on text whose ids all lie below the limit."""
+    if chunked and vocab_limit is None:
         hidden, head = hidden_states(model, input_ids)
         return chunked_token_nll(head, hidden, targets)
-    logits = model(input_ids=input_ids).logits
+    logits = model(input_ids=input_ids).logits[..., :vocab_limit]
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
 
 
 @torch.no_grad()
 def eval_sums(model, blocks: torch.Tensor, token_bytes: torch.Tensor, *, batch_size: int,
               device: torch.device | str = "cpu", n_batches: int | None = None,
-              filler: torch.Tensor | None = None, chunked: bool = False) -> torch.Tensor:
+              filler: torch.Tensor | None = None, chunked: bool = False, vocab_limit: int | None = None
+              ) -> torch.Tensor:
     """[nll_sum, n_tokens, n_bytes] (float64) over `blocks` ([n, seq_len + 1] token ids).
     `n_batches`: run this many forward passes even if `blocks` needs fewer, on `filler` (a block; counts
     for nothing): under FSDP every forward is collective, so all ranks must make the same number.
-    `chunked`: per-token losses without the full logits (model.chunked_loss)."""
+    `chunked`: per-token losses without the full logits (model.chunked_loss); `vocab_limit`: see token_nll."""
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     token_bytes = token_bytes.to(device)
     starts = list(range(0, len(blocks), batch_size))
@@ -41,7 +45,7 @@ def eval_sums(model, blocks: torch.Tensor, token_bytes: torch.Tensor, *, batch_s
         for i in starts:
             chunk = blocks[i:i + batch_size].to(device, non_blocking=True)
             inputs, targets = chunk[:, :-1], chunk[:, 1:]
-            nll = token_nll(model, inputs, targets, chunked=chunked)
+            nll = token_nll(model, inputs, targets, chunked=chunked, vocab_limit=vocab_limit)
             sums[0] += nll.double().sum()
             sums[1] += targets.numel()
             sums[2] += token_bytes[targets].double().sum()

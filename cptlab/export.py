@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cptlab.errors import CptlabError
 from cptlab.model.save import copy_tokenizer_files, save_hf_model
+from cptlab.run import layout
 from cptlab.utils.io import check_replaceable, replace_dir
 
 WEIGHTS = ("raw", "ema")
@@ -49,7 +50,7 @@ class TrainedRun:
 
 
 def load_run_config(run_dir: Path) -> DictConfig:
-    path = Path(run_dir) / ".hydra" / "config.yaml"
+    path = Path(run_dir) / layout.CONFIG
     if not path.is_file():
         raise CptlabError(f"{path} not found: {run_dir} is not a cptlab run directory")
     import cptlab.config as schema  # noqa: F401  (resolvers)
@@ -67,14 +68,14 @@ def load_run_config(run_dir: Path) -> DictConfig:
 def _tokenizers(cfg: DictConfig, run_dir: Path):
     from cptlab.tokenizer.hf import load_tokenizer
 
-    tokenizer_dir = run_dir / "tokenizer"
+    tokenizer_dir = run_dir / layout.TOKENIZER
     if not tokenizer_dir.is_dir():
         raise CptlabError(f"{tokenizer_dir} not found: the run has no tokenizer (did it start training?)")
     base_tokenizer = None
     if cfg.tokenizer.kind == "extend":
         from cptlab import pipeline
 
-        base_dir = run_dir / "tokenizer_base"
+        base_dir = run_dir / layout.TOKENIZER_BASE
         base_tokenizer = load_tokenizer(base_dir if base_dir.is_dir() else pipeline.build_base_tokenizer(cfg, run_dir))
     return tokenizer_dir, load_tokenizer(tokenizer_dir), base_tokenizer
 
@@ -120,7 +121,7 @@ def load_trained(run_dir: Path | str, *, weights: str = "raw") -> TrainedRun:
     if not run_dir.is_dir():
         raise CptlabError(f"run directory not found: {run_dir}")
     cfg = load_run_config(run_dir)
-    ckpt_path = run_dir / "checkpoints" / "last.ckpt"
+    ckpt_path = layout.last_checkpoint(run_dir)
     if not ckpt_path.is_file():
         raise CptlabError(f"{ckpt_path} not found: the run has no checkpoint yet")
     tokenizer_dir, tokenizer, base_tokenizer = _tokenizers(cfg, run_dir)

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from cptlab.errors import CptlabError
+from cptlab.run import layout
 
 DEFAULT_ALPHAS = "0,0.25,0.5,0.75,1"
 LORA_WEIGHTS = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B")
@@ -173,7 +174,7 @@ def tradeoff(bpb: dict[str, float], start: dict[str, float], roles: dict[str, st
 
 def trajectory(run_dir: Path, prefix: str = "val") -> list[dict]:
     """The run's evaluations from metrics.csv: [{step, bpb: {domain: value}}] in step order."""
-    path = Path(run_dir) / "metrics.csv"
+    path = Path(run_dir) / layout.METRICS
     if not path.is_file():
         return []
     by_step: dict[int, dict[str, float]] = {}

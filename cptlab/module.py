@@ -26,6 +26,7 @@ from cptlab.fsdp import STATE_DICT_KEYS, average_gradients, is_fsdp
 from cptlab.model.freeze import FreezePlan, clean_name
 from cptlab.model.loss import causal_lm_loss
 from cptlab.optim import LRScale, LRSchedule, base_lr, build_optimizer, build_scheduler, lr_groups
+from cptlab.run.layout import LAST_CHECKPOINT
 
 PREFIX = "model."
 
@@ -254,7 +255,7 @@ class CPTModule(pl.LightningModule):
         """Whether a checkpoint written before the failure exists: the state a re-run resumes from."""
         callback = getattr(self._trainer, "checkpoint_callback", None)
         dirpath = getattr(callback, "dirpath", None)
-        last = Path(dirpath) / "last.ckpt" if dirpath else None
+        last = Path(dirpath) / LAST_CHECKPOINT if dirpath else None
         if last is not None and last.is_file():
             return f"the last good state is the checkpoint {last}"
         return "no checkpoint was written before it, so a re-run starts from step 0"

@@ -37,6 +37,7 @@ from cptlab.module import CPTModule
 from cptlab.optim import LRScale, LRSchedule
 from cptlab.retention.ema import EMA
 from cptlab.retention.teacher import MeanTeacher
+from cptlab.run import layout
 from cptlab.tokenizer.byte_lengths import token_byte_lengths
 from cptlab.tokenizer.hf import load_tokenizer
 from cptlab.tokenizer.prepare import prepare_tokenizer
@@ -110,7 +111,7 @@ def build_tokenizer(cfg: DictConfig, run_dir: Path) -> Path:
     the base extended with a vocabulary trained on the new-role domains' train split."""
     tok = cfg.tokenizer
     role = "new" if tok.kind == "extend" else None
-    return prepare_tokenizer(tok.kind, run_dir / "tokenizer", cache_root=Path(cfg.paths.cache_dir),
+    return prepare_tokenizer(tok.kind, run_dir / layout.TOKENIZER, cache_root=Path(cfg.paths.cache_dir),
                              source=base_tokenizer_source(cfg, run_dir), texts=_train_docs(cfg, role),
                              texts_key=_train_docs_key(cfg, role),
                              base_texts=_train_docs(cfg, "replay") if tok.kind == "extend" else None,
@@ -124,7 +125,7 @@ def build_base_tokenizer(cfg: DictConfig, run_dir: Path) -> Path | None:
     """The base model's own tokenizer (run_dir/tokenizer_base) when the run changes the vocabulary."""
     if cfg.tokenizer.kind != "extend":
         return None
-    return prepare_tokenizer("base", run_dir / "tokenizer_base", cache_root=Path(cfg.paths.cache_dir),
+    return prepare_tokenizer("base", run_dir / layout.TOKENIZER_BASE, cache_root=Path(cfg.paths.cache_dir),
                              source=base_tokenizer_source(cfg, run_dir))
 
 
@@ -255,7 +256,10 @@ class Lightning:
     evaluator: PeriodicEval
 
 
-def build_lightning(cfg: DictConfig, model, domains: list[DomainTokens], tokenizer, run_dir: Path) -> Lightning:
+def build_lightning(cfg: DictConfig, model, domains: list[DomainTokens], tokenizer, run_dir: Path,
+                    base_rows: int | None = None) -> Lightning:
+    """The module, data module, trainer and metric callbacks of a run; `base_rows`: the base's vocabulary size
+    when the run extended it (step 0 then also scores the base's own distribution, PeriodicEval)."""
     data, tr = cfg.data, cfg.trainer
     sampler = MixtureSampler(domains, replay_ratio=data.replay_ratio, batch_size=data.batch_size,
                              seq_len=data.seq_len, seed=cfg.seed)
@@ -277,11 +281,11 @@ def build_lightning(cfg: DictConfig, model, domains: list[DomainTokens], tokeniz
     train_metrics = TrainMetrics(tr.log_every_n_steps, tokens_per_batch, plain=plain)
     evaluator = PeriodicEval(evals, token_bytes, every_n_steps=cfg.eval.every_n_steps,
                              batch_size=cfg.eval.batch_size, tokens_per_batch=tokens_per_batch, clock=train_metrics,
-                             ema=ema, plain=plain)
-    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step}", save_last=True,
+                             ema=ema, plain=plain, base_rows=base_rows)
+    checkpoints = ModelCheckpoint(dirpath=layout.checkpoints_dir(run_dir), filename="step{step}", save_last=True,
                                   save_top_k=0, every_n_train_steps=cfg.checkpoint.every_n_steps)
     # EMA first: its average exists before the step-0 evaluation and is updated before each evaluation.
-    preemption = PreemptionCheckpoint(run_dir / "checkpoints" / "last.ckpt")
+    preemption = PreemptionCheckpoint(layout.last_checkpoint(run_dir))
     callbacks = [c for c in (ema, train_metrics, evaluator, preemption, checkpoints) if c is not None]
     if show_progress():
         from pytorch_lightning.callbacks import RichProgressBar

@@ -14,10 +14,11 @@ from pathlib import Path
 import yaml
 
 from cptlab.errors import CptlabError
+from cptlab.run import layout
 from cptlab.run.metrics import eval_curve, read_series
 from cptlab.run.summary import read_summary
 
-RUN_MARKERS = (".hydra/overrides.yaml", "summary.json", "metrics.csv")
+RUN_MARKERS = (layout.OVERRIDES, layout.SUMMARY, layout.METRICS)
 MAX_DEPTH = 2
 
 
@@ -125,10 +126,10 @@ def load_run(path: Path) -> Run:
     status = summary.get("status")
     if status not in ("completed", "failed"):
         status = "unfinished"  # no summary yet, or one a still-running job wrote
-    overrides = _read_yaml(path / ".hydra" / "overrides.yaml")
+    overrides = _read_yaml(path / layout.OVERRIDES)
     if not isinstance(overrides, list):
         overrides = summary.get("overrides") or []
-    config = _read_yaml(path / ".hydra" / "config.yaml")
+    config = _read_yaml(path / layout.CONFIG)
     domains = ((config or {}).get("data") or {}).get("domains") if isinstance(config, dict) else None
     if isinstance(domains, dict):
         roles = {name: d.get("role") for name, d in domains.items() if isinstance(d, dict)}

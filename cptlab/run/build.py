@@ -86,7 +86,7 @@ def build_run(cfg: DictConfig, run_dir: Path, *, started: float | None = None) -
     stages.mark("data")
     model, base_rows = pipeline.build_model(cfg, tokenizer, load_tokenizer(base_dir) if base_dir else None)
     stages.mark("model")
-    lightning = pipeline.build_lightning(cfg, model, domains, tokenizer, run_dir)
+    lightning = pipeline.build_lightning(cfg, model, domains, tokenizer, run_dir, base_rows=base_rows)
     stages.mark("lightning")
     return Run(cfg, run_dir, tokenizer_dir, tokenizer, base_dir, domains, model, base_rows, lightning,
                tokenizer_stats, stages.seconds)

@@ -13,18 +13,17 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from cptlab.errors import CptlabError, RunDirRefused
+from cptlab.run.layout import CHECKPOINTS, INPUTS, LOCK, METRICS, PLOT, REPORT, SUMMARY, last_checkpoint
 from cptlab.utils.hashing import hash_obj
 from cptlab.utils.io import atomic_write_json
 
-INPUTS = "inputs.json"
-LOCK = ".cptlab.lock"
 POLICIES = ("refuse", "restart", "resume")
 # The config sections whose values shape the model, tokenizer and data (less what only affects speed).
 SHAPING = ("seed", "model", "tokenizer", "data", "schedule", "adapter")
 NOT_SHAPING = {"model.compile", "model.gradient_checkpointing", "model.chunked_loss", "data.num_workers",
                "data.num_proc"}
 # What a restart removes: the record of the earlier attempt (tokenizer and caches are rebuilt or reused).
-RUN_OUTPUTS = ("checkpoints", "metrics.csv", "summary.json", "report.md", "forgetting_curve.png", "hparams.yaml")
+RUN_OUTPUTS = (CHECKPOINTS, METRICS, SUMMARY, REPORT, PLOT, "hparams.yaml")
 
 
 def is_rank_zero() -> bool:
@@ -101,7 +100,7 @@ def has_progress(run_dir: Path) -> bool:
     """A checkpoint or a completed record: something a re-run would continue from or report."""
     from cptlab.run.summary import read_summary
 
-    return (run_dir / "checkpoints" / "last.ckpt").is_file() or (read_summary(run_dir) or {}).get("status") == "completed"
+    return last_checkpoint(run_dir).is_file() or (read_summary(run_dir) or {}).get("status") == "completed"
 
 
 def check_inputs(cfg: DictConfig, run_dir: Path, policy: str, *, record: bool = True) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from cptlab.run.layout import METRICS
+
 
 def read_series(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """{metric: [(step, value), ...]} from `run_dir/metrics.csv`; a metric logged twice for one step
     (a resumed run re-logging) keeps the last value."""
-    path = Path(run_dir) / "metrics.csv"
+    path = Path(run_dir) / METRICS
     series: dict[str, dict[int, float]] = {}
     if not path.exists():
         return {}

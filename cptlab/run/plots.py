@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from cptlab.run.layout import PLOT  # noqa: E402
 from cptlab.run.metrics import eval_curve, read_series  # noqa: E402
 from cptlab.utils.io import atomic_write_bytes  # noqa: E402
 
@@ -28,7 +29,7 @@ def plot_forgetting_curve(run_dir: Path, roles: dict[str, str], title: str = "")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    out = run_dir / "forgetting_curve.png"
+    out = run_dir / PLOT
     import io
 
     buf = io.BytesIO()

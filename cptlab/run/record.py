@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 from cptlab.export import export_run, merged_model
 from cptlab.fsdp import full_parameters, is_fsdp
 from cptlab.model.save import publish_model
+from cptlab.run.layout import last_checkpoint
 from cptlab.run.plots import plot_forgetting_curve
 from cptlab.run.summarize import summarize
 from cptlab.run.summary import write_report, write_summary
@@ -25,7 +26,7 @@ class RunRecord(pl.Callback):
         self.summary: dict | None = None
 
     def on_train_end(self, trainer, pl_module):
-        last = Path(self.run.run_dir) / "checkpoints" / "last.ckpt"
+        last = last_checkpoint(self.run.run_dir)
         trainer.save_checkpoint(last, weights_only=False)
         with full_parameters(trainer):  # FSDP: every rank enters; rank 0 then sees the whole model
             if trainer.is_global_zero:

@@ -13,6 +13,7 @@ from cptlab.data.mixture import blocks_sha256
 from cptlab.errors import CptlabError
 from cptlab.evaluation import unigram_bpb
 from cptlab.model.freeze import count_parameters
+from cptlab.run import layout
 from cptlab.run.summary import domain_rows
 from cptlab.tokenizer.prepare import extension_stats
 from cptlab.utils.hashing import hash_dir
@@ -45,8 +46,8 @@ def summarize(run, trainer, module, *, overrides: list[str], started: float) -> 
         "throughput": {"tokens_per_sec": metrics.mean_tokens_per_sec},
         "wall_time_s": time.time() - started,
         "setup": run.setup,
-        "paths": {"run_dir": str(run_dir), "metrics": str(run_dir / "metrics.csv"),
-                  "tokenizer": str(run.tokenizer_dir), "checkpoint": str(run_dir / "checkpoints" / "last.ckpt")},
+        "paths": {"run_dir": str(run_dir), "metrics": str(run_dir / layout.METRICS),
+                  "tokenizer": str(run.tokenizer_dir), "checkpoint": str(layout.last_checkpoint(run_dir))},
     }
     for name, blocks in ev.eval_sets.items():  # which tokens were scored: cptlab-compare checks runs agree
         summary["domains"][name] |= {"eval_blocks": len(blocks), "eval_blocks_sha256": blocks_sha256(blocks)}

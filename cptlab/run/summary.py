@@ -12,9 +12,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from cptlab.run.layout import REPORT, SUMMARY
 from cptlab.utils.io import atomic_write_json, atomic_write_text
-
-SUMMARY = "summary.json"
 
 
 def read_summary(run_dir: Path) -> dict | None:
@@ -34,13 +33,18 @@ def write_summary(run_dir: Path, summary: dict) -> Path:
 def domain_rows(first: dict, latest: dict, roles: dict[str, str], unigram: dict[str, float] | None = None
                 ) -> dict[str, dict]:
     """Per domain: bpb at step 0 and at the end, their difference, and a unigram model's bpb on the
-    same held-out blocks (the floor a language model must beat)."""
+    same held-out blocks (the floor a language model must beat). After a vocabulary extension, for the
+    domains held in base tokens: the unextended base's bpb on the same blocks and what the new rows'
+    initialisation costs it at step 0 (cptlab.callbacks.PeriodicEval)."""
     rows = {}
     for name, role in roles.items():
         b0, b1 = first.get(f"val/{name}/bpb"), latest.get(f"val/{name}/bpb")
         rows[name] = {"role": role, "bpb_start": b0, "bpb_end": b1,
                       "delta_bpb": (b1 - b0) if b0 is not None and b1 is not None else None,
                       "unigram_bpb": (unigram or {}).get(name)}
+        base = first.get(f"val/{name}/bpb_base_vocab")
+        if base is not None and b0 is not None:
+            rows[name] |= {"bpb_base_model": base, "init_cost_bpb": b0 - base}
     return rows
 
 
@@ -62,28 +66,43 @@ def render_table(summary: dict, console: Console | None = None) -> None:
     # Piped output (CI, logs) gets a fixed generous width rather than rich's 80-column fallback.
     console = console or Console(soft_wrap=True, width=None if sys.stdout.isatty() else 120)
     table = Table(title=f"cptlab · {escape(str(summary.get('name', '')))}", title_justify="left")
-    for col in ("domain", "role", "bpb @ step 0", "bpb @ end", "Δ bpb", "unigram bpb", "reads as"):
+    domains = summary.get("domains", {})
+    base = any("bpb_base_model" in d for d in domains.values())
+    columns = ["domain", "role", *(["base model bpb"] if base else []), "bpb @ step 0", "bpb @ end", "Δ bpb",
+               "unigram bpb", "reads as"]
+    for col in columns:
         table.add_column(col, justify="left" if col in ("domain", "role", "reads as") else "right")
-    for name, d in summary.get("domains", {}).items():
+    for name, d in domains.items():
         delta = d.get("delta_bpb")
         verdict = "-" if delta is None else ("learning" if delta < 0 else "forgetting" if d["role"] != "new" else "not learning")
-        table.add_row(escape(name), d["role"], _fmt(d.get("bpb_start")), _fmt(d.get("bpb_end")), _fmt(delta, "+.4f"),
-                      _fmt(d.get("unigram_bpb")), verdict)
+        table.add_row(escape(name), d["role"], *([_base_cell(d)] if base else []), _fmt(d.get("bpb_start")),
+                      _fmt(d.get("bpb_end")), _fmt(delta, "+.4f"), _fmt(d.get("unigram_bpb")), verdict)
     console.print(table)
     for key, value in _lines(summary):
         console.print(f"  {key:<10} {value}", highlight=False, markup=False)
 
 
+def _base_cell(row: dict) -> str:
+    """The unextended base's bpb on the same blocks, and what the new rows cost it at step 0."""
+    if "bpb_base_model" not in row:
+        return "-"
+    return f"{row['bpb_base_model']:.4f} ({row['init_cost_bpb']:+.4f} init)"
+
+
 def write_report(run_dir: Path, summary: dict) -> Path:
+    domains = summary.get("domains", {})
+    base = any("bpb_base_model" in d for d in domains.values())
     lines = [f"# cptlab run: {summary.get('name', '')}", "",
-             "| domain | role | bpb @ step 0 | bpb @ end | Δ bpb | unigram bpb |", "|---|---|---:|---:|---:|---:|"]
-    for name, d in summary.get("domains", {}).items():
-        lines.append(f"| {name} | {d['role']} | {_fmt(d.get('bpb_start'))} | {_fmt(d.get('bpb_end'))} "
+             "| domain | role |" + (" base model bpb |" if base else "") + " bpb @ step 0 | bpb @ end | Δ bpb | unigram bpb |",
+             "|---|---|" + ("---:|" if base else "") + "---:|---:|---:|---:|"]
+    for name, d in domains.items():
+        lines.append(f"| {name} | {d['role']} |" + (f" {_base_cell(d)} |" if base else "") +
+                     f" {_fmt(d.get('bpb_start'))} | {_fmt(d.get('bpb_end'))} "
                      f"| {_fmt(d.get('delta_bpb'), '+.4f')} | {_fmt(d.get('unigram_bpb'))} |")
     lines.append("")
     lines += [f"- {k}: {v}" for k, v in _lines(summary)]
     if summary.get("paths", {}).get("plot"):
         lines += ["", f"![forgetting curve]({os.path.basename(summary['paths']['plot'])})"]
-    path = Path(run_dir) / "report.md"
+    path = Path(run_dir) / REPORT
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path

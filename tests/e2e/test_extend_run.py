@@ -46,3 +46,21 @@ def test_demo_zh_with_extension_on_a_published_base(compose_cfg, tmp_path, tiny_
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     rows = state["model.model.embed_tokens.weight"].shape[0]
     assert rows % 64 == 0 and rows >= vocab["final_tokens"]
+    # Step 0 also scores the unextended base on the same English blocks (its rows alone): exactly the base.
+    from cptlab import pipeline
+    from cptlab.data.mixture import eval_blocks
+    from cptlab.evaluation import eval_sums, metrics_from_sums
+    from cptlab.tokenizer.byte_lengths import token_byte_lengths
+    from cptlab.tokenizer.hf import load_tokenizer
+
+    en = summary["domains"]["en"]
+    [domain] = [d for d in pipeline.build_data(cfg, run_dir / "tokenizer") if d.name == "en"]
+    blocks = torch.from_numpy(eval_blocks(domain, cfg.data.seq_len, cfg.eval.max_blocks))
+    assert int(blocks.max()) < vocab["base_rows"]
+    token_bytes = torch.from_numpy(token_byte_lengths(load_tokenizer(run_dir / "tokenizer")))
+    expected = metrics_from_sums(eval_sums(base, blocks, token_bytes, batch_size=cfg.eval.batch_size))["bpb"]
+    assert en["bpb_base_model"] == pytest.approx(expected, abs=1e-5)
+    # The new rows take probability mass from every base token: the cost is >= 0, and it is what step 0 shows.
+    assert en["init_cost_bpb"] == pytest.approx(en["bpb_start"] - expected, abs=1e-5) and en["init_cost_bpb"] >= 0
+    assert "bpb_base_model" not in summary["domains"]["zh"]  # Chinese blocks hold new tokens
+    assert "base model bpb" in (run_dir / "report.md").read_text()
