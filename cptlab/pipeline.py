@@ -233,16 +233,13 @@ def build_loggers(cfg: DictConfig) -> list:
 
 def build_retention(retention: DictConfig, module: CPTModule, plan: FreezePlan) -> EMA | None:
     """The EMA callback (retention=ema or mean_teacher), averaging every parameter some phase trains;
-    for mean_teacher also the KL loss against it, installed on the module."""
+    for mean_teacher also the KL loss against it, installed on the module. The values were checked by
+    cptlab.validate (the rules beside cptlab.config.RetentionConfig), before any tokenizer or cache."""
     if retention.name == "none":
         return None
-    if not 0.0 < retention.decay < 1.0:
-        raise CptlabError(f"retention.decay={retention.decay} must be in (0, 1)")
     names = sorted(set().union(*(plan.trainable(i) for i in range(len(plan.phases)))))
     ema = EMA(retention.decay, every_n_steps=retention.every_n_steps, names=names)
     if retention.name == "mean_teacher":
-        if retention.weight <= 0:
-            raise CptlabError(f"retention=mean_teacher needs retention.weight > 0 (got {retention.weight})")
         module.retention, module.retention_weight = MeanTeacher(ema, on=retention.on), retention.weight
     return ema
 

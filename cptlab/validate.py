@@ -1,39 +1,70 @@
 """Checks on a composed config that run before any heavy work, each failing with one line that
-names the key or path at fault (types and unknown keys are already caught by the schema)."""
+names the key or path at fault (types and unknown keys are already caught by the schema).
+
+The allowed values and ranges of single fields are declared beside the fields (cptlab.config) and checked by
+one generic pass, `validate_fields`; this module adds the rules that relate several fields, or a field and
+the files it names, each once."""
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
+import typing
+from collections.abc import Iterator
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from cptlab.config import Rule, TrainConfig, field_types, nested_schema
+from cptlab.data.split import heldout_kind
 from cptlab.demo import stands_in
 from cptlab.errors import CptlabError
 from cptlab.fsdp import SHARDING
-from cptlab.model.adapter import check_adapter_config, check_targets
+from cptlab.model.adapter import check_targets
 from cptlab.model.freeze import phases_from_config
 from cptlab.model.gguf import check_gguf
 from cptlab.model.load import check_model_source, random_llama_config
 from cptlab.optim import LRScale, LRSchedule
 from cptlab.utils.io import check_replaceable
 
-IMPLEMENTED = {"schedule": ("full", "two_stage", "new_tokens_only", "phases"),
-               "adapter": ("none", "lora", "dora", "block_expansion"),
-               "retention": ("none", "ema", "mean_teacher"), "optim": ("adamw",)}
-TOKENIZER_KINDS = ("base", "train", "extend")
-INITS = ("random", "mean", "subword_mean")
-BAD_TEXT = ("replace", "skip", "error")
+
+def validate_fields(cfg: DictConfig) -> None:
+    """Every value that has a rule beside its field in cptlab.config (and is read by this config: the rule's
+    `when`) against that rule; the first bad one, in schema order, fails naming its full key."""
+    for key, rule, value in declared_values(cfg, TrainConfig):
+        if rule.when is None or rule.when(cfg):
+            rule.check(key, value)
 
 
-def _positive(cfg: DictConfig, *keys: str, minimum: int = 1) -> None:
-    for key in keys:
-        value = cfg
-        for part in key.split("."):
-            value = value[part]
-        if value < minimum:
-            raise CptlabError(f"{key}={value} must be >= {minimum}")
+def declared_values(node: DictConfig, schema: type, prefix: str = "") -> Iterator[tuple[str, Rule, object]]:
+    """(full key, rule, value) of every field of `node` that declares a rule, nested schemas included (a domain
+    of data.domains is `data.domains.NAME.FIELD`). Only those fields are read: another may be an interpolation
+    that resolves only inside a Hydra run, or a mandatory value not set yet."""
+    types = field_types(schema)
+    for f in dataclasses.fields(schema):
+        key = prefix + f.name
+        if f.name not in node or OmegaConf.is_missing(node, f.name):
+            continue
+        if (rule := f.metadata.get("rule")) is not None:
+            yield key, rule, node[f.name]
+        elif (inner := nested_schema(types[f.name])) is not None and node[f.name] is not None:
+            for entry_prefix, entry in _entries(key, types[f.name], node[f.name]):
+                yield from declared_values(entry, inner, entry_prefix)
+
+
+def _entries(key: str, hint, value) -> Iterator[tuple[str, DictConfig]]:
+    """The nodes a schema-typed field holds, with their key prefixes: the node itself, each entry of a dict
+    (`key.NAME.`) or each item of a list (`key[i].`)."""
+    if typing.get_origin(hint) is typing.Union:  # Optional[X]: a null value was skipped by the caller
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    origin = typing.get_origin(hint)
+    if origin is dict:
+        yield from ((f"{key}.{name}.", entry) for name, entry in value.items())
+    elif origin is list:
+        yield from ((f"{key}[{i}].", entry) for i, entry in enumerate(value))
+    else:
+        yield f"{key}.", value
 
 
 def _check_source(domain: str, source: str) -> None:
@@ -51,32 +82,31 @@ def validate_data(data: DictConfig) -> None:
         raise CptlabError("data.domains is empty: configure at least one domain with role 'new'")
     roles = {}
     for name, d in data.domains.items():
-        if d.role not in ("new", "replay"):
-            raise CptlabError(f"data.domains.{name}.role={d.role!r} must be 'new' or 'replay'")
         if not d.sources:
             raise CptlabError(f"data.domains.{name}.sources is empty")
-        if d.heldout <= 0:
-            raise CptlabError(f"data.domains.{name}.heldout={d.heldout} must be > 0 (a share < 1 or a count)")
-        if d.weight <= 0:
-            raise CptlabError(f"data.domains.{name}.weight={d.weight} must be > 0")
+        try:
+            heldout_kind(d.heldout)
+        except CptlabError as e:
+            raise CptlabError(f"data.domains.{name}.heldout: {e}") from None
         for source in d.sources:
             _check_source(name, str(source))
         roles[name] = d.role
     if "new" not in roles.values():
         raise CptlabError("data.domains has no domain with role 'new'")
-    if not 0.0 <= data.replay_ratio < 1.0:
-        raise CptlabError(f"data.replay_ratio={data.replay_ratio} must be in [0, 1)")
     if data.replay_ratio > 0 and "replay" not in roles.values():
         raise CptlabError(f"data.replay_ratio={data.replay_ratio} but no domain has role 'replay'")
-    if data.on_bad_text not in BAD_TEXT:
-        raise CptlabError(f"data.on_bad_text={data.on_bad_text!r} must be one of {', '.join(BAD_TEXT)}")
 
 
 def validate_schedule_and_adapter(cfg: DictConfig) -> None:
     """Freezing schedule and adapter settings that need no model (the model-dependent checks, e.g. a
     target module or a layer that does not exist, run when the model is built)."""
     phases = phases_from_config(cfg.schedule)
-    check_adapter_config(cfg.adapter)
+    if cfg.adapter.name in ("lora", "dora") and not cfg.adapter.target_modules:
+        raise CptlabError("adapter.target_modules is empty: name the modules to adapt (e.g. q_proj, v_proj)")
+    if cfg.adapter.name == "block_expansion":
+        from cptlab.model.expand import check_expansion_config
+
+        check_expansion_config(cfg.adapter)
     if cfg.adapter.name != "none" and not any(g in ("adapter", "all") or g.startswith("layers.")
                                                for p in phases for g in p.train):
         raise CptlabError(f"adapter={cfg.adapter.name} but schedule={cfg.schedule.name} never trains the adapter "
@@ -148,43 +178,20 @@ def _check_extension(tok: DictConfig) -> None:
 
     check_admit(tok.get("admit", "auto"))
     add_pieces = tok.get("add_pieces")
-    if add_pieces is None:
-        return
-    if tok.kind != "extend":
+    if add_pieces is not None and tok.kind != "extend":
         raise CptlabError(f"tokenizer.add_pieces={add_pieces} only applies to tokenizer=extend (tokenizer.kind="
                           f"{tok.kind}); set tokenizer.vocab_size instead")
-    if isinstance(add_pieces, bool) or not isinstance(add_pieces, int) or add_pieces < 1:
-        raise CptlabError(f"tokenizer.add_pieces={add_pieces!r} must be a positive number of pieces (or null to "
-                          "append every admitted piece of a tokenizer.vocab_size domain vocabulary)")
 
 
 def validate(cfg: DictConfig) -> None:
-    for group, options in IMPLEMENTED.items():
-        if cfg[group].name not in options:
-            raise CptlabError(f"{group}={cfg[group].name} is not available (choose {', '.join(options)})")
-    if cfg.tokenizer.kind not in TOKENIZER_KINDS:
-        raise CptlabError(f"tokenizer.kind={cfg.tokenizer.kind!r} must be one of {', '.join(TOKENIZER_KINDS)}")
+    """Every check of a composed config, before any tokenizer, cache or model is built (run once per run)."""
+    validate_fields(cfg)
     if cfg.tokenizer.kind in ("base", "extend") and not (cfg.tokenizer.path or cfg.model.name_or_path or cfg.model.gguf):
         raise CptlabError(f"tokenizer={cfg.tokenizer.kind} needs tokenizer.path or model.name_or_path (a random-init "
                           "model has no tokenizer: use tokenizer=train)")
-    if cfg.tokenizer.init not in INITS:
-        raise CptlabError(f"tokenizer.init={cfg.tokenizer.init!r} must be one of {', '.join(INITS)}")
     _check_extension(cfg.tokenizer)
-    cap = cfg.tokenizer.get("max_train_bytes")
-    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
-        raise CptlabError(f"tokenizer.max_train_bytes={cap!r} must be a number of bytes >= 1 (or null: no cap)")
     if not (cfg.model.name_or_path or cfg.model.config or cfg.model.gguf):
         raise CptlabError("set model.name_or_path (a model directory), model.gguf or model.config (random init)")
-    _positive(cfg, "data.seq_len", "data.batch_size", "trainer.max_steps", "trainer.accumulate_grad_batches",
-              "trainer.log_every_n_steps", "eval.every_n_steps", "eval.max_blocks", "eval.batch_size",
-              "checkpoint.every_n_steps", "data.num_proc")
-    _positive(cfg, "data.num_workers", minimum=0)
-    if cfg.data.max_docs is not None:
-        _positive(cfg, "data.max_docs")
-    if cfg.train.nan_policy not in ("stop", "skip_batch"):
-        raise CptlabError(f"train.nan_policy={cfg.train.nan_policy!r} must be 'stop' or 'skip_batch'")
-    if cfg.optim.lr <= 0:
-        raise CptlabError(f"optim.lr={cfg.optim.lr} must be > 0")
     LRSchedule(total_steps=cfg.trainer.max_steps, warmup_steps=cfg.optim.warmup_steps, kind=cfg.optim.schedule,
                min_lr_ratio=cfg.optim.min_lr_ratio, decay_fraction=cfg.optim.decay_fraction)
     LRScale.from_config(cfg.optim.get("lr_scale"))
@@ -199,26 +206,12 @@ def validate(cfg: DictConfig) -> None:
         check_replaceable(str(cfg.publish_dir), "model", "publish_dir")
 
 
-PRECISIONS = ("16-mixed", "bf16-mixed", "32-true", "64-true", "16-true", "bf16-true", "transformer-engine",
-              "transformer-engine-float16", "64", "32", "16", "bf16")
-RETENTION_ROWS = ("replay", "all", "new")
-
-
 def validate_values(cfg: DictConfig) -> None:
     """Values the libraries would reject only after the tokenizer, caches or ranks exist (or with a traceback
-    that names no key): retention, dtype, optimizer, precision, SentencePiece coverage, batch vs. devices."""
+    that names no key) and that no single field's rule covers: dtype, optimizer betas, batch vs. devices."""
     from cptlab.model.load import DTYPES
 
-    ret, opt, tr = cfg.retention, cfg.optim, cfg.trainer
-    if ret.name != "none":
-        if not 0.0 < ret.decay < 1.0:
-            raise CptlabError(f"retention.decay={ret.decay} must be in (0, 1)")
-        _positive(cfg, "retention.every_n_steps")
-    if ret.name == "mean_teacher":
-        if ret.on not in RETENTION_ROWS:
-            raise CptlabError(f"retention.on={ret.on!r} must be one of {', '.join(RETENTION_ROWS)}")
-        if ret.weight <= 0:
-            raise CptlabError(f"retention=mean_teacher needs retention.weight > 0 (got {ret.weight})")
+    opt, tr = cfg.optim, cfg.trainer
     if cfg.model.dtype not in DTYPES:
         raise CptlabError(f"model.dtype={cfg.model.dtype!r} must be one of {', '.join(DTYPES)}")
     if cfg.model.get("chunked_loss") and (cfg.model.compile or tr.strategy == "fsdp"):
@@ -229,20 +222,6 @@ def validate_values(cfg: DictConfig) -> None:
     betas = list(opt.betas)
     if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
         raise CptlabError(f"optim.betas={betas} must be two numbers in [0, 1)")
-    if not opt.eps > 0:
-        raise CptlabError(f"optim.eps={opt.eps} must be > 0")
-    if opt.weight_decay < 0:
-        raise CptlabError(f"optim.weight_decay={opt.weight_decay} must be >= 0")
-    if opt.grad_clip is not None and opt.grad_clip <= 0:
-        raise CptlabError(f"optim.grad_clip={opt.grad_clip} must be > 0 (or null: no clipping)")
-    if str(tr.precision) not in PRECISIONS:
-        raise CptlabError(f"trainer.precision={tr.precision!r} must be one of {', '.join(PRECISIONS[:6])}")
-    if cfg.tokenizer.kind in ("train", "extend") and not 0.98 <= cfg.tokenizer.character_coverage <= 1.0:
-        raise CptlabError(f"tokenizer.character_coverage={cfg.tokenizer.character_coverage} must be in [0.98, 1] "
-                          "(SentencePiece's range)")
-    _positive(cfg, "train.max_consecutive_skipped", "train.max_skipped_batches")
-    if cfg.train.on_changed_inputs not in ("refuse", "restart", "resume"):
-        raise CptlabError(f"train.on_changed_inputs={cfg.train.on_changed_inputs!r} must be refuse, restart or resume")
     devices = tr.devices
     world = len(devices) if OmegaConf.is_list(devices) else devices if isinstance(devices, int) and devices > 0 else None
     if world and cfg.data.batch_size % world:

@@ -66,7 +66,10 @@ def runs(tmp_path_factory):
     lora = root / "lora"
     train_run(lora, [*on_base, "tokenizer=base", "adapter=lora", "adapter.r=4", "adapter.dropout=0.0", "retention=ema",
                      "retention.decay=0.5"])
-    return {"root": root, "base": base, "extended": extended, "lora": lora}
+    dora = root / "dora"  # DoRA on the extended vocabulary, its new rows trained beside the adapter
+    train_run(dora, [*on_base, "tokenizer=extend", "tokenizer.vocab_size=2000", "adapter=dora", "adapter.r=4",
+                     "adapter.dropout=0.0", "adapter.train_new_tokens=true"])
+    return {"root": root, "base": base, "extended": extended, "lora": lora, "dora": dora}
 
 
 def eval_points(run_dir: Path, prefix: str = "val") -> dict[int, dict[str, float]]:
@@ -80,7 +83,7 @@ def eval_points(run_dir: Path, prefix: str = "val") -> dict[int, dict[str, float
     return out
 
 
-@pytest.mark.parametrize("kind", ["extended", "lora"])
+@pytest.mark.parametrize("kind", ["extended", "lora", "dora"])
 def test_endpoints_reproduce_step0_and_final_bpb_and_the_middle_lies_between(runs, kind):
     run_dir = runs[kind]
     record = merge_run(run_dir, [0.0, 0.5, 1.0])

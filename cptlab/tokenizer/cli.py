@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from cptlab.config import check_value
 from cptlab.errors import CptlabError
 
 PROG = "cptlab-tokenizer"
@@ -19,6 +20,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
+    # The allowed values of a run's tokenizer.admit / tokenizer.model_type, from the one place each is listed.
+    from cptlab.tokenizer.extend import ADMIT_RULES
+    from cptlab.tokenizer.spm import MODEL_TYPES
+
     parser = _Parser(prog=PROG, description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -30,11 +35,11 @@ def _parser() -> argparse.ArgumentParser:
     size.add_argument("--add-pieces", type=int, help="append exactly this many new pieces")
     size.add_argument("--vocab-size", type=int, help="size of the vocabulary trained on the corpus (every admitted "
                                                      "piece of it is appended)")
-    extend.add_argument("--admit", choices=["auto", "script", "strict", "all"], default="auto",
+    extend.add_argument("--admit", choices=ADMIT_RULES, default="auto",
                         help="which new pieces are appended (default auto; see conf/tokenizer/extend.yaml)")
     extend.add_argument("--out", required=True, type=Path,
                         help="output tokenizer directory (absent, empty, or an earlier output of this command)")
-    extend.add_argument("--model-type", choices=["bpe", "unigram"], default=None,
+    extend.add_argument("--model-type", choices=MODEL_TYPES, default=None,
                         help="SentencePiece model type of the domain vocabulary (default: the base's)")
     extend.add_argument("--character-coverage", type=float, default=0.9995)
     extend.add_argument("--seed", type=int, default=0)
@@ -62,6 +67,8 @@ def _extend(args) -> None:
     from cptlab.utils.io import check_replaceable, mark_output
 
     check_replaceable(args.out, "tokenizer", "--out")  # before any work: only an earlier output is replaced
+    # SentencePiece refuses a coverage only after the corpus is read: tokenizer.character_coverage's rule first.
+    check_value("tokenizer.character_coverage", args.character_coverage)
     corpus = read_texts(args.corpus)
     check = read_texts(args.check_text) if args.check_text else None
     # No cache: the output directory is the artefact asked for (prepare_tokenizer caches the same build).

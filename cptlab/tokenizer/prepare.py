@@ -14,6 +14,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from cptlab.config import check_value
 from cptlab.errors import CptlabError
 from cptlab.tokenizer.bpe_extend import SIDE_FILES, TOKENIZER_JSON, extend_bpe, is_byte_level_bpe
 from cptlab.tokenizer.extend import check_admit, extend_spm, text_characters
@@ -22,7 +23,6 @@ from cptlab.tokenizer.spm import MODEL_FILE, train_spm
 from cptlab.utils.hashing import hash_dir, hash_file, hash_obj
 from cptlab.utils.io import atomic_write_json, build_once
 
-KINDS = ("base", "train", "extend")
 # Bump when training or export changes what a cached tokenizer contains.
 TRAIN_VERSION = 1
 # Bump when extension changes what a cached extended tokenizer contains.
@@ -75,6 +75,7 @@ def prepare_tokenizer(
     fingerprints: a warm start then reads no document) and otherwise by a hash of every text; likewise the
     base-language sample by `base_texts_key` (for admit=auto, the only rule whose result depends on it).
     """
+    check_value("tokenizer.kind", kind)  # also called outside a validated run (benchmarks): the config's one rule
     out_dir = Path(out_dir)
     if kind == "base":
         if not source:
@@ -88,7 +89,7 @@ def prepare_tokenizer(
         )
         cached = _train_cached(Path(cache_root), texts, options, texts_key)
         _publish(out_dir, lambda tmp: _copy_files(cached, tmp, [p.name for p in cached.iterdir() if _visible(p)]))
-    elif kind == "extend":
+    else:  # extend
         if not source:
             raise CptlabError("tokenizer.kind=extend needs tokenizer.path: the base tokenizer directory or .model file")
         if texts is None:
@@ -97,8 +98,6 @@ def prepare_tokenizer(
                        character_coverage=character_coverage, seed=seed)  # fmt: skip
         cached = _extend_cached(Path(cache_root), Path(source), texts, base_texts, options, texts_key, base_texts_key)
         _publish(out_dir, lambda tmp: _copy_files(cached, tmp, [p.name for p in cached.iterdir() if _visible(p)]))
-    else:
-        raise CptlabError(f"tokenizer.kind={kind!r} is not one of {list(KINDS)}")
     return out_dir
 
 

@@ -126,7 +126,7 @@ def test_unsupported_suffix_and_unknown_policy(tmp_path):
     with pytest.raises(CptlabError, match="empty_dir is a directory without .txt files"):
         read_documents(str(tmp_path / "empty_dir"))
     (tmp_path / "a.txt").write_text("x\n")
-    with pytest.raises(CptlabError, match="on_bad_text must be one of replace, skip, error, got 'ignore'"):
+    with pytest.raises(CptlabError, match="data.on_bad_text='ignore' must be one of replace, skip, error"):
         read_documents(str(tmp_path / "a.txt"), on_bad_text="ignore")
 
 

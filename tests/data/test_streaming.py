@@ -167,6 +167,6 @@ def test_max_train_bytes_is_validated(compose_cfg, tmp_path):
     base = ["data=files", f"data.domains.new.sources=[{tmp_path / 'a.txt'}]",
             f"data.domains.old.sources=[{tmp_path / 'a.txt'}]", "tokenizer=train"]
     assert compose_cfg(base).tokenizer.max_train_bytes == 1 << 30
-    with pytest.raises(CptlabError, match=r"tokenizer.max_train_bytes=0 must be a number of bytes >= 1"):
+    with pytest.raises(CptlabError, match=r"tokenizer.max_train_bytes=0 must be >= 1 \(bytes; null: no cap\)"):
         validate(compose_cfg([*base, "tokenizer.max_train_bytes=0"]))
     validate(compose_cfg([*base, "tokenizer.max_train_bytes=null"]))

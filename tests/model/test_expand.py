@@ -16,8 +16,8 @@ from omegaconf import OmegaConf, open_dict
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from cptlab.errors import CptlabError
-from cptlab.model.adapter import apply_adapter, check_adapter_config
-from cptlab.model.expand import expand_blocks, insert_after, new_blocks_of, original_index
+from cptlab.model.adapter import apply_adapter
+from cptlab.model.expand import check_expansion_config, expand_blocks, insert_after, new_blocks_of, original_index
 from cptlab.model.freeze import FreezePlan, adapter_params_of
 
 SIZES = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
@@ -56,7 +56,7 @@ def test_interleave_copies_the_last_block_of_each_group_like_llama_pro():
 ])
 def test_bad_expansion_config_names_the_key(kw, message):
     with pytest.raises(CptlabError, match=message):
-        check_adapter_config(adapter(**kw))
+        check_expansion_config(adapter(**kw))
 
 
 def test_impossible_placements_for_the_model_name_the_key():

@@ -61,10 +61,7 @@ def test_presets_are_phase_lists():
     (dict(name="phases", phases=[{"until_step": None, "train": []}]), "phases[0].train is empty"),
     (dict(name="phases"), "schedule.phases"),
     (dict(name="full", phases=[{"until_step": None, "train": ["all"]}]), "schedule=phases"),
-    (dict(name="two_stage", stage1_steps=0), "schedule.stage1_steps=0"),
-    (dict(name="two_stage", stage1_rows="some"), "schedule.stage1_rows='some'"),
-    (dict(name="three_stage"), "schedule=three_stage"),
-])
+])  # schedule.name / stage1_steps / stage1_rows: their rules beside cptlab.config (tests/reliability/test_validation)
 def test_bad_schedules_name_the_culprit(cfg, fragment):
     with pytest.raises(CptlabError) as info:
         phases_from_config(schedule(**cfg))

@@ -26,6 +26,35 @@ CASES = [
       id="skip_limit_0"),
     C(["train.on_changed_inputs=maybe"], "train.on_changed_inputs='maybe'", id="changed_inputs_policy_unknown"),
 ]
+# Each value below was once refused (or, for a domain weight of 0, accepted) by the module that uses it, after
+# the tokenizer and the token caches were built; now by the rule beside its field in cptlab.config, in one line.
+RULES = [
+    C(["retention=ema", "retention.every_n_steps=0"], "retention.every_n_steps=0 must be >= 1", id="ema_every_0"),
+    C(["retention=mean_teacher", "retention.weight=0"], "retention.weight=0.0 must be > 0", id="teacher_weight_0"),
+    C(["retention=mean_teacher", "retention.decay=0"], "retention.decay=0.0 must be in (0, 1)", id="teacher_decay_0"),
+    C(["retention=mean_teacher", "retention.on=old"], "retention.on='old' must be one of replay, all, new",
+      id="teacher_rows_unknown"),
+    C(["data.domains.new.weight=0"], "data.domains.new.weight=0.0 must be > 0", id="domain_weight_0"),
+    C(["data.domains.old.role=old"], "data.domains.old.role='old' must be one of new, replay", id="domain_role"),
+    C(["data.domains.new.max_docs=0"], "data.domains.new.max_docs=0 must be >= 1", id="domain_max_docs_0"),
+    C(["data.domains.new.heldout=1.5"], "data.domains.new.heldout: heldout must be a share in (0, 1)",
+      id="domain_heldout_not_share_or_count"),
+    C(["data.replay_ratio=1.0"], "data.replay_ratio=1.0 must be in [0, 1)", id="replay_ratio_1"),
+    C(["data.on_bad_text=ignore"], "data.on_bad_text='ignore' must be one of replace, skip, error", id="bad_text"),
+    C(["data.seq_len=0"], "data.seq_len=0 must be >= 1", id="seq_len_0"),
+    C(["seed=-1"], "seed=-1 must be >= 0", id="seed_negative"),
+    C(["schedule=two_stage", "schedule.stage1_steps=0"], "schedule.stage1_steps=0 must be >= 1", id="stage1_steps"),
+    C(["schedule=two_stage", "schedule.stage1_rows=some"], "schedule.stage1_rows='some' must be one of new, all",
+      id="stage1_rows"),
+    C(["schedule.name=three_stage"], "schedule.name='three_stage' must be one of full, two_stage", id="schedule"),
+    C(["adapter=lora", "adapter.r=0"], "adapter.r=0 must be >= 1", id="lora_r_0"),
+    C(["adapter=lora", "adapter.alpha=0"], "adapter.alpha=0.0 must be > 0", id="lora_alpha_0"),
+    C(["adapter=dora", "adapter.dropout=1.0"], "adapter.dropout=1.0 must be in [0, 1)", id="dora_dropout_1"),
+    C(["adapter=lora", "adapter.target_modules=[]"], "adapter.target_modules is empty", id="lora_no_targets"),
+    C(["adapter.name=ia3"], "adapter.name='ia3' must be one of none, lora, dora, block_expansion", id="adapter"),
+    C(["tokenizer.init=fancy"], "tokenizer.init='fancy' must be one of random, mean, subword_mean", id="init"),
+    C(["optim.grad_clip=0"], "optim.grad_clip=0.0 must be > 0 (or null: no clipping)", id="grad_clip_0"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +68,7 @@ def overrides(files, rel, *extra):
     return [a for a in rel.tiny_run(new, old, "unused", *extra) if not a.startswith("hydra.")]
 
 
-@pytest.mark.parametrize("extra, fragment", CASES)
+@pytest.mark.parametrize("extra, fragment", CASES + RULES)
 def test_late_failures_are_refused_by_validation(compose_cfg, files, rel, extra, fragment):
     cfg = compose_cfg(overrides(files, rel, *extra))
     with pytest.raises(CptlabError) as info:
@@ -63,3 +92,30 @@ def test_cli_refuses_before_any_tokenizer_or_cache(cptlab_train, files, rel, tmp
     proc = cptlab_train(*rel.tiny_run(new, old, run_dir, "retention=ema", "retention.decay=1.5"))
     assert "retention.decay=1.5" in rel.error_line(proc)
     assert not (cptlab_train.cache_dir / "tokenizers").exists() and not (run_dir / "tokenizer").exists()
+
+
+@pytest.mark.parametrize("extra", [["retention.decay=1.5", "retention.on=bogus", "retention.weight=0"],
+                                   ["schedule.stage1_steps=0", "schedule.stage1_rows=some", "adapter.r=0"]])
+def test_a_rule_applies_only_where_its_key_is_read(compose_cfg, files, rel, extra):
+    """retention=none reads no retention value, schedule=full no stage1_*, adapter=none no LoRA value:
+    unread values are not refused (as before the rules moved beside the schema)."""
+    validate(compose_cfg(overrides(files, rel, *extra)))
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["retention=ema", "retention.every_n_steps=0"], "retention.every_n_steps=0"),
+    (["retention=mean_teacher", "retention.weight=0"], "retention.weight=0.0"),
+    (["retention=mean_teacher", "retention.on=old"], "retention.on='old'"),
+])
+def test_cli_refuses_retention_values_before_any_cache_or_checkpoint(cptlab_train, files, rel, tmp_path, extra,
+                                                                     fragment):
+    """The retention keys once checked only when the trainer was built (pipeline.build_retention, MeanTeacher):
+    now one line, and no tokenizer, token cache or checkpoint is written."""
+    new, old = files
+    run_dir = tmp_path / "run"
+    proc = cptlab_train(*rel.tiny_run(new, old, run_dir, *extra))
+    line = rel.error_line(proc)
+    assert fragment in line
+    cache = cptlab_train.cache_dir
+    assert not cache.exists() or not any(cache.iterdir()), sorted(cache.rglob("*"))
+    assert not (run_dir / "tokenizer").exists() and not list(run_dir.rglob("*.ckpt"))

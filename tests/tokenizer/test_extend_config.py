@@ -19,7 +19,7 @@ CHARS = "的一是在不了有和人这中大为上个国我以要他时来用�
 
 @pytest.mark.parametrize("overrides, message", [
     (["tokenizer.admit=loose"], r"tokenizer\.admit='loose' must be one of auto, script, strict, all"),
-    (["tokenizer.add_pieces=0"], r"tokenizer\.add_pieces=0 must be a positive number of pieces"),
+    (["tokenizer.add_pieces=0"], r"tokenizer\.add_pieces=0 must be >= 1 \(new pieces"),
     (["tokenizer=train", "tokenizer.add_pieces=100"], r"tokenizer\.add_pieces=100 only applies to tokenizer=extend"),
 ])  # fmt: skip
 def test_bad_extension_options_are_named(compose_cfg, overrides, message):
