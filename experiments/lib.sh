@@ -8,11 +8,12 @@ RUNS="${CPTLAB_RUNS:-runs}/studies"
 SEEDS="${SEEDS:-0,1,2}"
 BIN="${CPTLAB_BIN:-.venv/bin}"
 
-# study_runs NAME OVERRIDES...: one multirun (the overrides' product x the seeds) in $RUNS/NAME.
+# study_runs NAME OVERRIDES...: one multirun (the overrides' product x the seeds) in $RUNS/NAME; STEPS=N
+# changes the run length (default 100).
 study_runs() {
     local name=$1
     shift
-    "$BIN/cptlab-train" -m experiment=demo_zh trainer.max_steps=100 eval.every_n_steps=20 \
+    "$BIN/cptlab-train" -m experiment=demo_zh "trainer.max_steps=${STEPS:-100}" eval.every_n_steps=20 \
         "seed=$SEEDS" "$@" hydra.sweep.dir="$RUNS/$name"
 }
 

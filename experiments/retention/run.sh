@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
-# Retention study at equal steps: no replay with none / ema / mean_teacher, against replay 0.05
-# (the replay point comes from experiments/replay: same settings, so it is run there, not twice).
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-RUNS="${CPTLAB_RUNS:-runs}/studies/retention"
-.venv/bin/cptlab-train -m experiment=demo_zh data.replay_ratio=0 retention=none,ema,mean_teacher \
-    retention.on=all trainer.max_steps=100 eval.every_n_steps=20 hydra.sweep.dir="$RUNS"
-REPLAY="${CPTLAB_RUNS:-runs}/studies/replay/data.replay_ratio=0.05,eval.every_n_steps=20,trainer.max_steps=100"
-.venv/bin/cptlab-compare "$RUNS" "$REPLAY" --out experiments/retention/results
+# Retention at equal steps and no replay: none (the replay study's ratio-0 arm), EMA at decays 0.9 / 0.99 /
+# 0.999, mean teacher (KL to the EMA on all rows), against replay 5% (from the replay study), 3 seeds each.
+source "$(dirname "$0")/../lib.sh"
+study_runs replay data.replay_ratio=0,0.05,0.5        # shared with the replay study
+study_runs retention data.replay_ratio=0 retention=ema,mean_teacher retention.on=all
+study_runs ema_decay data.replay_ratio=0 retention=ema retention.decay=0.9,0.999
+study_compare retention "$RUNS"/replay/*replay_ratio=0,* "$RUNS"/replay/*replay_ratio=0.05,* \
+    "$RUNS/retention" "$RUNS/ema_decay"
