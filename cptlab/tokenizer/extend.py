@@ -115,7 +115,7 @@ def make_admission(rule: str, covered: set[str], base_pieces: Iterable[str], sam
     `base_pieces`; `sample` is base-language text (auto), `normalize` the base's normaliser and `window` the
     longest new piece in characters (the sample is searched within that distance of foreign characters).
     `sample_chars` are the characters of base-language text (auto; default: those of `sample`), usually of
-    far more text than the sample: see `text_characters`."""
+    far more text than the sample (cptlab.tokenizer.prepare reads them)."""
     check_admit(rule)
     if rule == "strict":
         return Admission(rule, _cached(lambda c: c not in covered))
@@ -126,7 +126,7 @@ def make_admission(rule: str, covered: set[str], base_pieces: Iterable[str], sam
         # Common characters (punctuation, symbols) the base spells in bytes and its language, as sampled, never
         # uses: e.g. the curly quotes and ellipses of Chinese text for an ASCII-only base. Letters of the base's
         # own scripts never count, however rare: a small sample cannot show they are unused.
-        seen = text_characters(sample) if sample_chars is None else set(sample_chars)
+        seen = {c for text in sample for c in text} if sample_chars is None else set(sample_chars)
         if normalize is not None:
             seen.update(*map(normalize, list(seen)))
 
@@ -142,18 +142,6 @@ def make_admission(rule: str, covered: set[str], base_pieces: Iterable[str], sam
     if rule == "auto" and sample:
         admission.sample_windows = foreign_windows(sample, admission.foreign, normalize, window)
     return admission
-
-
-def text_characters(texts: Iterable[str], max_chars: int | None = None) -> set[str]:
-    """Every character of the `texts`, reading at most about `max_chars` characters of them."""
-    seen: set[str] = set()
-    read = 0
-    for text in texts:
-        seen.update(text)
-        read += len(text)
-        if max_chars is not None and read >= max_chars:
-            break
-    return seen
 
 
 def _cached(predicate: Callable[[str], bool]) -> Callable[[str], bool]:

@@ -4,7 +4,6 @@ content)."""
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 import shutil
@@ -17,7 +16,7 @@ from filelock import FileLock
 from cptlab.config import check_value
 from cptlab.errors import CptlabError
 from cptlab.tokenizer.bpe_extend import SIDE_FILES, TOKENIZER_JSON, extend_bpe, is_byte_level_bpe
-from cptlab.tokenizer.extend import check_admit, extend_spm, text_characters
+from cptlab.tokenizer.extend import check_admit, extend_spm
 from cptlab.tokenizer.hf import export_hf_tokenizer, load_tokenizer
 from cptlab.tokenizer.spm import MODEL_FILE, train_spm
 from cptlab.utils.hashing import hash_dir, hash_file, hash_obj
@@ -179,9 +178,7 @@ def extend_tokenizer(
     build info also written to `out_dir/cptlab_tokenizer.json` (its "extension" key holds the stats)."""
     check_admit(admit)
     kind, base, files = extension_base(Path(source))
-    check = list(itertools.islice(base_texts(), BASE_CHECK_DOCS)) if base_texts is not None else None
-    # admit=auto: the characters base-language text uses, from far more of it than the checked sample.
-    chars = text_characters(base_texts(), BASE_CHARS) if base_texts is not None and admit == "auto" else None
+    check, chars = _base_language(base_texts, chars=admit == "auto") if base_texts is not None else (None, None)
     if kind == "spm":
         stats = extend_spm(
             base, texts(), out_dir, vocab_size=vocab_size, add_pieces=add_pieces, admit=admit,
@@ -209,6 +206,23 @@ def extend_tokenizer(
     }
     atomic_write_json(Path(out_dir) / BUILD_INFO, info)
     return info
+
+
+def _base_language(base_texts: Callable[[], Iterable[str]], chars: bool) -> tuple[list[str], set[str] | None]:
+    """In one pass over the base-language text: its first BASE_CHECK_DOCS documents (the checked sample) and,
+    for admit=auto, every character of its first BASE_CHARS characters (far more text than the sample)."""
+    check: list[str] = []
+    seen: set[str] = set()
+    read = 0
+    for doc in base_texts():
+        if len(check) < BASE_CHECK_DOCS:
+            check.append(doc)
+        elif not chars or read >= BASE_CHARS:
+            break
+        if chars and read < BASE_CHARS:
+            seen.update(doc)
+            read += len(doc)
+    return check, seen if chars else None
 
 
 def _extend_cached(
