@@ -138,6 +138,11 @@ PRECISIONS = ("16-mixed", "bf16-mixed", "32-true", "64-true", "16-true", "bf16-t
               "transformer-engine-float16", "64", "32", "16", "bf16")
 NAN_POLICIES = ("stop", "skip_batch")
 ON_CHANGED_INPUTS = ("refuse", "restart", "resume")
+ADMIT_RULES = ("auto", "script", "strict", "all")
+MODEL_TYPES = ("bpe", "unigram")  # tokenizer.model_type of a SentencePiece model cptlab trains
+DTYPES = ("float32", "bfloat16", "float16")
+LR_SCHEDULES = ("cosine", "wsd", "constant")
+FSDP_SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD")
 
 
 @dataclass
@@ -150,7 +155,7 @@ class PathsConfig:
 @dataclass
 class ModelConfig:
     name_or_path: Optional[str] = None
-    dtype: str = "float32"
+    dtype: str = choice("float32", DTYPES)
     # Llama config fields for a random-init model (used when name_or_path is null); with random_init, the
     # fields written over the base's own config.
     config: Optional[dict[str, Any]] = None
@@ -177,8 +182,9 @@ class TokenizerConfig:
     # extend: append exactly this many new pieces (then vocab_size is unused)
     add_pieces: Optional[int] = bounded(None, ">= 1", note="new pieces; null: every admitted piece of a "
                                         "tokenizer.vocab_size domain vocabulary")
-    admit: str = "auto"  # extend: which new pieces are appended: auto | script | strict | all
-    model_type: Optional[str] = None  # bpe | unigram; null: bpe for kind=train, the base's type for extend
+    admit: str = choice("auto", ADMIT_RULES)  # extend: which new pieces are appended
+    # null: bpe for kind=train, the base's type for extend
+    model_type: Optional[str] = choice(None, MODEL_TYPES, when=lambda cfg: cfg.tokenizer.kind in ("train", "extend"))
     character_coverage: float = bounded(0.9995, "[0.98, 1]", note="SentencePiece's range",
                                         when=lambda cfg: cfg.tokenizer.kind in ("train", "extend"))
     # train/extend: each domain's tokenizer training text is its train split's leading documents up to this many
@@ -274,7 +280,7 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = bounded(1e-8, "> 0")
     warmup_steps: int = 20
-    schedule: str = "cosine"
+    schedule: str = choice("cosine", LR_SCHEDULES)
     min_lr_ratio: float = 0.1
     decay_fraction: float = 0.2
     grad_clip: Optional[float] = bounded(1.0, "> 0", note="or null: no clipping")
@@ -286,7 +292,7 @@ class TrainerConfig:
     accelerator: str = "cpu"
     devices: Any = 1
     strategy: str = "auto"
-    fsdp_sharding: str = "FULL_SHARD"  # strategy=fsdp: FULL_SHARD | SHARD_GRAD_OP | NO_SHARD
+    fsdp_sharding: str = choice("FULL_SHARD", FSDP_SHARDING, when=lambda cfg: cfg.trainer.strategy == "fsdp")
     precision: str = choice("32-true", PRECISIONS)
     max_steps: int = bounded(200, ">= 1")  # the run length: conf/train.yaml and experiments, never trainer/*.yaml
     accumulate_grad_batches: int = bounded(1, ">= 1")

@@ -15,10 +15,10 @@ import contextlib
 import torch
 from pytorch_lightning.strategies import FSDPStrategy
 
+from cptlab.config import check_value
 from cptlab.errors import CptlabError
 from cptlab.model.adapter import unwrap
 
-SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD")
 # Where a checkpoint loaded under FSDP keeps the names of the weights Lightning already loaded.
 STATE_DICT_KEYS = "cptlab_state_dict_keys"
 
@@ -85,8 +85,7 @@ class CPTFSDPStrategy(FSDPStrategy):
 
 def fsdp_strategy(model: torch.nn.Module, *, sharding: str = "FULL_SHARD") -> CPTFSDPStrategy:
     """An FSDP strategy sharding the decoder layers of `model` (full checkpoints, written by rank 0)."""
-    if sharding not in SHARDING:
-        raise CptlabError(f"trainer.fsdp_sharding={sharding!r} must be one of {', '.join(SHARDING)}")
+    check_value("trainer.fsdp_sharding", sharding)
     layers = layer_classes(model)
     return CPTFSDPStrategy(auto_wrap_policy=layers, ignored_modules=replicated_modules(model, layers),
                            sharding_strategy=sharding, state_dict_type="full", use_orig_params=True)

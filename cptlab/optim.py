@@ -34,9 +34,9 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from cptlab.config import check_value
 from cptlab.errors import CptlabError
 
-SCHEDULES = ("cosine", "wsd", "constant")
 LR_GROUPS = ("embeddings", "lm_head", "new_rows", "rest")
 
 
@@ -113,8 +113,7 @@ class LRSchedule:
     restarts: tuple[int, ...] = ()
 
     def __post_init__(self):
-        if self.kind not in SCHEDULES:
-            raise CptlabError(f"optim.schedule={self.kind!r} is not one of {', '.join(SCHEDULES)}")
+        check_value("optim.schedule", self.kind)
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise CptlabError(f"optim.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
         if not 0.0 <= self.decay_fraction <= 1.0:

@@ -10,8 +10,9 @@ from omegaconf import OmegaConf
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
+from cptlab.config import FSDP_SHARDING
 from cptlab.errors import CptlabError
-from cptlab.fsdp import SHARDING, average_gradients, fsdp_strategy, layer_classes, replicated_params
+from cptlab.fsdp import average_gradients, fsdp_strategy, layer_classes, replicated_params
 from cptlab.model.adapter import apply_adapter
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -43,7 +44,7 @@ def test_tied_embeddings_are_listed_once():
     assert len(params) == len({id(p) for p in params}) == 2  # embed/lm_head (one matrix) and the final norm
 
 
-@pytest.mark.parametrize("sharding", SHARDING)
+@pytest.mark.parametrize("sharding", FSDP_SHARDING)
 def test_strategy_from_config(sharding):
     from torch.distributed.fsdp import ShardingStrategy
 

@@ -182,7 +182,8 @@ class FreezePlan:
 
     @classmethod
     def from_config(cls, model: torch.nn.Module, schedule=None, adapter=None) -> "FreezePlan":
-        phases = phases_from_config(schedule) if schedule is not None else [Phase(None, ("adapter",))]
+        # The constructor checks how the phases fit together (validation checked the config's own phases once).
+        phases = BUILDERS[schedule.name](schedule) if schedule is not None else [Phase(None, ("adapter",))]
         train_new = bool(getattr(adapter, "train_new_tokens", False)) if adapter is not None else False
         return cls(model, phases, train_new_tokens=train_new)
 

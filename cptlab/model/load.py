@@ -17,18 +17,17 @@ from transformers import (
     PreTrainedModel,
 )
 
+from cptlab.config import check_value
 from cptlab.errors import CptlabError
 
 # Fields a size override may set even where a config class does not pre-declare them.
 SIZE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                "max_position_embeddings", "head_dim")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def torch_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise CptlabError(f"model.dtype={name!r} is not one of {', '.join(DTYPES)}")
-    return DTYPES[name]
+    check_value("model.dtype", name)  # one of cptlab.config.DTYPES, each a torch dtype's name
+    return getattr(torch, name)
 
 
 def _looks_local(name_or_path: str) -> bool:

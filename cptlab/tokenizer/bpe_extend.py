@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
+from cptlab.config import check_value
 from cptlab.errors import CptlabError
 from cptlab.tokenizer.byte_lengths import _has_byte_level
 from cptlab.tokenizer.extend import (
@@ -22,7 +23,6 @@ from cptlab.tokenizer.extend import (
     _read_lines,
     _skips,
     _spooled,
-    check_admit,
     check_stats,
     empty_stats,
     foreign_windows,
@@ -218,7 +218,7 @@ def extend_bpe(base_dir: Path, texts: Iterable[str], out_dir: Path, *, vocab_siz
     is the domain model's size. `check_texts` (a base-language sample) is checked and counted as for
     SentencePiece; `base_chars` are the characters of all the base-language text at hand (admit=auto).
     """
-    check_admit(admit)
+    check_value("tokenizer.admit", admit)
     if add_pieces is None and vocab_size is None:
         raise CptlabError("tokenizer=extend needs tokenizer.add_pieces or tokenizer.vocab_size")
     if add_pieces is not None and add_pieces < 1:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from cptlab.config import check_value
+from cptlab.config import ADMIT_RULES, MODEL_TYPES, check_value
 from cptlab.errors import CptlabError
 
 PROG = "cptlab-tokenizer"
@@ -20,10 +20,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    # The allowed values of a run's tokenizer.admit / tokenizer.model_type, from the one place each is listed.
-    from cptlab.tokenizer.extend import ADMIT_RULES
-    from cptlab.tokenizer.spm import MODEL_TYPES
-
     parser = _Parser(prog=PROG, description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 

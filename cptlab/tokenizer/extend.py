@@ -44,6 +44,7 @@ from pathlib import Path
 from sentencepiece import sentencepiece_model_pb2 as spm_pb2
 from tokenizers import normalizers
 
+from cptlab.config import check_value
 from cptlab.errors import CptlabError
 from cptlab.tokenizer.hf import (
     BPE_TYPE,
@@ -62,7 +63,6 @@ from cptlab.utils.io import atomic_write_bytes
 
 MODEL_TYPE_NAMES = {BPE_TYPE: "bpe", UNIGRAM: "unigram"}
 OTHER_MODEL_TYPES = {3: "word", 4: "char"}
-ADMIT_RULES = ("auto", "script", "strict", "all")
 SKIP_REASONS = ("skipped_special", "skipped_existing", "skipped_base_script", "skipped_covered",
                 "skipped_unreachable", "skipped_in_sample", "skipped_surplus")  # fmt: skip
 # Appended unigram scores keep the domain model's spacing but must stay strictly decreasing (float32).
@@ -103,11 +103,6 @@ class Admission:
         return sorted({script_of(c) for piece in pieces for c in piece if self.foreign(c)})
 
 
-def check_admit(admit: str) -> None:
-    if admit not in ADMIT_RULES:
-        raise CptlabError(f"tokenizer.admit={admit!r} must be one of {', '.join(ADMIT_RULES)}")
-
-
 def make_admission(rule: str, covered: set[str], base_pieces: Iterable[str], sample: list[str] | None = None,
                    normalize: Callable[[str], str] | None = None, window: int = 0,
                    sample_chars: set[str] | None = None) -> Admission:
@@ -116,7 +111,7 @@ def make_admission(rule: str, covered: set[str], base_pieces: Iterable[str], sam
     longest new piece in characters (the sample is searched within that distance of foreign characters).
     `sample_chars` are the characters of base-language text (auto; default: those of `sample`), usually of
     far more text than the sample (cptlab.tokenizer.prepare reads them)."""
-    check_admit(rule)
+    check_value("tokenizer.admit", rule)
     if rule == "strict":
         return Admission(rule, _cached(lambda c: c not in covered))
     if rule == "all":
@@ -259,7 +254,7 @@ def extend_spm(
     the texts that change ("check_texts_changed", "check_texts_changed_share"). `base_chars` (admit=auto) are
     the characters of all the base-language text at hand, default those of `check_texts`.
     """
-    check_admit(admit)
+    check_value("tokenizer.admit", admit)
     if add_pieces is None and vocab_size is None:
         raise CptlabError("tokenizer=extend needs tokenizer.add_pieces or tokenizer.vocab_size")
     if add_pieces is not None and add_pieces < 1:

@@ -16,7 +16,7 @@ from filelock import FileLock
 from cptlab.config import check_value
 from cptlab.errors import CptlabError
 from cptlab.tokenizer.bpe_extend import SIDE_FILES, TOKENIZER_JSON, extend_bpe, is_byte_level_bpe
-from cptlab.tokenizer.extend import check_admit, extend_spm
+from cptlab.tokenizer.extend import extend_spm
 from cptlab.tokenizer.hf import export_hf_tokenizer, load_tokenizer
 from cptlab.tokenizer.spm import MODEL_FILE, train_spm
 from cptlab.utils.hashing import hash_dir, hash_file, hash_obj
@@ -176,7 +176,7 @@ def extend_tokenizer(
 ) -> dict:
     """Build the extended tokenizer directory `out_dir` from the base `source` (no cache) and return the
     build info also written to `out_dir/cptlab_tokenizer.json` (its "extension" key holds the stats)."""
-    check_admit(admit)
+    check_value("tokenizer.admit", admit)
     kind, base, files = extension_base(Path(source))
     check, chars = _base_language(base_texts, chars=admit == "auto") if base_texts is not None else (None, None)
     if kind == "spm":

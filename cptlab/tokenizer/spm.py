@@ -10,11 +10,11 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from cptlab.config import check_value
 from cptlab.errors import CptlabError
 from cptlab.utils.io import atomic_write_bytes
 
 MODEL_FILE = "tokenizer.model"
-MODEL_TYPES = ("bpe", "unigram")
 # Unigram training gives different pieces for different thread counts, so "unset" must not mean
 # "this machine's core count": a content-keyed cache shared by several machines needs one answer.
 DEFAULT_NUM_THREADS = 4
@@ -60,8 +60,7 @@ def train_spm(
     `vocab_size` is a soft limit (a corpus too small for it gives a smaller vocabulary), but it must hold
     the 256 byte pieces, the 3 special pieces and every character kept by `character_coverage`.
     """
-    if model_type not in MODEL_TYPES:
-        raise CptlabError(f"tokenizer.model_type={model_type!r} is not supported; use one of {list(MODEL_TYPES)}")
+    check_value("tokenizer.model_type", model_type)
     check_vocab_size(vocab_size)
     lines = _lines(texts)
     first = next(lines, None)

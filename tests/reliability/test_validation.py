@@ -13,7 +13,6 @@ CASES = [
     C(["retention=ema", "retention.decay=1.5"], "retention.decay=1.5", id="ema_decay_above_1"),
     C(["retention=mean_teacher", "retention.weight=0.5", "retention.on=bogus"], "retention.on='bogus'",
       id="mean_teacher_rows_unknown"),
-    C(["model.dtype=bogus"], "model.dtype='bogus'", id="dtype_unknown"),
     C(["optim.betas=[1.5,0.9]"], "optim.betas=[1.5, 0.9]", id="beta_above_1"),
     C(["optim.betas=[0.9]"], "optim.betas=[0.9]", id="one_beta"),
     C(["optim.eps=-1"], "optim.eps=-1", id="eps_negative"),
@@ -54,6 +53,12 @@ RULES = [
     C(["adapter.name=ia3"], "adapter.name='ia3' must be one of none, lora, dora, block_expansion", id="adapter"),
     C(["tokenizer.init=fancy"], "tokenizer.init='fancy' must be one of random, mean, subword_mean", id="init"),
     C(["optim.grad_clip=0"], "optim.grad_clip=0.0 must be > 0 (or null: no clipping)", id="grad_clip_0"),
+    C(["model.dtype=bogus"], "model.dtype='bogus' must be one of float32, bfloat16, float16", id="dtype_unknown"),
+    C(["optim.schedule=linear"], "optim.schedule='linear' must be one of cosine, wsd, constant", id="lr_schedule"),
+    C(["tokenizer.admit=loose"], "tokenizer.admit='loose' must be one of auto, script, strict, all", id="admit"),
+    C(["tokenizer.model_type=word"], "tokenizer.model_type='word' must be one of bpe, unigram", id="model_type"),
+    C(["trainer.strategy=fsdp", "trainer.fsdp_sharding=HYBRID"],
+      "trainer.fsdp_sharding='HYBRID' must be one of FULL_SHARD, SHARD_GRAD_OP, NO_SHARD", id="fsdp_sharding"),
 ]
 
 
@@ -95,10 +100,12 @@ def test_cli_refuses_before_any_tokenizer_or_cache(cptlab_train, files, rel, tmp
 
 
 @pytest.mark.parametrize("extra", [["retention.decay=1.5", "retention.on=bogus", "retention.weight=0"],
-                                   ["schedule.stage1_steps=0", "schedule.stage1_rows=some", "adapter.r=0"]])
+                                   ["schedule.stage1_steps=0", "schedule.stage1_rows=some", "adapter.r=0"],
+                                   ["trainer.fsdp_sharding=HYBRID"]])
 def test_a_rule_applies_only_where_its_key_is_read(compose_cfg, files, rel, extra):
     """retention=none reads no retention value, schedule=full no stage1_*, adapter=none no LoRA value:
-    unread values are not refused (as before the rules moved beside the schema)."""
+    trainer.strategy=auto no fsdp_sharding: unread values are not refused (as before the rules moved beside the
+    schema)."""
     validate(compose_cfg(overrides(files, rel, *extra)))
 
 
