@@ -3,10 +3,13 @@ through the output head a chunk of positions at a time, so the float32 logits [B
 
 At a 56k vocabulary and a 135M model the logits, their log-softmax and their gradient are the largest
 tensors of a step (each B*T x V x 4 bytes). Here each chunk's logits are made, reduced to a loss sum and
-dropped; `torch.utils.checkpoint` keeps only the chunk's hidden states for backward, which recomputes the
-chunk's logits when it needs them. The loss and every gradient equal the plain path's
-(`F.cross_entropy(model(ids).logits.float(), targets)`) to float32 rounding: same head module, same dtype
-casts, only the order of the final sum differs.
+dropped. A plain linear head (every Llama-style model) takes the fused path: the chunk's gradients with
+respect to the hidden states and the head's matrix (softmax minus one-hot, two matmuls) are computed right
+there in the forward pass and handed to autograd in backward, so nothing is recomputed. Any other head module
+is run under `torch.utils.checkpoint`, which keeps only the chunk's hidden states and recomputes the chunk's
+logits in backward. The loss and every gradient equal the plain path's
+(`F.cross_entropy(model(ids).logits.float(), targets)`) to float32 rounding: the same matmuls and dtype
+casts, only the order of the sums differs.
 """
 
 from __future__ import annotations
@@ -57,13 +60,59 @@ def _chunk_sum(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tenso
     return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
 
 
+class _FusedLinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of `targets` [N] under `hidden` [N, d] @ `weight` [V, d].T, a chunk of rows at a
+    time; the gradients are made in forward (only the inputs that need one) and scaled in backward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk):
+        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for start in range(0, hidden.shape[0], chunk):
+            h, t = hidden[start:start + chunk], targets[start:start + chunk]
+            logits = F.linear(h, weight).float()  # as head(h).float(): autocast applies to F.linear alike
+            valid = t != IGNORE_INDEX
+            picked = t.clamp_min(0)
+            lse = torch.logsumexp(logits, dim=-1)
+            total = total + ((lse - logits.gather(1, picked[:, None]).squeeze(1)) * valid).sum()
+            if grad_hidden is None and grad_weight is None:
+                continue
+            grad = logits.sub_(lse[:, None]).exp_()  # the softmax, in the logits' memory
+            grad[torch.arange(len(t), device=grad.device), picked] -= 1.0
+            grad.mul_(valid[:, None])
+            if grad_hidden is not None:
+                grad_hidden[start:start + chunk] = torch.mm(grad.to(weight.dtype), weight)
+            if grad_weight is not None:
+                grad_weight += torch.mm(grad.t().to(h.dtype), h).float()
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.weight_dtype = weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return (grad_hidden * grad_total.to(grad_hidden.dtype) if grad_hidden is not None else None,
+                (grad_weight * grad_total).to(ctx.weight_dtype) if grad_weight is not None else None, None, None)
+
+
+def _fusable(head: torch.nn.Module) -> bool:
+    """A bias-free nn.Linear with no hooks: its function is F.linear(h, weight) and nothing else."""
+    return (type(head) is torch.nn.Linear and head.bias is None and not head._forward_hooks
+            and not head._forward_pre_hooks)
+
+
 def chunked_nll_sum(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
                     chunk: int | None = None) -> torch.Tensor:
     """Summed cross-entropy (float32) of `targets` [...] under logits `head(hidden)` [..., V], chunk by chunk;
-    positions whose target is -100 count for nothing. With gradients enabled each chunk is checkpointed."""
+    positions whose target is -100 count for nothing. With gradients enabled a plain linear head takes the
+    fused path, any other head checkpoints each chunk."""
     flat, tgt = hidden.flatten(0, -2), targets.flatten()
     chunk = chunk or chunk_rows(_vocab(head))
     grad = torch.is_grad_enabled()
+    if grad and _fusable(head) and (flat.requires_grad or head.weight.requires_grad):
+        return _FusedLinearCrossEntropy.apply(flat, head.weight, tgt, chunk)
     total = None
     for h, t in zip(flat.split(chunk), tgt.split(chunk)):
         part = checkpoint(_chunk_sum, head, h, t, use_reentrant=False) if grad else _chunk_sum(head, h, t)

@@ -161,25 +161,38 @@ def test_lightning_fit_with_chunked_loss_ends_at_the_same_weights():
         torch.testing.assert_close(plain[name], chunked[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_chunked_sum_never_builds_the_full_logits():
-    """Checkpointed chunks: the largest tensor saved for backward is a chunk's hidden states, not [B*T, V]."""
+class BiasedHead(torch.nn.Linear):
+    """Not a plain bias-free nn.Linear: the chunked loss checkpoints it instead of fusing."""
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_chunked_sum_never_builds_the_full_logits_and_fused_recomputes_nothing(fused, monkeypatch):
+    """What is saved for backward is far smaller than the logits [N, V]: the fused path keeps the gradients it
+    made in forward ([N, d] and [V, d]) and runs the head's matmul once per chunk; the checkpointed path keeps
+    a chunk's hidden states and runs the head again in backward. The plain path (the control) keeps [N, V]."""
     torch.manual_seed(0)
-    model = tiny(False, True)
-    ids, targets = batch(GROWN)
-    hidden, head = hidden_states(model, ids)
-    sizes = []
+    head = torch.nn.Linear(32, GROWN, bias=False) if fused else BiasedHead(32, GROWN, bias=True)
+    hidden = torch.randn(16, 12, 32, requires_grad=True)
+    targets = torch.randint(0, GROWN, (16, 12))
+    full = targets.numel() * GROWN
+    calls, sizes, linear = [], [], F.linear
+    monkeypatch.setattr(F, "linear", lambda *a, **k: calls.append(1) or linear(*a, **k))
 
     def pack(t):
         sizes.append(t.numel())
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        chunked_nll_sum(head, hidden.detach().requires_grad_(), targets, chunk=VOCAB_CHUNK)
-    assert sizes and max(sizes) < VOCAB_CHUNK * GROWN
+        total = chunked_nll_sum(head, hidden, targets, chunk=VOCAB_CHUNK)
+    forward_calls = len(calls)
+    total.backward()
+    chunks = -(-targets.numel() // VOCAB_CHUNK)
+    assert forward_calls == chunks and len(calls) == (chunks if fused else 2 * chunks)
+    assert sizes and max(sizes) <= full // 4 and sum(sizes) <= full // 2
     sizes.clear()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        F.cross_entropy(head(hidden.detach().requires_grad_()).flatten(0, 1), targets.flatten())
-    assert max(sizes) >= targets.numel() * GROWN  # the control: the plain path keeps the full logits
+        F.cross_entropy(head(hidden).flatten(0, 1), targets.flatten())
+    assert max(sizes) >= full  # the control: the plain path keeps the full logits
 
 
 @pytest.mark.parametrize("tied", [False, True])
