@@ -168,7 +168,8 @@ class ModelConfig:
     # Recompute block activations in the backward pass: less memory, about a third more compute.
     gradient_checkpointing: bool = False
     # The loss without the full float32 logits [B*T, V]: the output head runs a chunk of positions at a time,
-    # each chunk checkpointed (cptlab.model.loss); same loss and gradients, far less memory at a big vocabulary.
+    # each chunk's gradients made in forward (cptlab.model.loss); same loss and gradients, far less memory at a
+    # big vocabulary.
     chunked_loss: bool = False
     # torch.compile the model's forward (in place: parameter names, checkpoints and exports are unchanged).
     compile: bool = False

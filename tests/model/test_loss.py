@@ -15,7 +15,7 @@ from cptlab.evaluation import eval_sums, token_nll
 from cptlab.model.adapter import apply_adapter
 from cptlab.model.freeze import FreezePlan
 from cptlab.model.load import load_model
-from cptlab.model.loss import causal_lm_loss, chunked_nll_sum, decoder_and_head, hidden_states
+from cptlab.model.loss import causal_lm_loss, chunked_nll_sum, decoder_and_head
 from cptlab.module import CPTModule
 from cptlab.optim import LRSchedule
 
