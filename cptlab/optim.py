@@ -57,6 +57,13 @@ class LRScale:
                                   f"the schedule instead)")
             object.__setattr__(self, f.name, float(value))
 
+    def check_tied(self, tied: bool) -> None:
+        """A model whose input and output matrices are one tensor has one scale for both."""
+        if tied and self.embeddings != self.lm_head:
+            raise CptlabError(f"optim.lr_scale.lm_head={self.lm_head} differs from optim.lr_scale.embeddings="
+                              f"{self.embeddings}, but the model ties its input and output matrices (one tensor): "
+                              f"set them equal")
+
     @classmethod
     def from_config(cls, node) -> "LRScale":
         """From the `optim.lr_scale` node (a mapping or None); unknown keys fail naming them."""
@@ -78,11 +85,7 @@ def lr_groups(active: dict[str, int], shapes: dict[str, int], *, embeddings: str
     `shapes`: name -> rows) its learning-rate group, the scale of its AdamW parameter group, and
     `(first row, end row, update ratio)` when a block of its rows needs its update rescaled after the step
     (None else). `embeddings` / `lm_head`: the names of the input and output matrix (equal when tied)."""
-    tied = embeddings is not None and embeddings == lm_head
-    if tied and scale.embeddings != scale.lm_head:
-        raise CptlabError(f"optim.lr_scale.lm_head={scale.lm_head} differs from optim.lr_scale.embeddings="
-                          f"{scale.embeddings}, but the model ties its input and output matrices (one tensor): "
-                          f"set them equal")
+    scale.check_tied(embeddings is not None and embeddings == lm_head)
     out = {}
     for name, start in active.items():
         if name not in (embeddings, lm_head):

@@ -112,23 +112,38 @@ def validate_schedule_and_adapter(cfg: DictConfig) -> None:
                           f"(no phase has the group 'adapter'): use adapter=none or another schedule")
 
 
+def base_config(cfg: DictConfig) -> dict:
+    """The base model's config as far as it can be read before any work: a random-init model's `model.config`;
+    else the base directory's config.json (a GGUF base: its converted directory, once converted), with
+    `model.config` over it under `model.random_init`. Empty when not known yet (checked when the model loads)."""
+    fields = OmegaConf.to_container(cfg.model.config, resolve=True) if cfg.model.config else {}
+    path = None
+    if cfg.model.gguf:
+        from cptlab.model.gguf import fingerprint, locate
+
+        full = Path(str(cfg.paths.cache_dir)).expanduser() / "gguf" / fingerprint(locate(str(cfg.model.gguf)))
+        path = next((d for d in (full, full.with_name(f"{full.name}-config")) if (d / "config.json").is_file()), None)
+    elif cfg.model.name_or_path:
+        path = Path(str(cfg.model.name_or_path)).expanduser()
+    else:
+        return dict(fields)
+    base = json.loads((path / "config.json").read_text(encoding="utf-8")) if path and (path / "config.json").is_file() \
+        else {}
+    return {**base, **fields} if cfg.model.get("random_init") else base
+
+
 def validate_model(cfg: DictConfig) -> None:
     """The model directory exists and parses, and data.seq_len fits its positions: read from
     config.json (or the random-init config) before any tokenizer or data work."""
-    if cfg.model.gguf:  # the file and the `gguf` package are there (its positions are checked once converted)
+    if cfg.model.gguf:  # the file and the `gguf` package are there (its positions: once converted)
         check_gguf(str(cfg.model.gguf))
-        limit = None
     elif cfg.model.name_or_path and not stands_in(cfg.model, cfg.paths.cache_dir):
         path = Path(str(cfg.model.name_or_path)).expanduser()
         if path.name == "demo_base" and not path.exists():
             raise CptlabError(f"the demo base model is not built yet ({path}): run `make demo` or "
                               "`cptlab-train experiment=demo_base` first")
         check_model_source(str(cfg.model.name_or_path))
-        limit = None
-        if (path / "config.json").is_file():
-            limit = json.loads((path / "config.json").read_text(encoding="utf-8")).get("max_position_embeddings")
-    else:
-        limit = (cfg.model.config or {}).get("max_position_embeddings")
+    limit = base_config(cfg).get("max_position_embeddings")
     if limit is not None and cfg.data.seq_len > limit:
         raise CptlabError(f"data.seq_len={cfg.data.seq_len} exceeds the model's maximum positions ({limit})")
 
@@ -161,12 +176,7 @@ def validate_expansion(cfg: DictConfig) -> None:
         return
     from cptlab.model.expand import insert_after
 
-    layers = (cfg.model.config or {}).get("num_hidden_layers") if (cfg.model.get("random_init") or
-                                                                   not cfg.model.name_or_path) else None
-    if layers is None and cfg.model.name_or_path:
-        path = Path(str(cfg.model.name_or_path)).expanduser() / "config.json"
-        if path.is_file():
-            layers = json.loads(path.read_text(encoding="utf-8")).get("num_hidden_layers")
+    layers = base_config(cfg).get("num_hidden_layers")
     if layers:
         insert_after(int(layers), int(cfg.adapter.blocks), cfg.adapter.placement)
 
@@ -190,10 +200,11 @@ def validate(cfg: DictConfig) -> None:
         raise CptlabError("set model.name_or_path (a model directory), model.gguf or model.config (random init)")
     LRSchedule(total_steps=cfg.trainer.max_steps, warmup_steps=cfg.optim.warmup_steps, kind=cfg.optim.schedule,
                min_lr_ratio=cfg.optim.min_lr_ratio, decay_fraction=cfg.optim.decay_fraction)
-    LRScale.from_config(cfg.optim.get("lr_scale"))
+    scale = LRScale.from_config(cfg.optim.get("lr_scale"))
     validate_schedule_and_adapter(cfg)
     validate_data(cfg.data)
     validate_model(cfg)
+    scale.check_tied(bool(base_config(cfg).get("tie_word_embeddings")))
     validate_adapter_targets(cfg)
     validate_expansion(cfg)
     validate_strategy(cfg)

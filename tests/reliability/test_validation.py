@@ -24,6 +24,8 @@ CASES = [
     C(["train.nan_policy=skip_batch", "train.max_consecutive_skipped=0"], "train.max_consecutive_skipped=0",
       id="skip_limit_0"),
     C(["train.on_changed_inputs=maybe"], "train.on_changed_inputs='maybe'", id="changed_inputs_policy_unknown"),
+    C(["model.config.tie_word_embeddings=true", "optim.lr_scale.embeddings=0.1"],
+      "optim.lr_scale.lm_head=1.0 differs from optim.lr_scale.embeddings=0.1, but the model ties", id="tied_lr_scale"),
 ]
 # Each value below was once refused (or, for a domain weight of 0, accepted) by the module that uses it, after
 # the tokenizer and the token caches were built; now by the rule beside its field in cptlab.config, in one line.
