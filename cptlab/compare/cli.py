@@ -15,7 +15,7 @@ from rich.console import Console
 from cptlab.compare.plots import plot_forgetting_curves, plot_tradeoff
 from cptlab.compare.runs import eval_data_warnings, group_runs, is_run_dir, load_runs, parse_domains, resolve_roles
 from cptlab.compare.stats import budget_text, parse_budgets, replay_budgets
-from cptlab.compare.table import build_rows, render, write_csv, write_markdown
+from cptlab.compare.table import build_rows, render, start_warnings, write_csv, write_markdown
 from cptlab.errors import CptlabError
 
 OUTPUTS = ("forgetting_curves.png", "tradeoff.png", "summary.md", "summary.csv")
@@ -44,6 +44,7 @@ def compare(paths: list[Path], out: Path | None = None, old: list[str] | None = 
     groups = group_runs(runs)
     rows = build_rows(groups, roles, reference=reference)
     warnings = eval_data_warnings(groups, roles.new + roles.old)
+    warnings += start_warnings(groups, roles, rows[0]["starts"] if rows else {}, reference)
     for warning in warnings:
         print(f"cptlab-compare: warning: {warning}", file=sys.stderr)
     fits = replay_budgets(groups, roles, budgets) if budgets else []

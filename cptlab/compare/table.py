@@ -62,17 +62,59 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return [i for i, p in enumerate(points) if not any(dominates(q, p) for q in points)]
 
 
-def run_figures(run: Run, roles: Roles) -> dict:
-    """One run's figures; those it does not have (yet) are None."""
-    new = [run.domain_bpb(d) for d in roles.new]
-    old = [run.domain_bpb(d) for d in roles.old]
+# bpb: rows whose step-0 values on a domain differ by more than this started from different models.
+START_TOLERANCE = 1e-3
+
+
+def common_starts(groups: list[Group], roles: Roles, reference: str | None = None) -> dict[str, float]:
+    """Domain -> the step-0 bpb that every row's learning and forgetting are measured from, for each domain on
+    which the completed rows' mean step-0 bpb differ (another tokenizer, another init of the new rows, another
+    base; the seeds of one row may differ, as a random-init model's do): the reference row's mean step-0 bpb.
+    Measured from a common point, rows compare on their bpb at the end. Measured from its own step 0, a run that
+    starts worse would show less forgetting for the same end point. Empty when every row starts alike; then each
+    run is measured from its own step 0."""
+    completed = [g for g in groups if g.status == "completed"]
+    ref = next((g for g in completed if g.label == reference), completed[0] if completed else None)
+    starts = {}
+    for domain in roles.new + roles.old:
+        means = {g.label: _mean(run.domain_bpb(domain)["bpb_start"] for run in g.runs) for g in completed}
+        known = [v for v in means.values() if v is not None]
+        if ref is not None and means[ref.label] is not None and max(known) - min(known) > START_TOLERANCE:
+            starts[domain] = means[ref.label]
+    return starts
+
+
+def start_warnings(groups: list[Group], roles: Roles, starts: dict[str, float], reference: str | None) -> list[str]:
+    """The line the table prints for each domain common_starts re-anchored."""
+    completed = [g for g in groups if g.status == "completed"]
+    ref = next((g.label for g in completed if g.label == reference), completed[0].label if completed else "-")
+    out = []
+    for domain, start in starts.items():
+        per_row = ", ".join(f"{g.label}: {_mean(r.domain_bpb(domain)['bpb_start'] for r in g.runs):.4f}"
+                            for g in completed)
+        out.append(f"{domain}: the rows start from different bpb at step 0 ({per_row}); learning and forgetting "
+                   f"are measured from the reference row's ({ref}: {start:.4f}), i.e. they compare bpb at the end")
+    return out
+
+
+def run_figures(run: Run, roles: Roles, starts: dict[str, float] | None = None) -> dict:
+    """One run's figures; those it does not have (yet) are None. `starts`: domain -> the step-0 bpb to measure
+    learning / forgetting from instead of the run's own (common_starts)."""
+    starts = starts or {}
+    new = [dict(run.domain_bpb(d), start=starts.get(d)) for d in roles.new]
+    old = [dict(run.domain_bpb(d), start=starts.get(d)) for d in roles.old]
+    for d in new + old:
+        if d["start"] is None:
+            d["start"] = d["bpb_start"]
+        elif d["bpb_end"] is not None:
+            d["delta_bpb"] = d["bpb_end"] - d["start"]
     s = run.summary
     token_rates = [v for _, v in run.series.get("train/tokens_per_sec", [])]
     steps = [step for points in run.series.values() for step, _ in points]
     return {
         "new_bpb": _mean(d["bpb_end"] for d in new),
-        "learning": _mean(d["bpb_start"] - d["bpb_end"] for d in new
-                          if d["bpb_start"] is not None and d["bpb_end"] is not None),
+        "learning": _mean(d["start"] - d["bpb_end"] for d in new
+                          if d["start"] is not None and d["bpb_end"] is not None),
         "old_bpb": _mean(d["bpb_end"] for d in old),
         "forgetting": _mean(d["delta_bpb"] for d in old),
         "forgetting_auc": _mean(forgetting_auc(run, d) for d in roles.old),
@@ -103,15 +145,17 @@ def build_rows(runs: list[Run] | list[Group], roles: Roles, reference: str | Non
     figures a row does not have (yet) are None. `reference`: the label of the row the others are compared
     with (default: the first completed row)."""
     groups = runs if all(isinstance(g, Group) for g in runs) else group_runs(runs)
+    starts = common_starts(groups, roles, reference)
     rows = []
     for group in groups:
-        per_run = [run_figures(run, roles) for run in group.runs]
+        per_run = [run_figures(run, roles, starts) for run in group.runs]
         first = group.runs[0]
         row = {"label": group.label, "status": group.status, "error": first.error, "n": len(group.runs),
                "seeds": ",".join("-" if s is None else str(s) for s in group.seeds),
                "runs": per_run, "run_dirs": [str(run.path) for run in group.runs],
                "run_dir": "; ".join(str(run.path) for run in group.runs),
-               "pareto_front": None}  # True/False once set below; None = not a completed row with both numbers
+               "pareto_front": None,  # True/False once set below; None = not a completed row with both numbers
+               "starts": starts}
         for key in FIGURES:
             row[key], row[f"{key}_ci"] = _pooled([p[key] for p in per_run])
         rows.append(row)
@@ -226,6 +270,8 @@ def markdown(rows: list[dict], roles: Roles, warnings: list[str] = (), budget: l
         "contains 0; no interval when either row has a single run.",
         "- learning: new-domain bpb at step 0 minus at the end (higher is better).",
         "- forgetting: old-domain Δbpb at the end, bpb minus its step-0 value (above 0 = forgotten).",
+        "- when the rows start from different bpb on a domain (see Warnings), both are measured from the reference "
+        "row's step-0 bpb instead, for every row; the forgetting AUC stays measured from each run's own step 0.",
         "- forgetting AUC: old-domain Δbpb averaged over training (trapezoid over tokens seen / tokens seen).",
         "- Pareto ★: no other completed run forgets less and learns more. Several domains are averaged.",
         "- failed and unfinished runs show the latest values their metrics.csv has.", "",

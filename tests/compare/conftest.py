@@ -122,12 +122,13 @@ def seeded_new_bpb(ratio: float) -> float:
 
 
 def write_seeded_run(run_dir: Path, overrides: list[str], ratio: float, seed: int, *, heldout_sha: str = "docs",
-                     blocks_sha: str = "blocks", shift: float = 0.0) -> None:
-    """One run of the seeded sweep (`shift` added to its en forgetting)."""
+                     blocks_sha: str = "blocks", shift: float = 0.0, en_start: float = 1.5) -> None:
+    """One run of the seeded sweep (`shift` added to its en forgetting; `en_start`: its en bpb at step 0, the
+    later values unchanged: a run that starts elsewhere and ends at the same bpb)."""
     noise = SEED_NOISE[seed]
     forgetting = seeded_forgetting(ratio) + shift
     evals = {"zh": [3.0, 2.5 + noise, seeded_new_bpb(ratio) + noise],
-             "en": [1.5, 1.5 + forgetting / 2, 1.5 + forgetting + noise]}
+             "en": [en_start, 1.5 + forgetting / 2, 1.5 + forgetting + noise]}
     run_dir.mkdir(parents=True)
     write_hydra(run_dir, overrides, {"zh": "new", "en": "replay"})
     write_metrics(run_dir, evals, list(range(10, 101, 10)))

@@ -198,3 +198,29 @@ def test_a_narrow_terminal_keeps_labels_and_intervals(seeded_sweep, tmp_path):
         assert all(len(line) <= width for line in printed.splitlines() if line[:1] in "┏┃┡│└")  # the table fits
         assert all(f"data.replay_ratio={r:g} " in printed for r in SEED_RATIOS)  # labels never squeezed out
         assert f"+0.2000 ± {CI3:.4f}" in printed
+
+
+def test_rows_starting_from_different_bpb_are_measured_from_the_reference_start(seeded_sweep, seeded_run, capsys):
+    """A row whose en bpb at step 0 is 0.2 higher (a random init of the new rows, another tokenizer) but that
+    ends where the ratio-0 row ends forgets as much as that row, not 0.2 less: with differing starts, every row
+    is measured from the reference row's step 0 and the table says so."""
+    runs = load_runs([seeded_sweep])
+    assert build_rows(runs, resolve_roles(runs))[0]["starts"] == {}  # same starts: each run from its own
+    (seeded_sweep / "init").mkdir()
+    for seed in SEED_NOISE:
+        seeded_run(seeded_sweep / "init" / f"s{seed}", ["experiment=demo_zh", "data.replay_ratio=0",
+                                                         "tokenizer.init=random", f"seed={seed}"], 0.0, seed,
+                   en_start=1.7)
+    runs = load_runs([seeded_sweep])
+    rows = build_rows(runs, resolve_roles(runs))
+    assert rows[0]["starts"] == {"en": pytest.approx(1.5)}
+    late = next(r for r in rows if "tokenizer.init=random" in r["label"])
+    ratio0 = next(r for r in rows if r["label"] == "data.replay_ratio=0")
+    assert late["forgetting"] == pytest.approx(ratio0["forgetting"]) == pytest.approx(seeded_forgetting(0.0))
+    assert late["runs"][0]["forgetting"] != pytest.approx(late["runs"][0]["old_bpb"] - 1.7)  # not its own start
+    assert late["forgetting_vs_ref_text"] == rows[1]["forgetting_vs_ref_text"] or late["forgetting_vs_ref"] is not None
+    main([str(seeded_sweep), "--out", str(seeded_sweep / "cmp")])
+    err = capsys.readouterr().err
+    assert "en: the rows start from different bpb at step 0" in err and "zh:" not in err
+    assert "measured from the reference row's (data.replay_ratio=0: 1.5000)" in err
+    assert "en: the rows start from different bpb" in (seeded_sweep / "cmp" / "summary.md").read_text()
