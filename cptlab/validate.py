@@ -112,10 +112,11 @@ def validate_schedule_and_adapter(cfg: DictConfig) -> None:
                           f"(no phase has the group 'adapter'): use adapter=none or another schedule")
 
 
-def base_config(cfg: DictConfig) -> dict:
+def base_config(cfg: DictConfig, *, written_over: bool = True) -> dict:
     """The base model's config as far as it can be read before any work: a random-init model's `model.config`;
     else the base directory's config.json (a GGUF base: its converted directory, once converted), with
-    `model.config` over it under `model.random_init`. Empty when not known yet (checked when the model loads)."""
+    `model.config` over it under `model.random_init` (the model a run builds) unless not `written_over` (the base
+    itself, which a smoke run stands in for). Empty when not known yet (checked when the model loads)."""
     fields = OmegaConf.to_container(cfg.model.config, resolve=True) if cfg.model.config else {}
     path = None
     if cfg.model.gguf:
@@ -129,7 +130,9 @@ def base_config(cfg: DictConfig) -> dict:
         return dict(fields)
     base = json.loads((path / "config.json").read_text(encoding="utf-8")) if path and (path / "config.json").is_file() \
         else {}
-    return {**base, **fields} if cfg.model.get("random_init") else base
+    if not base:
+        return dict(fields) if cfg.model.get("random_init") else {}
+    return {**base, **fields} if cfg.model.get("random_init") and written_over else base
 
 
 def validate_model(cfg: DictConfig) -> None:
@@ -143,7 +146,9 @@ def validate_model(cfg: DictConfig) -> None:
             raise CptlabError(f"the demo base model is not built yet ({path}): run `make demo` or "
                               "`cptlab-train experiment=demo_base` first")
         check_model_source(str(cfg.model.name_or_path))
-    limit = base_config(cfg).get("max_position_embeddings")
+    # The base's own positions: a smoke run (random_init, small sizes over the base's config) must refuse what
+    # the real run would.
+    limit = base_config(cfg, written_over=False).get("max_position_embeddings")
     if limit is not None and cfg.data.seq_len > limit:
         raise CptlabError(f"data.seq_len={cfg.data.seq_len} exceeds the model's maximum positions ({limit})")
 
