@@ -171,7 +171,9 @@ def place_labels(ax, points: list[tuple[float, float]], labels: list[str], bold:
 
 def merge_curves(rows: list[dict], scored: list[int]) -> dict[int, list[tuple[float, float]]]:
     """Row index -> (forgetting, learning) of each alpha cptlab-merge scored for the row's run (rows of one run):
-    the interpolation (towards the raw or the EMA weights) whose alpha=1 end is the row's own point."""
+    the interpolation (towards the raw or the EMA weights) whose alpha=1 end is the row's own point. The points
+    are measured from the run's own step 0; a row measured from a common step 0 (table.common_starts) moves
+    them by the same offset as its own point."""
     from cptlab.merge import read_merge
 
     curves = {}
@@ -181,9 +183,11 @@ def merge_curves(rows: list[dict], scored: list[int]) -> dict[int, list[tuple[fl
             record = read_merge(dirs[0], weights) or {}
             points = {p["alpha"]: (p["forgetting"], p["learning"]) for p in record.get("points", [])
                       if p.get("forgetting") is not None and p.get("learning") is not None}
-            end = points.get(1.0)
-            if end and abs(end[0] - rows[i]["forgetting"]) <= 1e-6 and abs(end[1] - rows[i]["learning"]) <= 1e-6:
-                curves[i] = [points[a] for a in sorted(points)]
+            end, run = points.get(1.0), rows[i]["runs"][0]
+            own = (run.get("forgetting_own", rows[i]["forgetting"]), run.get("learning_own", rows[i]["learning"]))
+            if end and abs(end[0] - own[0]) <= 1e-6 and abs(end[1] - own[1]) <= 1e-6:
+                shift = (rows[i]["forgetting"] - own[0], rows[i]["learning"] - own[1])
+                curves[i] = [(points[a][0] + shift[0], points[a][1] + shift[1]) for a in sorted(points)]
                 break
     return curves
 

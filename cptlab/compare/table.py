@@ -103,6 +103,10 @@ def run_figures(run: Run, roles: Roles, starts: dict[str, float] | None = None) 
     starts = starts or {}
     new = [dict(run.domain_bpb(d), start=starts.get(d)) for d in roles.new]
     old = [dict(run.domain_bpb(d), start=starts.get(d)) for d in roles.old]
+    # Measured from the run's own step 0 (what cptlab-merge's points are measured from, too).
+    own = {"learning_own": _mean(d["bpb_start"] - d["bpb_end"] for d in new
+                                 if d["bpb_start"] is not None and d["bpb_end"] is not None),
+           "forgetting_own": _mean(d["delta_bpb"] for d in old)}
     for d in new + old:
         if d["start"] is None:
             d["start"] = d["bpb_start"]
@@ -125,6 +129,7 @@ def run_figures(run: Run, roles: Roles, starts: dict[str, float] | None = None) 
         # Tokenizer + data + model set-up before the first step (None for runs written before it was kept).
         "setup_s": sum((s.get("setup") or {}).values()) if s.get("setup") else None,
         "wall_time_s": s.get("wall_time_s"),
+        **own,
     }
 
 
