@@ -44,7 +44,7 @@ def compare(paths: list[Path], out: Path | None = None, old: list[str] | None = 
     groups = group_runs(runs)
     rows = build_rows(groups, roles, reference=reference)
     warnings = eval_data_warnings(groups, roles.new + roles.old)
-    warnings += start_warnings(groups, roles, rows[0]["starts"] if rows else {}, reference)
+    warnings += start_warnings(groups, rows[0]["starts"] if rows else {}, reference)
     for warning in warnings:
         print(f"cptlab-compare: warning: {warning}", file=sys.stderr)
     fits = replay_budgets(groups, roles, budgets) if budgets else []

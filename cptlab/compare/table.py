@@ -66,6 +66,16 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 START_TOLERANCE = 1e-3
 
 
+def _reference_group(completed: list[Group], reference: str | None) -> Group | None:
+    """The row the others are measured from: the one labelled `reference`, else the first completed row."""
+    return next((g for g in completed if g.label == reference), completed[0] if completed else None)
+
+
+def _start_means(completed: list[Group], domain: str) -> dict[str, float | None]:
+    """Row label -> the mean step-0 bpb of its runs on `domain`."""
+    return {g.label: _mean(run.domain_bpb(domain)["bpb_start"] for run in g.runs) for g in completed}
+
+
 def common_starts(groups: list[Group], roles: Roles, reference: str | None = None) -> dict[str, float]:
     """Domain -> the step-0 bpb that every row's learning and forgetting are measured from, for each domain on
     which the completed rows' mean step-0 bpb differ (another tokenizer, another init of the new rows, another
@@ -74,26 +84,27 @@ def common_starts(groups: list[Group], roles: Roles, reference: str | None = Non
     starts worse would show less forgetting for the same end point. Empty when every row starts alike; then each
     run is measured from its own step 0."""
     completed = [g for g in groups if g.status == "completed"]
-    ref = next((g for g in completed if g.label == reference), completed[0] if completed else None)
+    ref = _reference_group(completed, reference)
     starts = {}
     for domain in roles.new + roles.old:
-        means = {g.label: _mean(run.domain_bpb(domain)["bpb_start"] for run in g.runs) for g in completed}
+        means = _start_means(completed, domain)
         known = [v for v in means.values() if v is not None]
         if ref is not None and means[ref.label] is not None and max(known) - min(known) > START_TOLERANCE:
             starts[domain] = means[ref.label]
     return starts
 
 
-def start_warnings(groups: list[Group], roles: Roles, starts: dict[str, float], reference: str | None) -> list[str]:
+def start_warnings(groups: list[Group], starts: dict[str, float], reference: str | None) -> list[str]:
     """The line the table prints for each domain common_starts re-anchored."""
     completed = [g for g in groups if g.status == "completed"]
-    ref = next((g.label for g in completed if g.label == reference), completed[0].label if completed else "-")
+    ref = _reference_group(completed, reference)
     out = []
     for domain, start in starts.items():
-        per_row = ", ".join(f"{g.label}: {_mean(r.domain_bpb(domain)['bpb_start'] for r in g.runs):.4f}"
-                            for g in completed)
+        per_row = ", ".join(f"{label}: {mean:.4f}" for label, mean in _start_means(completed, domain).items()
+                            if mean is not None)
         out.append(f"{domain}: the rows start from different bpb at step 0 ({per_row}); learning and forgetting "
-                   f"are measured from the reference row's ({ref}: {start:.4f}), i.e. they compare bpb at the end")
+                   f"are measured from the reference row's ({ref.label}: {start:.4f}), i.e. they compare bpb at "
+                   f"the end")
     return out
 
 
