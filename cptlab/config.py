@@ -50,9 +50,13 @@ class Rule:
         """Raise the one-line error that names the full key and the value, unless the value is admitted."""
         if value is None or self.admits(value):
             return
+        raise CptlabError(f"{key}={value!r} must be {self.must()}")
+
+    def must(self) -> str:
+        """What the message says an admitted value is: "one of a, b", "> 0", "in (0, 1)", then the note."""
         must = f"one of {', '.join(str(c) for c in self.choices)}" if self.choices else \
             (self.span if self.span[0] in "<>" else f"in {self.span}")
-        raise CptlabError(f"{key}={value!r} must be {must}" + (f" ({self.note})" if self.note else ""))
+        return must + (f" ({self.note})" if self.note else "")
 
 
 def _bounds(span: str) -> tuple[float | None, float | None, bool, bool]:
@@ -108,6 +112,9 @@ def check_value(key: str, value) -> None:
     rule = rule_of(schema, name)
     if rule is None:
         raise KeyError(f"no rule is declared for {key}")
+    if value is None and type(None) not in typing.get_args(field_types(schema)[name]):
+        # null is admitted only where the field is Optional (a run's config cannot hold it elsewhere)
+        raise CptlabError(f"{key}=None must be " + rule.must())
     rule.check(key, value)
 
 

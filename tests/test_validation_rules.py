@@ -57,6 +57,8 @@ def test_every_default_obeys_its_own_rule(schema):
     ("tokenizer.character_coverage", 1.01, "tokenizer.character_coverage=1.01 must be in [0.98, 1] "
                                            "(SentencePiece's range)"),
     ("retention.on", "old", "retention.on='old' must be one of replay, all, new"),
+    ("model.dtype", None, "model.dtype=None must be one of float32, bfloat16, float16"),  # not Optional
+    ("data.seq_len", None, "data.seq_len=None must be >= 1"),
 ])
 def test_one_checker_spells_every_message(key, value, message):
     with pytest.raises(CptlabError) as info:

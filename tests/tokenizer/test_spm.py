@@ -64,6 +64,8 @@ def test_empty_corpus_is_an_error(tmp_path, texts):
 def test_unknown_model_type_names_the_key(tmp_path, docs):
     with pytest.raises(CptlabError, match=r"tokenizer\.model_type='word'"):
         train_spm(docs, tmp_path, vocab_size=400, model_type="word")
+    with pytest.raises(CptlabError, match=r"tokenizer\.model_type=None must be one of bpe, unigram"):
+        train_spm(docs, tmp_path, vocab_size=400, model_type=None)
 
 
 def test_training_is_quiet(tmp_path, docs, capfd, monkeypatch):
