@@ -1,6 +1,8 @@
 """6. Corpus scale: pre-tokenizing a generated corpus of many shard files, bigger than a test fixture (default
 1 GiB, `--corpus-bytes`): tokens/s, peak RSS, RSS growth per corpus byte (a corpus 1/10 the size is the
-baseline) and num_proc 1 vs 2 on the smaller corpus.
+baseline) and num_proc 1 vs 2 on the smaller corpus: with every CPU (what a user gets on this machine; with
+num_proc=1 the encoder already runs one thread per CPU) and with the CPUs given out by affinity, one per process
+(num_proc=1 on 1 CPU vs num_proc=2 on 2: how the shard pool scales with the cores it is given).
 
 Each build runs `prepare_domain` in a child process (`python -m benchmarks.corpus prepare ...`) that reports its
 own peak RSS (getrusage), so one measurement never inherits another's heap. The corpus is synthetic text
@@ -24,6 +26,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import ROOT, BenchResult, Context, Ratio
+from cptlab.data.tokens import usable_cpus
 
 SHARDS = 16
 
@@ -65,10 +68,12 @@ def generate_corpus(out: Path, total_bytes: int, *, shards: int = SHARDS, seed: 
     return written
 
 
-def prepare_child(corpus: Path, tokenizer_dir: Path, cache: Path, num_proc: int) -> dict:
-    """Run one cache build in a fresh process; its report: tokens, documents, seconds, peak RSS (bytes)."""
+def prepare_child(corpus: Path, tokenizer_dir: Path, cache: Path, num_proc: int, cpus: int | None = None) -> dict:
+    """Run one cache build in a fresh process (on its first `cpus` allowed CPUs when given); its report: tokens,
+    documents, seconds, peak RSS (bytes)."""
     cmd = [sys.executable, "-m", "benchmarks.corpus", "prepare", "--corpus", str(corpus), "--tokenizer",
            str(tokenizer_dir), "--cache", str(cache), "--num-proc", str(num_proc)]
+    cmd += ["--cpus", str(cpus)] if cpus else []
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     if proc.returncode:
         raise RuntimeError(f"prepare child failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
@@ -80,6 +85,8 @@ def _prepare(args) -> None:
 
     from cptlab.data.tokens import DomainSpec, prepare_domain
 
+    if args.cpus:  # before any encoder starts: its thread count and the pool's workers inherit the mask
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.cpus])
     spec = DomainSpec(name="corpus", role="new", sources=(str(args.corpus),), heldout=0.002)
     t0 = time.perf_counter()
     dom = prepare_domain(spec, Path(args.tokenizer), Path(args.cache), num_proc=args.num_proc)
@@ -99,9 +106,13 @@ def run(ctx: Context) -> BenchResult:
     small = generate_corpus(ctx.root / "corpus" / "small", large_bytes // 10)
     large = generate_corpus(ctx.root / "corpus" / "large", large_bytes)
     tok = ctx.base_tokenizer_dir
-    runs = {}
-    for label, corpus, num_proc in (("small_np1", "small", 1), ("small_np2", "small", 2), ("large_np1", "large", 1)):
-        runs[label] = prepare_child(ctx.root / "corpus" / corpus, tok, ctx.path("corpus-cache", label), num_proc)
+    runs, cpus = {}, usable_cpus()
+    builds = [("small_np1", "small", 1, None), ("small_np2", "small", 2, None), ("large_np1", "large", 1, None)]
+    if cpus >= 2 and hasattr(os, "sched_setaffinity"):
+        builds += [("small_np1_cpu1", "small", 1, 1), ("small_np2_cpu2", "small", 2, 2)]
+    for label, corpus, num_proc, pinned in builds:
+        runs[label] = prepare_child(ctx.root / "corpus" / corpus, tok, ctx.path("corpus-cache", label), num_proc,
+                                    pinned)
     growth = (runs["large_np1"]["peak_rss"] - runs["small_np1"]["peak_rss"]) / (large - small)
     res.ratios.append(Ratio(
         "corpus.rss_growth_per_corpus_byte", growth,
@@ -112,7 +123,13 @@ def run(ctx: Context) -> BenchResult:
         "corpus.num_proc2_vs_num_proc1", speedup,
         f"num_proc=2 {runs['small_np2']['tokens'] / runs['small_np2']['seconds']:,.0f} tok/s",
         f"num_proc=1 {runs['small_np1']['tokens'] / runs['small_np1']['seconds']:,.0f} tok/s", ">= 1.6",
-        note=f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""))
+        note=f"{cpus} CPUs, load {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""))
+    one, two = runs.get("small_np1_cpu1"), runs.get("small_np2_cpu2")
+    res.ratios.append(Ratio(
+        "corpus.num_proc2_on_2_cpus_vs_num_proc1_on_1", one["seconds"] / two["seconds"] if two else None,
+        f"num_proc=2 on 2 CPUs {two['tokens'] / two['seconds']:,.0f} tok/s" if two else "needs 2 CPUs",
+        f"num_proc=1 on 1 CPU {one['tokens'] / one['seconds']:,.0f} tok/s" if one else "needs 2 CPUs", ">= 1.6",
+        note="the pool's scaling per CPU given (ideal 2.0)"))
     res.details = {"bytes": {"small": small, "large": large}, "shards": SHARDS, "runs": runs,
                    "tokens_per_s": {k: v["tokens"] / v["seconds"] for k, v in runs.items()}}
     return res
@@ -164,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     prep.add_argument("--tokenizer", required=True)
     prep.add_argument("--cache", required=True)
     prep.add_argument("--num-proc", type=int, default=1)
+    prep.add_argument("--cpus", type=int, default=None, help="run on the first N allowed CPUs only")
     train = commands.add_parser("train", help="peak RSS of a one-step cptlab.train run at N/10 and N corpus bytes")
     train.add_argument("--corpus-bytes", type=int, default=300_000_000)
     train.add_argument("--max-train-bytes", type=int, default=8_000_000)

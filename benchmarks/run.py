@@ -26,7 +26,8 @@ RATIO_KEYS = {
     "tokenizer": ("tokenizer.hf_vs_spm_encode_en", "tokenizer.hf_vs_spm_encode_zh",
                   "tokenizer.zh_tokens_per_char_extended_vs_base", "tokenizer.en_tokens_per_char_extended_vs_base"),
     "startup": ("startup.warm_vs_cold", "startup.warm_vs_import_floor"),
-    "corpus": ("corpus.rss_growth_per_corpus_byte", "corpus.num_proc2_vs_num_proc1"),
+    "corpus": ("corpus.rss_growth_per_corpus_byte", "corpus.num_proc2_vs_num_proc1",
+               "corpus.num_proc2_on_2_cpus_vs_num_proc1_on_1"),
 }
 # Optional, not run by default (minutes, needs `make install-real`): `--real-base` adds it.
 OPTIONAL = ("real_base",)

@@ -451,12 +451,21 @@ def encode_documents(tok, docs: list[str], eos_id: int, dtype: str) -> np.ndarra
 _WORKER: tuple | None = None
 
 
-def _worker_init(tokenizer_dir: str, dtype: str, eos_id: int, encoder: str = "hf") -> None:
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (taskset, a SLURM or container allocation), not every
+    core of the node that `os.cpu_count()` reports."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no affinity call on this platform (macOS)
+        return os.cpu_count() or 1
+
+
+def _worker_init(tokenizer_dir: str, dtype: str, eos_id: int, encoder: str = "hf", threads: int = 1) -> None:
     # The pool's processes already occupy the cores; Rust-level threads on top would oversubscribe them.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     global _WORKER
     if encoder == "spm":  # SentencePiece alone: the worker starts without importing transformers
-        tok = SpmEncoder(Path(tokenizer_dir) / "tokenizer.model", num_threads=1)
+        tok = SpmEncoder(Path(tokenizer_dir) / "tokenizer.model", num_threads=threads)
     else:
         tok = load_tokenizer(Path(tokenizer_dir))
     _WORKER = (tok, eos_id, dtype)
@@ -601,7 +610,8 @@ def _build_shards(spec: DomainSpec, tokenizer_dir: Path, tokens_root: Path, *, t
     encoder = fastest_encoder(tok, tokenizer_dir, list(itertools.islice(
         domain_documents(spec, on_bad_text=on_bad_text), ENCODER_CHECK_DOCS)))
     log.info("domain %s: encoding with %s", spec.name, "SentencePiece" if encoder == "spm" else "tokenizers")
-    main_tok = SpmEncoder(tokenizer_dir / "tokenizer.model", num_threads=os.cpu_count() or 1) if encoder == "spm" else tok
+    cpus = usable_cpus()
+    main_tok = SpmEncoder(tokenizer_dir / "tokenizer.model", num_threads=cpus) if encoder == "spm" else tok
     local = functools.partial(map, functools.partial(encode_documents, main_tok, eos_id=eos_id, dtype=dtype))
     metas: list[tuple[str, dict]] = []
     with _progress_bar(show, f"tokenizing {spec.name}") as advance:
@@ -623,8 +633,10 @@ def _build_shards(spec: DomainSpec, tokenizer_dir: Path, tokens_root: Path, *, t
             if num_proc > 1 and len(todo) > 1:
                 # spawn, not fork: a forked child would inherit the parent's (possibly running) Rust thread pool.
                 ctx = multiprocessing.get_context("spawn")
-                with ctx.Pool(min(num_proc, len(todo)), initializer=_worker_init,
-                              initargs=(str(tokenizer_dir), dtype, eos_id, encoder)) as pool:
+                workers = min(num_proc, len(todo))
+                # SentencePiece threads per worker: the allowed CPUs shared out, so workers x threads fill them.
+                with ctx.Pool(workers, initializer=_worker_init,
+                              initargs=(str(tokenizer_dir), dtype, eos_id, encoder, max(1, cpus // workers))) as pool:
                     for meta in pool.imap_unordered(_worker_shard, todo):
                         advance(meta["docs_read"], meta["n_train_tokens"] + meta["n_val_tokens"])
             metas = [(j.label, _shard(j, local, advance)) for j in jobs]

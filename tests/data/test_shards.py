@@ -166,6 +166,50 @@ def test_sentencepiece_encodes_when_it_gives_the_hf_ids_and_the_arrays_are_ident
     np.testing.assert_array_equal(again.train_tokens(), expected(mismatched, train))
 
 
+def test_encoder_threads_follow_the_allowed_cpus_and_are_shared_out_among_workers(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("no CPU affinity on this platform")
+    # A process pinned to one CPU (taskset, a SLURM allocation) counts one, whatever the node has.
+    code = "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); " \
+           "from cptlab.data.tokens import usable_cpus; print(usable_cpus())"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "1\n"
+    assert tokens.usable_cpus() == len(os.sched_getaffinity(0))
+
+    # 5 allowed CPUs, num_proc=2: the parent's SentencePiece uses 5 threads, each worker 5 // 2 = 2.
+    tok_dir = spm_tokenizer(tmp_path / "spm", seed=0)
+    write_shards(tmp_path / "corpus", 3)
+    monkeypatch.setattr(tokens, "usable_cpus", lambda: 5)
+    monkeypatch.setattr(tokens, "_WORKER", None)  # the in-process "worker" sets it; restored afterwards
+    made, pools = [], []
+    real_init = tokens.SpmEncoder.__init__
+    monkeypatch.setattr(tokens.SpmEncoder, "__init__",
+                        lambda self, model_file, num_threads=1: made.append(num_threads) or real_init(
+                            self, model_file, num_threads))
+
+    class InProcessPool:  # the spawn pool's protocol, run here so the initializer's arguments can be seen
+        def __init__(self, workers, initializer, initargs):
+            pools.append(workers)
+            initializer(*initargs)
+
+        def imap_unordered(self, fn, jobs):
+            return map(fn, jobs)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(tokens.multiprocessing, "get_context", lambda method: type("Ctx", (), {"Pool": InProcessPool}))
+    dom = prepare_domain(spec_for(tmp_path / "corpus"), tok_dir, tmp_path / "cache", num_proc=2)
+    assert pools == [2] and made[-2:] == [5, 2]  # the parent's encoder, then the worker's
+    train, _, _ = load_domain_documents(spec_for(tmp_path / "corpus"))
+    np.testing.assert_array_equal(dom.train_tokens(), expected(tok_dir, train))
+
+
 def test_a_source_without_documents_is_one_line_naming_it(tmp_path, tokenizer_dir):
     write_shards(tmp_path / "corpus", 1)
     blank = tmp_path / "blank.txt"
