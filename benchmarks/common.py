@@ -196,6 +196,21 @@ def median(xs):
     return statistics.median(xs) if xs else None
 
 
+def peak_rss() -> int:
+    """This process's own peak resident memory so far (VmHWM), bytes. Not `ru_maxrss`: Linux carries the
+    parent's peak into a child across fork + exec, so a child started by a bigger parent reports the parent's."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux; no /proc elsewhere
+
+
 def rss_bytes() -> dict[str, int]:
     """Resident memory of this process: total, anonymous (heap) and file-backed (mapped files) bytes."""
     try:

@@ -5,7 +5,8 @@ num_proc=1 the encoder already runs one thread per CPU) and with the CPUs given 
 (num_proc=1 on 1 CPU vs num_proc=2 on 2: how the shard pool scales with the cores it is given).
 
 Each build runs `prepare_domain` in a child process (`python -m benchmarks.corpus prepare ...`) that reports its
-own peak RSS (getrusage), so one measurement never inherits another's heap. The corpus is synthetic text
+own peak RSS (VmHWM, not `ru_maxrss`, which a child inherits from its parent), so one measurement never
+inherits another's heap. The corpus is synthetic text
 (Zipf-distributed words, a share of Chinese characters, one document per line) written as `.txt.gz` shards:
 reading includes decompression, as on a real pre-tokenization job.
 
@@ -25,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import ROOT, BenchResult, Context, Ratio
+from benchmarks.common import ROOT, BenchResult, Context, Ratio, peak_rss
 from cptlab.data.tokens import usable_cpus
 
 SHARDS = 16
@@ -81,8 +82,6 @@ def prepare_child(corpus: Path, tokenizer_dir: Path, cache: Path, num_proc: int,
 
 
 def _prepare(args) -> None:
-    import resource
-
     from cptlab.data.tokens import DomainSpec, prepare_domain
 
     if args.cpus:  # before any encoder starts: its thread count and the pool's workers inherit the mask
@@ -94,8 +93,7 @@ def _prepare(args) -> None:
     print(json.dumps({
         "seconds": seconds, "tokens": dom.n_train_tokens + dom.n_val_tokens,
         "docs": dom.n_train_docs + dom.n_val_docs,
-        "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "children_peak_rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
+        "peak_rss": peak_rss(),  # the building process; with num_proc > 1 the workers hold the shards' batches
     }))
 
 

@@ -4,8 +4,9 @@ SmolLM2-135M (`model=smollm2`: 30 layers, width 576, tied embeddings; its GGUF c
 with the Chinese-extended vocabulary of `experiment=smollm2_zh` (~56k rows), that experiment's sequence length
 and batch (128 x 8), fp32, the same packed blocks of its mixture stream. Sides, each a fresh subprocess run one
 after another (alternating order over `--real-rounds`), each measured for tokens/s (batch tokens / median step
-time, the first steps untimed) and peak RSS (the child's `ru_maxrss` from `os.wait4`: the whole process, set-up
-included, as a scheduler accounts it; the JSON also holds the peak up to the end of the timed steps):
+time, the first steps untimed) and peak RSS (the child's own VmHWM as it exits: the whole process, set-up
+included, as a scheduler accounts it; not `ru_maxrss`, which Linux carries over from the parent at exec; the
+JSON also holds the peak up to the end of the timed steps):
 
 - `hf`: a plain `transformers.Trainer` on the converted model resized to the extended tokenizer (as its
   documentation writes it: TrainingArguments + Trainer + a Dataset of the blocks, labels = input_ids), full
@@ -35,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import ROOT, BenchResult, Context, Ratio, median
+from benchmarks.common import ROOT, BenchResult, Context, Ratio, median, peak_rss
 
 SIDES = ("hf", "cptlab", "cptlab_chunked", "cptlab_zh", "cptlab_zh_chunked")
 CPTLAB_SIDES = SIDES[1:]
@@ -78,17 +79,6 @@ def base_overrides(cache: Path, steps: int, threads: int, quick: bool) -> list[s
     return out + (["debug=smoke", f"trainer.max_steps={steps}"] if quick else [])
 
 
-def _peak_rss() -> int:
-    """This process's peak resident memory so far (VmHWM), bytes."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 # -- children ---------------------------------------------------------------------------------------------------
 
 
@@ -113,7 +103,7 @@ def child_cptlab(spec: dict) -> dict:
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             clock.lap()
 
-    rss_setup = _peak_rss()
+    rss_setup = peak_rss()
     run.trainer.callbacks[:0] = [Clock()]
     run.trainer.fit(run.module, datamodule=run.datamodule)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -166,7 +156,7 @@ def child_hf(spec: dict) -> dict:
         adam_epsilon=o["eps"], max_grad_norm=o["grad_clip"], lr_scheduler_type="cosine", warmup_steps=1,
         logging_steps=1000, save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True,
         dataloader_num_workers=0, dataloader_pin_memory=False, seed=spec["seed"])
-    rss_setup = _peak_rss()
+    rss_setup = peak_rss()
     with contextlib.redirect_stdout(io.StringIO()):
         trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[Clock()])
         result = trainer.train()
@@ -188,7 +178,7 @@ class StepClock:
     def lap(self) -> None:
         self.step_s.append(time.perf_counter() - self._t0)
         if len(self.step_s) == self.steps:
-            self.peak_rss = _peak_rss()
+            self.peak_rss = peak_rss()
 
 
 # -- parent -----------------------------------------------------------------------------------------------------
@@ -231,7 +221,7 @@ def prepare(ctx: Context, cache: Path, steps: int) -> dict:
 
 
 def run_child(ctx: Context, side: str, prep: dict, steps: int, index: int) -> dict:
-    """One side in a fresh interpreter; its whole-process peak RSS from os.wait4."""
+    """One side in a fresh interpreter; its whole-process peak RSS, as it reports it."""
     run_dir = ctx.path("real_base", f"{side}-{index}")
     spec = {**prep, "side": side, "steps": steps, "threads": ctx.sizes.threads, "run_dir": str(run_dir),
             "overrides": prep["base"] + SIDE_OVERRIDES.get(side, [])}
@@ -246,14 +236,13 @@ def run_child(ctx: Context, side: str, prep: dict, steps: int, index: int) -> di
     with open(log, "w") as f:
         proc = subprocess.Popen([sys.executable, "-m", "benchmarks.real_base", "--child", str(spec_path)],
                                 cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        proc.wait()
     wall = time.perf_counter() - t0
     if proc.returncode != 0 or not out_path.is_file():
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
         raise RuntimeError(f"real_base {side} child exited {proc.returncode}: {tail[0]}")
     result = json.loads(out_path.read_text())
-    result.update(peak_rss=usage.ru_maxrss * 1024, wall_s=wall)  # ru_maxrss is in KiB on Linux
+    result["wall_s"] = wall
     return result
 
 
@@ -328,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric", "transformers"):
         logging.getLogger(name).setLevel(logging.ERROR)
     result = child_hf(spec) if spec["side"] == "hf" else child_cptlab(spec)
-    Path(spec["out"]).write_text(json.dumps(result))
+    Path(spec["out"]).write_text(json.dumps({**result, "peak_rss": peak_rss()}))
     return 0
 
 
