@@ -1,6 +1,6 @@
 """6. Corpus scale: pre-tokenizing a generated corpus of many shard files, bigger than a test fixture (default
 1 GiB, `--corpus-bytes`): tokens/s, peak RSS, RSS growth per corpus byte (a corpus 1/10 the size is the
-baseline) and num_proc 1 vs 2 on the smaller corpus: with every CPU (what a user gets on this machine; with
+baseline) and num_proc 1 vs 2 on the large corpus: with every CPU (what a user gets on this machine; with
 num_proc=1 the encoder already runs one thread per CPU) and with the CPUs given out by affinity, one per process
 (num_proc=1 on 1 CPU vs num_proc=2 on 2: how the shard pool scales with the cores it is given).
 
@@ -105,24 +105,31 @@ def run(ctx: Context) -> BenchResult:
     large = generate_corpus(ctx.root / "corpus" / "large", large_bytes)
     tok = ctx.base_tokenizer_dir
     runs, cpus = {}, usable_cpus()
-    builds = [("small_np1", "small", 1, None), ("small_np2", "small", 2, None), ("large_np1", "large", 1, None)]
-    if cpus >= 2 and hasattr(os, "sched_setaffinity"):
-        builds += [("small_np1_cpu1", "small", 1, 1), ("small_np2_cpu2", "small", 2, 2)]
-    for label, corpus, num_proc, pinned in builds:
+    # num_proc is compared on the large corpus: on the small one the fixed start-up (imports, the encoder
+    # check, the pool's interpreters) is a fifth of a build, and real corpora are larger still.
+    builds = [("small_np1", "small", 1, None), ("large_np1", "large", 1, None), ("large_np2", "large", 2, None)]
+    pinned = cpus >= 2 and hasattr(os, "sched_setaffinity")
+    if pinned:
+        builds.append(("large_np1_cpu1", "large", 1, 1))
+        if cpus > 2:  # on exactly 2 CPUs, num_proc=2 on 2 CPUs is the large_np2 build itself
+            builds.append(("large_np2_cpu2", "large", 2, 2))
+    for label, corpus, num_proc, cpu_count in builds:
         runs[label] = prepare_child(ctx.root / "corpus" / corpus, tok, ctx.path("corpus-cache", label), num_proc,
-                                    pinned)
+                                    cpu_count)
+    if pinned and cpus == 2:
+        runs["large_np2_cpu2"] = runs["large_np2"]
     growth = (runs["large_np1"]["peak_rss"] - runs["small_np1"]["peak_rss"]) / (large - small)
     res.ratios.append(Ratio(
         "corpus.rss_growth_per_corpus_byte", growth,
         f"peak RSS {runs['large_np1']['peak_rss'] / 2**20:,.0f} MB on {large / 1e6:,.0f} MB of text",
-        f"peak RSS {runs['small_np1']['peak_rss'] / 2**20:,.0f} MB on {small / 1e6:,.0f} MB of text", "<= 0.15"))
-    speedup = runs["small_np1"]["seconds"] / runs["small_np2"]["seconds"]
+        f"peak RSS {runs['small_np1']['peak_rss'] / 2**20:,.0f} MB on {small / 1e6:,.0f} MB of text", "<= 0.05"))
+    one, two = runs["large_np1"], runs["large_np2"]
     res.ratios.append(Ratio(
-        "corpus.num_proc2_vs_num_proc1", speedup,
-        f"num_proc=2 {runs['small_np2']['tokens'] / runs['small_np2']['seconds']:,.0f} tok/s",
-        f"num_proc=1 {runs['small_np1']['tokens'] / runs['small_np1']['seconds']:,.0f} tok/s", ">= 1.6",
+        "corpus.num_proc2_vs_num_proc1", one["seconds"] / two["seconds"],
+        f"num_proc=2 {two['tokens'] / two['seconds']:,.0f} tok/s",
+        f"num_proc=1 {one['tokens'] / one['seconds']:,.0f} tok/s", ">= 1.6",
         note=f"{cpus} CPUs, load {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""))
-    one, two = runs.get("small_np1_cpu1"), runs.get("small_np2_cpu2")
+    one, two = runs.get("large_np1_cpu1"), runs.get("large_np2_cpu2")
     res.ratios.append(Ratio(
         "corpus.num_proc2_on_2_cpus_vs_num_proc1_on_1", one["seconds"] / two["seconds"] if two else None,
         f"num_proc=2 on 2 CPUs {two['tokens'] / two['seconds']:,.0f} tok/s" if two else "needs 2 CPUs",
