@@ -130,10 +130,11 @@ def _overlap(a, b) -> float:
     return w * h if w > 0 and h > 0 else 0.0
 
 
-def place_labels(ax, points: list[tuple[float, float]], labels: list[str], bold: list[bool]) -> list:
+def place_labels(ax, points: list[tuple[float, float]], labels: list[str], bold: list[bool]) -> tuple[list, bool]:
     """Annotate each point with its label at the first offset whose text overlaps no point and no label
     already placed and stays inside the axes (the least-overlapping one when none is free); labels moved
-    away from their point get a thin leader line. Returns the annotations."""
+    away from their point get a thin leader line. Returns the annotations and whether any of them overlaps
+    or leaves the axes."""
     fig = ax.figure
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
@@ -143,7 +144,7 @@ def place_labels(ax, points: list[tuple[float, float]], labels: list[str], bold:
     for x, y in points:
         px, py = ax.transData.transform((x, y))
         taken.append(Bbox.from_extents(px - marker, py - marker, px + marker, py + marker))
-    placed = []
+    placed, clash = [], False
     order = sorted(range(len(points)), key=lambda i: (-points[i][1], points[i][0]))
     for i in order:
         best = None
@@ -166,7 +167,23 @@ def place_labels(ax, points: list[tuple[float, float]], labels: list[str], bold:
                 break
         taken.append(best[2])
         placed.append(best[1])
-    return placed
+        clash = clash or best[0] > 0
+    return placed, clash
+
+
+def same_point_labels(rows: list[dict], scored: list[int]) -> dict[int, str]:
+    """One label per distinct point: rows that land on exactly the same (forgetting, learning) — an EMA run's
+    raw weights are bit for bit those of the run without it — share the first row's label, which says how many
+    more rows it stands for (the table names them), instead of stacking labels on one spot."""
+    groups: dict[tuple[float, float], list[int]] = {}
+    for i in scored:
+        groups.setdefault((rows[i]["forgetting"], rows[i]["learning"]), []).append(i)
+    shown = {}
+    for first, *more in groups.values():
+        n = rows[first].get("n", 1)
+        shown[first] = (rows[first]["label"] + (f" (n={n})" if n > 1 else "")
+                        + (f" + {len(more)} more at this point" if more else ""))
+    return shown
 
 
 def merge_curves(rows: list[dict], scored: list[int]) -> dict[int, list[tuple[float, float]]]:
@@ -245,8 +262,15 @@ def plot_tradeoff(rows: list[dict], roles: Roles, path: Path) -> dict[str, list[
         ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     if scored:
-        place_labels(ax, [(rows[i]["forgetting"], rows[i]["learning"]) for i in scored],
-                     [rows[i]["label"] + (f" (n={rows[i]['n']})" if rows[i].get("n", 1) > 1 else "") for i in scored],
-                     [i in front for i in scored])
+        shown = same_point_labels(rows, scored)
+        points = [(rows[i]["forgetting"], rows[i]["learning"]) for i in shown]
+        bold = [i in front for i in shown]
+        texts, clash = place_labels(ax, points, list(shown.values()), bold)
+        if clash:  # too many or too long to fit beside their points: numbers there, the labels in a key below
+            for text in texts:
+                text.remove()
+            place_labels(ax, points, [str(k) for k in range(1, len(points) + 1)], bold)
+            ax.text(0.0, -0.12, "\n".join(f"{k}: {label}" for k, label in enumerate(shown.values(), 1)),
+                    transform=ax.transAxes, ha="left", va="top", fontsize=8)
     _save(fig, path)
     return {"points": [rows[i]["label"] for i in scored], "front": [rows[i]["label"] for i in front]}
