@@ -461,8 +461,10 @@ def usable_cpus() -> int:
 
 
 def _worker_init(tokenizer_dir: str, dtype: str, eos_id: int, encoder: str = "hf", threads: int = 1) -> None:
-    # The pool's processes already occupy the cores; Rust-level threads on top would oversubscribe them.
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    # Each worker encodes on its share of the CPUs (`threads`), SentencePiece and the Rust tokenizer alike: the
+    # Rust thread pool is sized by RAYON_NUM_THREADS when it first encodes, which is after this.
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads > 1 else "false"
+    os.environ["RAYON_NUM_THREADS"] = str(threads)
     global _WORKER
     if encoder == "spm":  # SentencePiece alone: the worker starts without importing transformers
         tok = SpmEncoder(Path(tokenizer_dir) / "tokenizer.model", num_threads=threads)
@@ -634,7 +636,7 @@ def _build_shards(spec: DomainSpec, tokenizer_dir: Path, tokens_root: Path, *, t
                 # spawn, not fork: a forked child would inherit the parent's (possibly running) Rust thread pool.
                 ctx = multiprocessing.get_context("spawn")
                 workers = min(num_proc, len(todo))
-                # SentencePiece threads per worker: the allowed CPUs shared out, so workers x threads fill them.
+                # Encoder threads per worker: the allowed CPUs shared out, so workers x threads fill them.
                 with ctx.Pool(workers, initializer=_worker_init,
                               initargs=(str(tokenizer_dir), dtype, eos_id, encoder, max(1, cpus // workers))) as pool:
                     for meta in pool.imap_unordered(_worker_shard, todo):

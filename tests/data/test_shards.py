@@ -182,7 +182,9 @@ def test_encoder_threads_follow_the_allowed_cpus_and_are_shared_out_among_worker
     tok_dir = spm_tokenizer(tmp_path / "spm", seed=0)
     write_shards(tmp_path / "corpus", 3)
     monkeypatch.setattr(tokens, "usable_cpus", lambda: 5)
-    monkeypatch.setattr(tokens, "_WORKER", None)  # the in-process "worker" sets it; restored afterwards
+    monkeypatch.setattr(tokens, "_WORKER", None)  # the in-process "worker" sets these; restored afterwards
+    monkeypatch.setenv("RAYON_NUM_THREADS", "")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
     made, pools = [], []
     real_init = tokens.SpmEncoder.__init__
     monkeypatch.setattr(tokens.SpmEncoder, "__init__",
@@ -206,6 +208,8 @@ def test_encoder_threads_follow_the_allowed_cpus_and_are_shared_out_among_worker
     monkeypatch.setattr(tokens.multiprocessing, "get_context", lambda method: type("Ctx", (), {"Pool": InProcessPool}))
     dom = prepare_domain(spec_for(tmp_path / "corpus"), tok_dir, tmp_path / "cache", num_proc=2)
     assert pools == [2] and made[-2:] == [5, 2]  # the parent's encoder, then the worker's
+    # A worker on the Rust tokenizer (byte-level BPE bases) gets the same share of threads.
+    assert os.environ["RAYON_NUM_THREADS"] == "2" and os.environ["TOKENIZERS_PARALLELISM"] == "true"
     train, _, _ = load_domain_documents(spec_for(tmp_path / "corpus"))
     np.testing.assert_array_equal(dom.train_tokens(), expected(tok_dir, train))
 
