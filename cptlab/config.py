@@ -99,9 +99,10 @@ def rule_of(schema: type, name: str) -> Rule | None:
     return next((f.metadata.get("rule") for f in dataclasses.fields(schema) if f.name == name), None)
 
 
-def check_value(key: str, value) -> None:
+def check_value(key: str, value, *, required: bool = False) -> None:
     """Check one value against the rule of its dotted `key` ("tokenizer.kind", "data.domains.NAME.weight"):
-    for library entry points that are called outside a validated run but must refuse what a run refuses."""
+    for library entry points that are called outside a validated run but must refuse what a run refuses.
+    `required`: refuse null even where the config admits it (a null there is resolved before this caller)."""
     *path, name = key.split(".")
     schema, parts = TrainConfig, iter(path)
     for part in parts:
@@ -112,7 +113,7 @@ def check_value(key: str, value) -> None:
     rule = rule_of(schema, name)
     if rule is None:
         raise KeyError(f"no rule is declared for {key}")
-    if value is None and type(None) not in typing.get_args(field_types(schema)[name]):
+    if value is None and (required or type(None) not in typing.get_args(field_types(schema)[name])):
         # null is admitted only where the field is Optional (a run's config cannot hold it elsewhere)
         raise CptlabError(f"{key}=None must be " + rule.must())
     rule.check(key, value)

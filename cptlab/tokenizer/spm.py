@@ -10,7 +10,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from cptlab.config import MODEL_TYPES, check_value
+from cptlab.config import check_value
 from cptlab.errors import CptlabError
 from cptlab.utils.io import atomic_write_bytes
 
@@ -60,9 +60,8 @@ def train_spm(
     `vocab_size` is a soft limit (a corpus too small for it gives a smaller vocabulary), but it must hold
     the 256 byte pieces, the 3 special pieces and every character kept by `character_coverage`.
     """
-    if model_type is None:  # the config's null picks a type upstream (cptlab.tokenizer.prepare); training needs one
-        raise CptlabError(f"tokenizer.model_type=None must be one of {', '.join(MODEL_TYPES)}")
-    check_value("tokenizer.model_type", model_type)
+    # The config's null picks a type upstream (cptlab.tokenizer.prepare); training needs one.
+    check_value("tokenizer.model_type", model_type, required=True)
     check_vocab_size(vocab_size)
     lines = _lines(texts)
     first = next(lines, None)
