@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from sentencepiece import sentencepiece_model_pb2 as spm_pb2
 from tokenizers import normalizers
 
@@ -51,6 +52,7 @@ from cptlab.tokenizer.hf import (
     NORMAL,
     TRICKY_TEXTS,
     UNIGRAM,
+    UNUSED,
     USER_DEFINED,
     _read_proto,
     build_normalizer,
@@ -395,24 +397,51 @@ def merge_protos(base: spm_pb2.ModelProto, domain: spm_pb2.ModelProto, admission
     # Highest domain score first: BPE merge priority or unigram probability, as the domain model ranks them.
     candidates.sort(key=lambda item: (-item[1].score, item[0]))
     merged = copy.deepcopy(base)
-    floor = min(p.score for p in base.pieces)
-    top = candidates[0][1].score if candidates else 0.0
-    previous = floor
-    for rank, (_, piece) in enumerate(candidates):
-        if base.trainer_spec.model_type == BPE_TYPE:
-            # Below every base piece, so no new merge outranks a base merge, and all distinct, because
-            # SentencePiece breaks score ties by piece position and the HF export by merge order.
-            score = floor - 1.0 - rank
-        else:
-            # The domain's log-probabilities, shifted below the base's: its relative preferences stay.
-            score = min(floor - 1.0 + (piece.score - top), previous - MIN_SCORE_STEP)
-        previous = score
+    for piece, score in zip((piece for _, piece in candidates), appended_scores(base, candidates)):
         merged.pieces.append(spm_pb2.ModelProto.SentencePiece(piece=piece.piece, score=score, type=NORMAL))
     merged.trainer_spec.vocab_size = len(merged.pieces)
     stats["added"] = len(candidates)
     stats["final_pieces"] = len(merged.pieces)
     stats["new_scripts"] = admission.new_scripts(piece.piece for _, piece in candidates)
     return merged, stats
+
+
+def score_floor(base: spm_pb2.ModelProto) -> float:
+    """The lowest finite score of a normal or unused base piece (SentencePiece BPE merges into unused pieces
+    too, then splits them again). Non-finite scores are left out: nothing finite lies below -inf, and such
+    pieces keep their place at the very end either way."""
+    return min((p.score for p in base.pieces if p.type in (NORMAL, UNUSED) and math.isfinite(p.score)), default=0.0)
+
+
+def appended_scores(base: spm_pb2.ModelProto, candidates: list) -> list[float]:
+    """The scores of the appended `candidates` (best first), each strictly below the previous one and below
+    `score_floor(base)` *as stored*: SentencePiece keeps scores as float32, where -1e9 - 1 ... -1e9 - 200 are
+    four values (LLaMA-2 has pieces at -1e9), and SentencePiece breaks score ties by position in the text while
+    the HF export breaks them by merge rank, so a tie makes the two disagree.
+
+    BPE: floor - 1 - rank (so no new merge outranks a base merge), moved down to the next float32 below the
+    previous score where float32 cannot hold it. Unigram: the domain's log-probabilities shifted below the
+    base's (their relative preferences kept) and kept MIN_SCORE_STEP apart, with the same float32 rule.
+    """
+    floor = score_floor(base)
+    bpe = base.trainer_spec.model_type == BPE_TYPE
+    top = candidates[0][1].score if candidates else 0.0
+    previous = np.float32(floor)
+    scores = []
+    for rank, (_, piece) in enumerate(candidates):
+        wanted = floor - 1.0 - rank if bpe else min(floor - 1.0 + (piece.score - top), float(previous) - MIN_SCORE_STEP)
+        score = np.float32(wanted)
+        if not score < previous:
+            with np.errstate(over="ignore"):  # the next float32 below the lowest finite one is -inf: refused below
+                score = np.nextafter(previous, np.float32(-np.inf), dtype=np.float32)
+        if not np.isfinite(score):
+            raise CptlabError(
+                f"the base's lowest score {floor:g} leaves no room below it in float32 (SentencePiece's score type) "
+                f"for {len(candidates)} new pieces: {rank} fit; ask for fewer pieces (tokenizer.add_pieces)"
+            )
+        scores.append(float(score))
+        previous = score
+    return scores
 
 
 def _select(base: spm_pb2.ModelProto, candidates: list, limit: int | None) -> tuple[list, int, int]:

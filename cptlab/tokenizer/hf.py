@@ -218,9 +218,41 @@ def _quiet_transformers(fn):
 
 
 def _check_texts(proto: spm_pb2.ModelProto) -> list[str]:
-    """The built-in tricky texts plus a few uses of the model's user-defined pieces, if any."""
+    """The built-in tricky texts, a few uses of the model's user-defined pieces, and the texts where tied BPE
+    scores could make the export disagree (`tie_texts`)."""
     user_defined = [p.piece for p in proto.pieces if p.type == USER_DEFINED][:20]
-    return TRICKY_TEXTS + [f"{piece} then{piece}and {piece}" for piece in user_defined]
+    return TRICKY_TEXTS + [f"{piece} then{piece}and {piece}" for piece in user_defined] + tie_texts(proto)
+
+
+def tied_merges(proto: spm_pb2.ModelProto) -> dict[float, list[str]]:
+    """BPE pieces that share their score with another mergeable piece, by score (e.g. LLaMA-2's runs of "▁" at
+    -1e9). SentencePiece breaks a tie between two possible merges by their position in the text (leftmost
+    first); the HF export can only rank one merge above the other (by piece id), so where two tied merges
+    overlap the two may segment differently."""
+    if proto.trainer_spec.model_type != BPE_TYPE:
+        return {}
+    groups: dict[float, list[str]] = {}
+    for p in proto.pieces:
+        if p.type in (NORMAL, UNUSED) and len(p.piece) > 1:
+            groups.setdefault(p.score, []).append(p.piece)
+    return {score: pieces for score, pieces in groups.items() if len(pieces) > 1}
+
+
+def tie_texts(proto: spm_pb2.ModelProto, limit: int = 2000) -> list[str]:
+    """Texts where two tied merges meet: each pair of tied pieces side by side and overlapping (the suffix of
+    one being the prefix of the other), so verification sees any tie the export breaks differently; and each
+    unused piece's text (SentencePiece merges into it, then splits it again). At most `limit` texts."""
+    space = " " if proto.normalizer_spec.escape_whitespaces else "▁"
+    texts: list[str] = []
+    for pieces in tied_merges(proto).values():
+        pieces = pieces[:48]
+        for left in pieces:
+            for right in pieces:
+                texts.append(left + right)
+                texts += [left + right[k:] for k in range(1, min(len(left), len(right)))
+                          if left.endswith(right[:k])]  # fmt: skip
+    texts += [p.piece for p in proto.pieces if p.type == UNUSED and len(p.piece) > 1]
+    return [text.replace("▁", space) for text in dict.fromkeys(texts)][:limit]
 
 
 def verify_export(spm_model: Path, hf_dir: Path, texts: list[str]) -> None:
@@ -241,7 +273,7 @@ def verify_export(spm_model: Path, hf_dir: Path, texts: list[str]) -> None:
             at = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
             raise CptlabError(
                 f"tokenizer export {hf_dir} disagrees with {spm_model} on {_short(text)}: "
-                f"from token {at} ids {got[at:at + 8]} instead of {expected[at:at + 8]}"
+                f"from token {at} ids {got[at:at + 8]} instead of {expected[at:at + 8]}{_tie_hint(spm_model)}"
             )
         # SentencePiece spells <unk> as " ⁇ " when decoding; only byte-fallback models round-trip everything.
         if sp.unk_id() not in expected and decoded != sp.decode(expected):
@@ -249,6 +281,15 @@ def verify_export(spm_model: Path, hf_dir: Path, texts: list[str]) -> None:
                 f"tokenizer export {hf_dir} decodes {_short(text)} as {_short(decoded)}, "
                 f"SentencePiece as {_short(sp.decode(expected))}"
             )
+
+
+def _tie_hint(spm_model: Path) -> str:
+    ties = tied_merges(_read_proto(spm_model))
+    if not ties:
+        return ""
+    score, pieces = max(ties.items(), key=lambda item: len(item[1]))
+    return (f" ({sum(map(len, ties.values()))} of its BPE pieces tie with another, e.g. {len(pieces)} at score "
+            f"{score:g}: SentencePiece breaks such ties by position in the text, a HF tokenizer by merge rank)")
 
 
 def _equal_score(sp, a: list[int], b: list[int]) -> bool:
