@@ -14,7 +14,7 @@ from rich.console import Console
 
 from cptlab.compare.plots import plot_forgetting_curves, plot_tradeoff
 from cptlab.compare.runs import eval_data_warnings, group_runs, is_run_dir, load_runs, parse_domains, resolve_roles
-from cptlab.compare.stats import budget_text, parse_budgets, replay_budgets
+from cptlab.compare.stats import DEFAULT_MARGIN, budget_text, parse_budgets, replay_budgets
 from cptlab.compare.table import build_rows, render, start_warnings, write_csv, write_markdown
 from cptlab.errors import CptlabError
 
@@ -30,7 +30,7 @@ def default_out(paths: list[Path]) -> Path:
 
 def compare(paths: list[Path], out: Path | None = None, old: list[str] | None = None,
             new: list[str] | None = None, console: Console | None = None, reference: str | None = None,
-            budgets: dict[str, float] | None = None) -> dict[str, Path]:
+            budgets: dict[str, float] | None = None, margin: float = DEFAULT_MARGIN) -> dict[str, Path]:
     """Load the runs under `paths`, write the four outputs into `out`, print the table (and the budget
     lines); returns {output name: path}. Raises CptlabError on a missing path or one with no run."""
     console = console or Console()
@@ -42,7 +42,7 @@ def compare(paths: list[Path], out: Path | None = None, old: list[str] | None = 
         for warning in run.warnings:
             print(f"cptlab-compare: warning: {warning}", file=sys.stderr)
     groups = group_runs(runs)
-    rows = build_rows(groups, roles, reference=reference)
+    rows = build_rows(groups, roles, reference=reference, margin=margin)
     warnings = eval_data_warnings(groups, roles.new + roles.old)
     warnings += start_warnings(groups, rows[0]["starts"] if rows else {}, reference)
     for warning in warnings:
@@ -88,7 +88,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--budget", action="append", metavar="DOMAIN=MAX",
                         help="largest acceptable forgetting (Δbpb at the end) of an old domain, e.g. en=0.05: "
                              "prints the smallest data.replay_ratio expected to keep within it (repeatable)")
+    parser.add_argument("--margin", type=_margin, default=DEFAULT_MARGIN, metavar="BPB",
+                        help="equivalence margin: a difference from the reference row reads 'equivalent' only "
+                             f"when its Holm-adjusted interval lies inside +/- this (default {DEFAULT_MARGIN:g} "
+                             "bits per byte)")
     return parser
+
+
+def _margin(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of bits per byte")
+    return value
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -99,7 +113,8 @@ def main(argv: list[str] | None = None) -> None:
         console.width = 1000  # piped or logged: the table at its natural width, not folded into 80 columns
     try:
         compare(args.paths, out=args.out, old=parse_domains(args.old), new=parse_domains(args.new),
-                console=console, reference=args.reference, budgets=parse_budgets(args.budget))
+                console=console, reference=args.reference, budgets=parse_budgets(args.budget),
+                margin=args.margin)
     except CptlabError as err:
         parser.exit(2, f"cptlab-compare: error: {err}\n")
 

@@ -1,6 +1,7 @@
-"""The statistics of cptlab-compare: mean and 95% t-interval over seeds, Welch intervals of differences
-between rows, and the replay-ratio budget (a monotone fit of forgetting against data.replay_ratio,
-with a bootstrap over seeds). numpy only: the t quantile is computed here (no scipy)."""
+"""The statistics of cptlab-compare: mean and 95% t-interval over seeds; differences between rows, paired
+when they share seeds and Welch otherwise, Holm-Bonferroni-adjusted over a table and read as one of three
+verdicts; and the replay-ratio budget (a monotone fit of forgetting against data.replay_ratio, with a
+bootstrap over seeds). numpy only: the t quantile is computed here (no scipy)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import numpy as np
 from cptlab.errors import CptlabError
 
 CONFIDENCE = 0.95
-NO_DIFFERENCE = "no measurable difference"
 
 
 # -- Student's t ----------------------------------------------------------------------------------------
@@ -103,33 +103,103 @@ def mean_ci(values) -> Estimate:
     return Estimate(mean, t_quantile(0.5 + CONFIDENCE / 2, n - 1) * sd / math.sqrt(n), n)
 
 
-def welch_difference(a, b) -> Estimate:
-    """mean(a) - mean(b) with the half-width of its 95% Welch interval (Welch–Satterthwaite degrees of
-    freedom); ci None when either side has fewer than 2 values. n is the smaller sample size."""
-    xs, ys = finite(a), finite(b)
+# -- comparisons of a table: paired or Welch, Holm-adjusted, three verdicts ---------------------------------
+
+ALPHA = 1.0 - CONFIDENCE
+# "equivalent" needs the adjusted interval inside +/- this many bits per byte (cptlab-compare --margin).
+DEFAULT_MARGIN = 0.01
+VERDICTS = ("difference", "equivalent", "inconclusive")
+
+
+@dataclass
+class Comparison:
+    """A row minus the reference row on one figure. `method` is "paired" (the rows ran the same seeds, and the
+    same seed means the same data order and initialisation in cptlab, so the per-seed differences are the
+    sample) or "Welch" (otherwise); `se`, `df` and the two-sided `p` are unadjusted. `holm` fills `p_adj`
+    (Holm-Bonferroni over the table's comparisons), `ci` (the half-width at the comparison's Holm level) and
+    `verdict`."""
+
+    mean: float | None
+    se: float | None
+    df: float | None
+    n: int
+    method: str
+    p: float | None = None
+    p_adj: float | None = None
+    ci: float | None = None
+    verdict: str | None = None
+
+
+def _p_two_sided(t: float, df: float) -> float:
+    return 2.0 * (1.0 - t_cdf(abs(t), df))
+
+
+def compare_samples(a: dict, b: dict) -> Comparison:
+    """`a` minus `b`, each {seed: value} (finite values only count). Paired when both hold the same two or more
+    seeds, Welch otherwise; no interval with a single run on either side."""
+    xs = {k: float(v) for k, v in a.items() if v is not None and math.isfinite(v)}
+    ys = {k: float(v) for k, v in b.items() if v is not None and math.isfinite(v)}
     if not xs or not ys:
-        return Estimate(None, None, min(len(xs), len(ys)))
-    diff = sum(xs) / len(xs) - sum(ys) / len(ys)
-    if len(xs) < 2 or len(ys) < 2:
-        return Estimate(diff, None, min(len(xs), len(ys)))
-    vx, vy = (float(np.var(v, ddof=1)) / len(v) for v in (xs, ys))
+        return Comparison(None, None, None, min(len(xs), len(ys)), "-")
+    if set(xs) == set(ys) and len(xs) >= 2 and None not in xs:
+        diffs = [xs[k] - ys[k] for k in sorted(xs, key=str)]
+        n, mean = len(diffs), sum(diffs) / len(diffs)
+        se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n)
+        return _with_p(Comparison(mean, se, n - 1.0, n, "paired"))
+    x, y = list(xs.values()), list(ys.values())
+    mean = sum(x) / len(x) - sum(y) / len(y)
+    if len(x) < 2 or len(y) < 2:
+        return Comparison(mean, None, None, min(len(x), len(y)), "n=1")
+    vx, vy = (float(np.var(v, ddof=1)) / len(v) for v in (x, y))
     se2 = vx + vy
-    if se2 == 0.0:
-        return Estimate(diff, 0.0, min(len(xs), len(ys)))
-    df = se2 ** 2 / (vx ** 2 / (len(xs) - 1) + vy ** 2 / (len(ys) - 1))
-    return Estimate(diff, t_quantile(0.5 + CONFIDENCE / 2, df) * math.sqrt(se2), min(len(xs), len(ys)))
+    df = se2 ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1)) if se2 > 0 else len(x) + len(y) - 2.0
+    return _with_p(Comparison(mean, math.sqrt(se2), df, min(len(x), len(y)), "Welch"))
 
 
-def difference_text(d: Estimate, spec: str = "+.4f") -> str:
-    """How a difference vs the reference row reads: "+0.0312 ± 0.0100", "no measurable difference" when
-    its 95% interval contains 0, "+0.0312 (n=1)" (no interval) when a side has a single run."""
-    if d.mean is None:
+def _with_p(c: Comparison) -> Comparison:
+    if c.se == 0.0:
+        c.p = 0.0 if c.mean != 0 else 1.0
+    else:
+        c.p = _p_two_sided(c.mean / c.se, c.df)
+    return c
+
+
+def holm(comparisons: list[Comparison], margin: float = DEFAULT_MARGIN, alpha: float = ALPHA) -> list[Comparison]:
+    """Holm-Bonferroni over `comparisons` (those with a p-value: m of them), in place. The i-th smallest p is
+    tested at alpha / (m - i) until one fails; its adjusted p is the running maximum of (m - j) * p_(j), capped
+    at 1, and its interval is the t-interval at level 1 - alpha / (m - i), or at the failing step's level for it
+    and every comparison after it, so an interval excludes 0 exactly when the adjusted p is below alpha.
+    Verdicts: "difference" when the adjusted p is below alpha; "equivalent" when the adjusted interval lies
+    inside +/- `margin` (two one-sided tests at the same level); "inconclusive" otherwise, and always without
+    an interval (a single run on a side)."""
+    tested = sorted((c for c in comparisons if c.p is not None), key=lambda c: c.p)
+    m, running, stopped = len(tested), 0.0, None
+    for i, c in enumerate(tested):
+        running = max(running, min(1.0, (m - i) * c.p))
+        c.p_adj = running
+        if stopped is None and c.p >= alpha / (m - i):
+            stopped = i  # the step-down stops here: this and every later comparison use this step's level
+        level = alpha / (m - (i if stopped is None else stopped))
+        c.ci = 0.0 if c.se == 0.0 else t_quantile(1.0 - level / 2.0, c.df) * c.se
+    for c in comparisons:
+        if c.mean is None:
+            c.verdict = None
+        elif c.p_adj is not None and c.p_adj < alpha:
+            c.verdict = "difference"
+        elif c.ci is not None and abs(c.mean) + c.ci < margin:
+            c.verdict = "equivalent"
+        else:
+            c.verdict = "inconclusive"
+    return comparisons
+
+
+def comparison_text(c: Comparison | None, spec: str = "+.4f") -> str:
+    """"+0.0312 ± 0.0140 difference" (the Holm-adjusted interval), "+0.0312 (n=1) inconclusive", "-"."""
+    if c is None or c.mean is None:
         return "-"
-    if d.ci is None:
-        return f"{format(d.mean, spec)} (n=1)"
-    if abs(d.mean) <= d.ci:
-        return NO_DIFFERENCE
-    return f"{format(d.mean, spec)} ± {d.ci:.4f}"
+    if c.ci is None:
+        return f"{format(c.mean, spec)} (n=1) {c.verdict}"
+    return f"{format(c.mean, spec)} ± {c.ci:.4f} {c.verdict}"
 
 
 # -- the replay-ratio budget ----------------------------------------------------------------------------

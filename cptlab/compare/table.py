@@ -15,17 +15,18 @@ from rich.markup import escape
 from rich.table import Table
 
 from cptlab.compare.runs import Group, Roles, Run, group_runs
-from cptlab.compare.stats import NO_DIFFERENCE, difference_text, mean_ci, welch_difference
+from cptlab.compare.stats import DEFAULT_MARGIN, compare_samples, comparison_text, holm, mean_ci
 from cptlab.errors import CptlabError
 from cptlab.utils.io import atomic_write_text
 
 # The figures of a row: each the mean over the row's runs, with `<figure>_ci` (95% t half-width, None for n=1).
 FIGURES = ["new_bpb", "learning", "old_bpb", "forgetting", "forgetting_auc", "tokens_per_sec", "steps",
            "tokens_seen", "setup_s", "wall_time_s"]
-COMPARED = ["learning", "forgetting"]  # compared with the reference row (Welch interval of the difference)
+COMPARED = ["learning", "forgetting"]  # compared with the reference row (paired or Welch, Holm-adjusted)
 CSV_FIELDS = ["label", "status", "error", "n", "seeds",
               *(f for k in FIGURES[:5] for f in (k, f"{k}_ci95")),
-              *(f for k in COMPARED for f in (f"{k}_vs_ref", f"{k}_vs_ref_ci95", f"{k}_vs_ref_verdict")),
+              *(f for k in COMPARED for f in (f"{k}_vs_ref", f"{k}_vs_ref_ci95", f"{k}_vs_ref_verdict",
+                                              f"{k}_vs_ref_method", f"{k}_vs_ref_p", f"{k}_vs_ref_p_holm")),
               "pareto_front", *(f for k in FIGURES[5:] for f in (k, f"{k}_ci95")), "run_dir"]
 
 
@@ -156,15 +157,16 @@ def _pooled(values: list) -> tuple:
     return mean, est.ci
 
 
-def build_rows(runs: list[Run] | list[Group], roles: Roles, reference: str | None = None) -> list[dict]:
+def build_rows(runs: list[Run] | list[Group], roles: Roles, reference: str | None = None,
+               margin: float = DEFAULT_MARGIN) -> list[dict]:
     """Rows in the runs' order, one per group of runs that differ only in seed (cptlab.compare.runs.group_runs);
     figures a row does not have (yet) are None. `reference`: the label of the row the others are compared
-    with (default: the first completed row)."""
+    with (default: the first completed row); `margin`: the equivalence margin of those comparisons."""
     groups = runs if all(isinstance(g, Group) for g in runs) else group_runs(runs)
     starts = common_starts(groups, roles, reference)
     rows = []
     for group in groups:
-        per_run = [run_figures(run, roles, starts) for run in group.runs]
+        per_run = [{**run_figures(run, roles, starts), "seed": seed} for run, seed in zip(group.runs, group.seeds)]
         first = group.runs[0]
         row = {"label": group.label, "status": group.status, "error": first.error, "n": len(group.runs),
                "seeds": ",".join("-" if s is None else str(s) for s in group.seeds),
@@ -181,14 +183,15 @@ def build_rows(runs: list[Run] | list[Group], roles: Roles, reference: str | Non
     front = set(pareto_front([(rows[i]["forgetting"], rows[i]["learning"]) for i in scored]))
     for k, i in enumerate(scored):
         rows[i]["pareto_front"] = k in front
-    compare_with_reference(rows, reference)
+    compare_with_reference(rows, reference, margin)
     return rows
 
 
-def compare_with_reference(rows: list[dict], reference: str | None = None) -> None:
-    """Set `<figure>_vs_ref` (an Estimate: the difference of means and its 95% Welch half-width) and
-    `<figure>_vs_ref_text` on every completed row but the reference. A difference whose interval holds 0
-    reads "no measurable difference"; with a single run on either side there is no interval."""
+def compare_with_reference(rows: list[dict], reference: str | None = None, margin: float = DEFAULT_MARGIN) -> None:
+    """Set `<figure>_vs_ref` (a cptlab.compare.stats.Comparison: paired when the two rows ran the same seeds,
+    Welch otherwise) and `<figure>_vs_ref_text` on every completed row but the reference. The table's
+    comparisons (every row, learning and forgetting) are one family for the Holm-Bonferroni correction; each
+    reads "difference", "equivalent" (within +/- `margin`) or "inconclusive" (see cptlab.compare.stats.holm)."""
     completed = [r for r in rows if r["status"] == "completed"]
     if reference is not None:
         ref = next((r for r in rows if r["label"] == reference), None)
@@ -197,16 +200,26 @@ def compare_with_reference(rows: list[dict], reference: str | None = None) -> No
                               f"{', '.join(r['label'] for r in rows)})")
     else:
         ref = completed[0] if completed else None
+    family = []
     for row in rows:
         row["reference"] = ref["label"] if ref else None
         for key in COMPARED:
             row[f"{key}_vs_ref"] = row[f"{key}_vs_ref_text"] = None
             if ref is None or row is ref or row["status"] != "completed":
                 continue
-            d = welch_difference([p[key] for p in row["runs"]], [p[key] for p in ref["runs"]])
-            row[f"{key}_vs_ref"], row[f"{key}_vs_ref_text"] = d, difference_text(d)
-        if row is ref:
-            row["learning_vs_ref_text"] = row["forgetting_vs_ref_text"] = "reference"
+            row[f"{key}_vs_ref"] = compare_samples(_by_seed(row, key), _by_seed(ref, key))
+            family.append((row, key))
+    holm([row[f"{key}_vs_ref"] for row, key in family], margin=margin)
+    for row, key in family:
+        row[f"{key}_vs_ref_text"] = comparison_text(row[f"{key}_vs_ref"])
+    if ref is not None:
+        ref["learning_vs_ref_text"] = ref["forgetting_vs_ref_text"] = "reference"
+        ref["margin"] = margin
+
+
+def _by_seed(row: dict, key: str) -> dict:
+    """{seed: figure} of a row's runs (runs without a recorded seed keyed by position: never paired)."""
+    return {(p["seed"] if p.get("seed") is not None else ("run", i)): p[key] for i, p in enumerate(row["runs"])}
 
 
 def headers(roles: Roles) -> list[str]:
@@ -282,8 +295,12 @@ def markdown(rows: list[dict], roles: Roles, warnings: list[str] = (), budget: l
         "of its 95% t-interval (t quantile with n-1 degrees of freedom × standard error); n = runs pooled. "
         "A failed or unfinished run is a row of its own.",
         f"- learning / forgetting vs ref: the row's mean minus the reference row's ({ref or '-'}), ± the "
-        f"half-width of the 95% Welch interval of that difference; \"{NO_DIFFERENCE}\" when the interval "
-        "contains 0; no interval when either row has a single run.",
+        "half-width of its interval: paired (the mean of per-seed differences, t with n-1 degrees of freedom) "
+        "when the two rows ran the same seeds, Welch otherwise; adjusted by Holm-Bonferroni over the "
+        f"{_family_size(rows)} comparisons of this table (the i-th smallest p-value at 0.05 / (m - i + 1)). "
+        "Verdict: **difference** when the adjusted interval excludes 0, **equivalent** when it lies inside "
+        f"± {_margin(rows):g} bpb (the --margin), **inconclusive** otherwise or with a single run on either side. "
+        "summary.csv has each comparison's method, p and Holm-adjusted p.",
         "- learning: new-domain bpb at step 0 minus at the end (higher is better).",
         "- forgetting: old-domain Δbpb at the end, bpb minus its step-0 value (above 0 = forgotten).",
         "- when the rows start from different bpb on a domain (see Warnings), both are measured from the reference "
@@ -293,6 +310,14 @@ def markdown(rows: list[dict], roles: Roles, warnings: list[str] = (), budget: l
         "- failed and unfinished runs show the latest values their metrics.csv has.", "",
         "![forgetting curves](forgetting_curves.png)", "",
         "![learning vs forgetting](tradeoff.png)", ""])
+
+
+def _family_size(rows: list[dict]) -> int:
+    return sum(1 for r in rows for k in COMPARED if r.get(f"{k}_vs_ref") is not None and r[f"{k}_vs_ref"].p is not None)
+
+
+def _margin(rows: list[dict]) -> float:
+    return next((r["margin"] for r in rows if r.get("margin") is not None), DEFAULT_MARGIN)
 
 
 def write_markdown(path: Path, rows: list[dict], roles: Roles, warnings: list[str] = (),
@@ -311,8 +336,11 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
             flat[f"{key}_ci95"] = row.get(f"{key}_ci")
         for key in COMPARED:
             d = row.get(f"{key}_vs_ref")
-            flat[f"{key}_vs_ref"], flat[f"{key}_vs_ref_ci95"] = (d.mean, d.ci) if d is not None else (None, None)
-            flat[f"{key}_vs_ref_verdict"] = row.get(f"{key}_vs_ref_text")
+            if d is None:
+                flat[f"{key}_vs_ref_verdict"] = row.get(f"{key}_vs_ref_text")  # "reference" or nothing
+                continue
+            flat.update({f"{key}_vs_ref": d.mean, f"{key}_vs_ref_ci95": d.ci, f"{key}_vs_ref_verdict": d.verdict,
+                         f"{key}_vs_ref_method": d.method, f"{key}_vs_ref_p": d.p, f"{key}_vs_ref_p_holm": d.p_adj})
         writer.writerow({k: "" if flat.get(k) is None else flat[k] for k in CSV_FIELDS})
     atomic_write_text(path, buf.getvalue())
     return Path(path)

@@ -10,7 +10,7 @@ import pytest
 from cptlab.compare.cli import main
 from cptlab.compare.plots import plot_forgetting_curves, plot_tradeoff
 from cptlab.compare.runs import eval_data_warnings, group_runs, load_runs, resolve_roles
-from cptlab.compare.stats import NO_DIFFERENCE, t_quantile
+from cptlab.compare.stats import t_quantile
 from cptlab.compare.table import build_rows, markdown
 
 # As tests/compare/conftest.py builds the seeded sweep: en forgetting 0.2 - 0.3 r, zh bpb 2 + 0.2 r, seeds -d, 0, +d.
@@ -50,9 +50,18 @@ def test_rows_against_the_reference(seeded_sweep, seeded_run):
     runs = load_runs([seeded_sweep])
     rows = build_rows(runs, resolve_roles(runs))
     assert rows[0]["forgetting_vs_ref_text"] == "reference"
-    d = rows[1]["forgetting_vs_ref"]  # -0.075, the same spread on both sides: Welch df = 4
-    assert d.mean == pytest.approx(-0.075) and d.ci == pytest.approx(t_quantile(0.975, 4) * 0.01 * math.sqrt(2 / 3))
-    assert rows[1]["forgetting_vs_ref_text"].startswith("-0.0750 ± ")
+    # The same seeds on both rows, each seed shifting both by the same amount: paired, the differences exact.
+    d = rows[1]["forgetting_vs_ref"]
+    assert (d.method, d.mean, d.ci, d.verdict) == ("paired", pytest.approx(-0.075), pytest.approx(0.0), "difference")
+    assert rows[1]["forgetting_vs_ref_text"] == "-0.0750 ± 0.0000 difference"
+    # Without shared seeds the same rows compare by Welch (df = 4), Holm-adjusted over the table's 6 comparisons.
+    for run in runs:
+        if run.group_label == "data.replay_ratio=0.25":
+            run.seed = None if run.seed is None else run.seed + 10
+    welch = build_rows(runs, resolve_roles(runs))[1]["forgetting_vs_ref"]
+    assert welch.method == "Welch" and welch.df == pytest.approx(4.0)
+    assert welch.se == pytest.approx(0.01 * math.sqrt(2 / 3)) and welch.verdict == "difference"
+    assert welch.ci > t_quantile(0.975, 4) * welch.se  # wider than the unadjusted 95% interval
     # A row 0.0033 from the reference with seeds 0.01 apart: inside the interval.
     (seeded_sweep / "extra").mkdir()
     seeded_run(seeded_sweep / "extra" / "a", ["experiment=demo_zh", "data.replay_ratio=0.26", "seed=0"], 0.25, 0)
@@ -60,8 +69,15 @@ def test_rows_against_the_reference(seeded_sweep, seeded_run):
     seeded_run(seeded_sweep / "extra" / "c", ["experiment=demo_zh", "data.replay_ratio=0.26", "seed=2"], 0.26, 2)
     runs = load_runs([seeded_sweep])
     close = {r["label"]: r for r in build_rows(runs, resolve_roles(runs), reference="data.replay_ratio=0.25")}
-    assert close["data.replay_ratio=0.26"]["forgetting_vs_ref_text"] == NO_DIFFERENCE
-    assert close["data.replay_ratio=0.5"]["forgetting_vs_ref_text"] != NO_DIFFERENCE
+    # Paired differences 0, 0, -0.003: within the default margin of 0.01 bpb, not within 0.001.
+    near = close["data.replay_ratio=0.26"]["forgetting_vs_ref"]
+    assert near.method == "paired" and near.mean == pytest.approx(-0.001) and near.verdict == "equivalent"
+    assert abs(near.mean) + near.ci < 0.01 and near.ci > abs(near.mean)
+    assert close["data.replay_ratio=0.26"]["forgetting_vs_ref_text"].endswith(" equivalent")
+    assert close["data.replay_ratio=0.5"]["forgetting_vs_ref_text"].endswith(" difference")
+    tight = {r["label"]: r for r in build_rows(runs, resolve_roles(runs), reference="data.replay_ratio=0.25",
+                                                margin=0.001)}  # fmt: skip
+    assert tight["data.replay_ratio=0.26"]["forgetting_vs_ref"].verdict == "inconclusive"
 
 
 def test_outputs_carry_the_intervals(seeded_sweep, tmp_path, capsys):
@@ -75,7 +91,9 @@ def test_outputs_carry_the_intervals(seeded_sweep, tmp_path, capsys):
     assert float(table[0]["forgetting_ci95"]) == pytest.approx(CI3)
     assert table[0]["forgetting_vs_ref_verdict"] == "reference" and table[1]["forgetting_vs_ref_ci95"]
     md = (tmp_path / "summary.md").read_text()
-    assert "95% t-interval" in md and "Welch" in md and NO_DIFFERENCE in md
+    assert table[1]["forgetting_vs_ref_verdict"] == "difference" and table[1]["forgetting_vs_ref_method"] == "paired"
+    assert "95% t-interval" in md and "Welch" in md and "Holm-Bonferroni over the 6 comparisons" in md
+    assert "no measurable difference" not in md
     assert "## Warnings" not in md
 
 
@@ -224,3 +242,12 @@ def test_rows_starting_from_different_bpb_are_measured_from_the_reference_start(
     assert "en: the rows start from different bpb at step 0" in err and "zh:" not in err
     assert "measured from the reference row's (data.replay_ratio=0: 1.5000)" in err
     assert "en: the rows start from different bpb" in (seeded_sweep / "cmp" / "summary.md").read_text()
+
+
+def test_margin_option(seeded_sweep, tmp_path, capsys):
+    main([str(seeded_sweep), "--out", str(tmp_path), "--margin", "0.2"])
+    assert "± 0.2 bpb (the --margin)" in (tmp_path / "summary.md").read_text()
+    for bad in ("0", "-1", "x"):
+        with pytest.raises(SystemExit):
+            main([str(seeded_sweep), "--out", str(tmp_path), "--margin", bad])
+        assert f"--margin: {bad!r} is not a positive number of bits per byte" in capsys.readouterr().err

@@ -1,21 +1,24 @@
 """The statistics of cptlab-compare against textbook values: the t quantile, the t- and Welch intervals,
-the "no measurable difference" rule, the monotone fit and the replay-ratio budget."""
+paired vs Welch differences, Holm's correction and the three verdicts, the monotone fit and the replay-ratio
+budget."""
 
 import math
 
 import pytest
 
 from cptlab.compare.stats import (
-    NO_DIFFERENCE,
+    Comparison,
     Estimate,
+    compare_samples,
+    comparison_text,
     crossing,
-    difference_text,
     fit_budget,
+    holm,
     mean_ci,
     parse_budgets,
     pava_decreasing,
+    t_cdf,
     t_quantile,
-    welch_difference,
 )
 from cptlab.errors import CptlabError
 
@@ -44,19 +47,64 @@ def test_mean_ci_by_hand():
 
 def test_welch_difference_by_hand():
     a, b = [1.0, 2.0, 3.0], [2.0, 4.0, 6.0, 8.0]
-    d = welch_difference(b, a)
+    d = compare_samples(dict(enumerate(b)), {f"s{i}": v for i, v in enumerate(a)})  # other seeds: Welch
     va, vb = 1.0 / 3, (20.0 / 3) / 4  # variance / n
     df = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 3)
-    assert d.mean == pytest.approx(3.0)
+    assert (d.method, d.mean, d.n) == ("Welch", pytest.approx(3.0), 3)
+    assert d.se == pytest.approx(math.sqrt(va + vb)) and d.df == pytest.approx(df)
+    assert d.p == pytest.approx(2 * (1 - t_cdf(3.0 / math.sqrt(va + vb), df)))
+    holm([d])  # one comparison: the plain 95% interval
     assert d.ci == pytest.approx(t_quantile(0.975, df) * math.sqrt(va + vb))
-    assert welch_difference([1.0], a).ci is None and welch_difference([], a).mean is None
+    single = compare_samples({0: 1.0}, dict(enumerate(a)))
+    assert (single.method, single.se, single.p) == ("n=1", None, None)
+    assert compare_samples({}, dict(enumerate(a))).mean is None
 
 
-def test_differences_inside_their_interval_read_as_no_measurable_difference():
-    assert difference_text(Estimate(0.01, 0.02, 3)) == NO_DIFFERENCE
-    assert difference_text(Estimate(-0.05, 0.02, 3)) == "-0.0500 ± 0.0200"
-    assert difference_text(Estimate(0.05, None, 1)) == "+0.0500 (n=1)"
-    assert difference_text(Estimate(None, None, 0)) == "-"
+def test_paired_and_welch_intervals_differ_on_a_known_case():
+    # Seeds move both rows together (data order, init): the per-seed differences are 0.10, 0.11, 0.12.
+    ref = {0: 1.00, 1: 1.50, 2: 2.00}
+    row = {0: 1.10, 1: 1.61, 2: 2.12}
+    paired = compare_samples(row, ref)
+    assert paired.method == "paired" and paired.mean == pytest.approx(0.11) and paired.df == 2
+    assert paired.se == pytest.approx(0.01 / math.sqrt(3))
+    welch = compare_samples(row, {f"other{k}": v for k, v in ref.items()})
+    assert welch.method == "Welch" and welch.mean == pytest.approx(0.11)
+    holm([paired]), holm([welch])
+    assert paired.ci == pytest.approx(t_quantile(0.975, 2) * 0.01 / math.sqrt(3))  # 0.0248: excludes 0
+    assert welch.ci > 1.0  # the seed-to-seed spread (0.5) swamps it
+    assert (paired.verdict, welch.verdict) == ("difference", "inconclusive")
+
+
+def test_holm_flips_a_verdict_that_one_test_alone_would_call_a_difference():
+    # p = 0.03 alone is a difference at 0.05; as the larger of two comparisons (the other p = 0.001) it is
+    # tested at 0.05 / 1 after the first passes at 0.05 / 2: still a difference. With three comparisons whose
+    # p-values are 0.03, 0.03, 0.03, Holm tests the smallest at 0.05 / 3: none passes.
+    def comparison(p):
+        # a difference with df = 4 whose two-sided p is `p`
+        se = 0.01
+        return Comparison(t_quantile(1 - p / 2, 4) * se, se, 4.0, 5, "paired", p=p)
+
+    alone = holm([comparison(0.03)])[0]
+    assert alone.verdict == "difference" and alone.p_adj == pytest.approx(0.03)
+    three = holm([comparison(0.03) for _ in range(3)])
+    assert [c.verdict for c in three] == ["inconclusive"] * 3
+    assert [c.p_adj for c in three] == [pytest.approx(0.09)] * 3
+    assert all(c.ci > abs(c.mean) for c in three)  # the adjusted interval holds 0
+    pair = holm([comparison(0.001), comparison(0.03)])
+    assert [c.verdict for c in pair] == ["difference", "difference"]
+    assert [c.p_adj for c in pair] == [pytest.approx(0.002), pytest.approx(0.03)]
+
+
+def test_equivalent_needs_the_adjusted_interval_inside_the_margin():
+    tight = Comparison(0.001, 0.001, 10.0, 11, "paired", p=0.34)
+    loose = Comparison(0.001, 0.02, 10.0, 11, "paired", p=0.96)
+    holm([tight, loose], margin=0.01)
+    assert tight.verdict == "equivalent" and abs(tight.mean) + tight.ci < 0.01
+    assert loose.verdict == "inconclusive"
+    assert holm([Comparison(0.001, 0.001, 10.0, 11, "paired", p=0.34)], margin=0.003)[0].verdict == "inconclusive"
+    assert comparison_text(tight).endswith(" equivalent") and comparison_text(None) == "-"
+    single = holm([Comparison(0.05, None, None, 1, "n=1")])[0]
+    assert single.verdict == "inconclusive" and comparison_text(single) == "+0.0500 (n=1) inconclusive"
 
 
 def test_pava_is_the_non_increasing_least_squares_fit():
