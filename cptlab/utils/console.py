@@ -4,12 +4,25 @@ Library code may import this module; it never imports an entry point (cptlab.cli
 
 from __future__ import annotations
 
+import importlib.resources
 import logging
 import os
 import re
 from pathlib import Path
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+# The configs: the top-level conf/ of the checkout, shipped in the wheel as the package cptlab.conf
+# (pyproject.toml maps one onto the other), so an installed wheel composes the same configs as the checkout.
+CONF_PACKAGE = "cptlab.conf"
+
+
+def _conf_dir() -> Path:
+    try:
+        return Path(str(importlib.resources.files(CONF_PACKAGE)))
+    except ModuleNotFoundError:  # an editable install of the checkout: setuptools maps top-level packages only
+        return Path(__file__).resolve().parents[2] / "conf"
+
+
+CONF_DIR = _conf_dir()
 
 
 def one_line(err: BaseException) -> str:
@@ -39,5 +52,7 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    for name in ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.accelerators.cuda", "lightning_fabric"):
+    # (the signal connector logs "Received SIGTERM" beside cptlab's own one-line report of it)
+    for name in ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.accelerators.cuda", "lightning_fabric",
+                 "pytorch_lightning.trainer.connectors.signal_connector"):
         logging.getLogger(name).setLevel(logging.WARNING)
