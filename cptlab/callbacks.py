@@ -11,6 +11,7 @@ import time
 import pytorch_lightning as pl
 import torch
 
+from cptlab.errors import Interrupted
 from cptlab.evaluation import eval_sums, metrics_from_sums
 from cptlab.fsdp import full_parameters, is_fsdp
 
@@ -200,8 +201,9 @@ class PeriodicEval(pl.Callback):
         self.latest, self.last_eval_step = dict(state["latest"]), state["last_eval_step"]
 
 
-class Preempted(Exception):
-    """Raised after a SIGTERM/SIGUSR1 checkpoint: the run stops, and re-running the command resumes it."""
+class Preempted(Interrupted):
+    """Raised after a SIGTERM/SIGUSR1 checkpoint: the run stops (one line, exit status 128 + the signal's number),
+    and re-running the command resumes it."""
 
 
 class PreemptionCheckpoint(pl.Callback):
@@ -234,9 +236,11 @@ class PreemptionCheckpoint(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         # SLURM and torchrun signal every rank, so all ranks enter the (collective) save together.
         if self.received:
+            # weights_only=False: Lightning's "model weights only" switch, off: optimizer, schedule and loop
+            # state are saved too, for an exact resume (every checkpoint is still read weights-only).
             trainer.save_checkpoint(self.last_checkpoint, weights_only=False)
             raise Preempted(f"interrupted by {self.received} at step {trainer.global_step}; checkpoint saved to "
-                            f"{self.last_checkpoint}: re-run the same command to resume")
+                            f"{self.last_checkpoint}: re-run the same command to resume", self.received)
 
     def _restore_handlers(self):
         import signal

@@ -1,51 +1,30 @@
-"""The `cptlab-train` console script: compose-time errors turned into one line before Hydra (and torch) start."""
+"""The `cptlab-train` console script: compose-time errors turned into one line before Hydra (and torch) start,
+every job of a sweep validated before the first one trains, and SIGTERM outside training one line too."""
 
 from __future__ import annotations
 
 import os
 import sys
 
-from cptlab.utils.console import CONF_DIR, one_line
+from cptlab.run.sweep import check_command, first_sweep_point, plain_overrides
+from cptlab.utils.console import one_line
 
-# Hydra flags after which the arguments are not plain overrides (help, info, other config dirs).
-_PASSTHROUGH = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--config-path", "-cp",
-                "--config-name", "-cn", "--config-dir", "-cd", "--shell-completion", "-sc", "--resolve",
-                "--package", "-p", "--version")
+__all__ = ["first_sweep_point", "precheck_overrides", "precheck_run_dir", "train_main"]
 
 
-def first_sweep_point(overrides: list[str]) -> list[str]:
-    """Each override with a sweep (`a=1,2`, `range(...)`) replaced by its first value."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    out = []
-    for ov in OverridesParser.create().parse_overrides(overrides):
-        if ov.is_sweep_override():
-            first = next(iter(ov.sweep_string_iterator()))
-            out.append(f"{ov.get_key_element()}={first}")
-        else:
-            out.append(ov.input_line)
-    return out
-
-
-def precheck_overrides(argv: list[str]) -> None:
+def precheck_overrides(argv: list[str], prog: str = "cptlab-train") -> None:
     """Compose the config once with the command's overrides so that an unknown key, a wrong type or a
-    missing group option fails with one line and no traceback."""
-    if any(a.split("=")[0] in _PASSTHROUGH for a in argv):
+    missing group option fails with one line and no traceback; a multirun's jobs are each composed and
+    validated (cptlab.run.sweep.check_jobs), so a bad value in job 2 stops the sweep before job 1 trains."""
+    if not plain_overrides(argv):
         return
-    overrides = [a for a in argv if a not in ("-m", "--multirun")]
-    from hydra import compose, initialize_config_dir
-
-    import cptlab.config  # noqa: F401  (schema and resolvers)
-
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose("train", overrides=first_sweep_point(overrides), return_hydra_config=True)
-        precheck_run_dir(cfg, multirun=len(overrides) < len(argv))
+        check_command(argv, validate_jobs=True, then=precheck_run_dir)
     except Exception as err:  # Hydra/OmegaConf errors: the message is what the user needs
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"cptlab-train: error: {one_line(err)}", file=sys.stderr)
-        sys.exit(2)
+        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
+        sys.exit(getattr(err, "exit_status", 2))  # Interrupted: 128 + the signal's number
 
 
 def precheck_run_dir(cfg, multirun: bool) -> None:
@@ -64,6 +43,9 @@ def precheck_run_dir(cfg, multirun: bool) -> None:
 
 def train_main() -> None:
     """The `cptlab-train` console script: config errors are reported before torch is even imported."""
+    from cptlab.errors import interrupt_on_signals
+
+    interrupt_on_signals("cptlab-train")  # before the precheck: it may take the run directory's lock
     precheck_overrides(sys.argv[1:])
     from cptlab.train import FAILED_RUNS, hydra_main
 

@@ -134,7 +134,7 @@ def nested_schema(hint) -> type | None:
 # The allowed values, each tuple once: modules that dispatch on a value import it from here.
 TOKENIZER_KINDS = ("base", "train", "extend")
 INITS = ("random", "mean", "subword_mean")
-ROLES = ("new", "replay")
+ROLES = ("new", "replay", "eval")  # eval: never trained on or replayed, every document held out
 BAD_TEXT = ("replace", "skip", "error")
 FREEZE_SCHEDULES = ("full", "two_stage", "new_tokens_only", "phases")
 STAGE1_ROWS = ("new", "all")
@@ -223,6 +223,9 @@ class DataConfig:
     num_workers: int = bounded(0, ">= 0")
     num_proc: int = bounded(1, ">= 1")  # pre-tokenization processes
     on_bad_text: str = choice("replace", BAD_TEXT)
+    # The longest document in UTF-8 bytes (a .txt/.jsonl line, a parquet/dataset row, a directory's .txt file): a
+    # longer one is refused, naming its file and line, once that many bytes of it are read (never split).
+    max_doc_bytes: Optional[int] = bounded(8 << 20, ">= 1", note="bytes; null: no cap")
     # Keys the train/held-out document split (and the tokenizer trained on the train side); `seed` never
     # changes it, so runs that differ only in seed are scored on the same held-out documents.
     split_seed: int = 0
@@ -321,10 +324,23 @@ class TrainOptions:
 
 
 @dataclass
+class HarnessConfig:
+    # lm-evaluation-harness tasks scored in-process on the current weights (cptlab.harness): lm-eval task names,
+    # the built-in offline probes (cptlab/tasks/*.yaml) or tasks of include_path; empty: no harness evaluation.
+    tasks: list[str] = field(default_factory=list)
+    every_n_steps: Optional[int] = bounded(None, ">= 1", note="or null: with every bpb evaluation")
+    limit: Optional[float] = bounded(None, "> 0", note="documents per task, a share of them when < 1; or null: all")
+    num_fewshot: Optional[int] = bounded(None, ">= 0", note="or null: each task's own")
+    include_path: Optional[str] = None  # a directory of task YAMLs (local tasks run offline)
+    batch_size: int = bounded(16, ">= 1")  # sequences per forward pass
+
+
+@dataclass
 class EvalConfig:
     every_n_steps: int = bounded(50, ">= 1")
     max_blocks: int = bounded(32, ">= 1")
     batch_size: int = bounded(8, ">= 1")
+    harness: HarnessConfig = field(default_factory=HarnessConfig)
 
 
 @dataclass

@@ -112,6 +112,26 @@ def select_weights(checkpoint: dict, weights: str) -> dict:
     return ema
 
 
+def check_finished(run_dir: Path, *, allow_incomplete: bool = False) -> str | None:
+    """Refuse (one line naming the run directory and its status) a run whose summary.json says it did not
+    complete (failed, interrupted): its last checkpoint is some step short of the configured run, and an export
+    or a merge of it would pass for the trained model. `allow_incomplete` takes it anyway. Returns a warning for
+    a run without summary.json (killed before it wrote one, or still running), which is exported as it is."""
+    from cptlab.run.summary import read_summary
+
+    summary = read_summary(run_dir)
+    if summary is None:
+        return (f"{run_dir} has no {layout.SUMMARY} (killed before its end, or still running): using its last "
+                "checkpoint as it is")
+    status = summary.get("status")
+    if status == "completed" or allow_incomplete:
+        return None
+    error = " ".join(str(summary.get("error") or "").split())
+    error = f": {error[:157]}..." if len(error) > 160 else f": {error}" if error else ""
+    raise CptlabError(f"{run_dir} did not complete ({layout.SUMMARY}: status {status}{error}); re-run its training "
+                      "command to finish it, or pass --allow-incomplete to use its last checkpoint anyway")
+
+
 def load_trained(run_dir: Path | str, *, weights: str = "raw") -> TrainedRun:
     """The run's model with its checkpoint's weights."""
     from cptlab import pipeline
@@ -125,10 +145,9 @@ def load_trained(run_dir: Path | str, *, weights: str = "raw") -> TrainedRun:
     if not ckpt_path.is_file():
         raise CptlabError(f"{ckpt_path} not found: the run has no checkpoint yet")
     tokenizer_dir, tokenizer, base_tokenizer = _tokenizers(cfg, run_dir)
-    try:
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise CptlabError(f"{ckpt_path}: cannot be read as a checkpoint ({str(err).splitlines()[0]})")
+    from cptlab.checkpoint import load_checkpoint_file
+
+    checkpoint = load_checkpoint_file(ckpt_path)  # weights only: a foreign pickle is refused, never run
     model, base_rows = pipeline.build_model(cfg, tokenizer, base_tokenizer)
     saved_rows = checkpoint.get("cptlab", {}).get("base_rows", base_rows)
     if saved_rows != base_rows:
@@ -228,7 +247,7 @@ def export_run(run_dir: Path | str, out: Path | str, *, adapter_only: bool = Fal
                split: dict | None = None) -> Path:
     """Write the run's model to `out` (merged HF model, or the peft adapter with `adapter_only`) with the
     run's tokenizer and its train/held-out split (`split`, default: the run's summary.json). Returns `out`."""
-    check_replaceable(out, "model", "--out")  # before the model is built
+    check_replaceable(out, "model", "--out", inputs=layout.input_paths(run_dir))  # before the model is built
     run = load_trained(run_dir, weights=weights)
     if adapter_only:
         peft_model = adapter_model(run)
@@ -258,10 +277,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--adapter-only", action="store_true",
                         help="write the peft adapter (load with PeftModel.from_pretrained on the extended base)")
     parser.add_argument("--weights", choices=WEIGHTS, default="raw", help="trained weights (raw) or the EMA copy")
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="export a run that did not complete (failed, interrupted): its last checkpoint")
     args = parser.parse_args(argv)
     try:
         if not args.run_dir.is_dir():  # before the heavy imports
             raise CptlabError(f"run directory not found: {args.run_dir}")
+        warning = check_finished(args.run_dir, allow_incomplete=args.allow_incomplete)
         from cptlab.utils.console import quiet_libraries
 
         quiet_libraries()
@@ -273,6 +295,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     kind = "adapter" if args.adapter_only else "model"
     print(f"cptlab-export: wrote the {kind} of {args.run_dir} to {out}")
+    if warning:  # said once it worked: a refusal stays one line
+        print(f"cptlab-export: warning: {warning}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,12 @@ averages its gradients itself. That keeps the row-masked new-token rows of a voc
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import torch
 from pytorch_lightning.strategies import FSDPStrategy
 
+from cptlab.checkpoint import load_checkpoint_file
 from cptlab.config import check_value
 from cptlab.errors import CptlabError
 from cptlab.model.adapter import unwrap
@@ -69,11 +71,20 @@ class CPTFSDPStrategy(FSDPStrategy):
             return super().optimizer_state(optimizer)
 
     def load_checkpoint(self, checkpoint_path, weights_only=None):
+        # Lightning reads a full checkpoint with its own lazy unpickler, which runs whatever the file names: it
+        # is handed the checkpoint read by the weights-only one instead (cptlab.checkpoint.load_checkpoint_file).
+        # A sharded checkpoint (a directory, whose metadata Lightning unpickles too) cptlab never writes: refused.
+        if not Path(checkpoint_path).is_file():
+            raise CptlabError(f"{checkpoint_path} is not a checkpoint file (cptlab writes full FSDP checkpoints); "
+                              "delete it, or use a new run directory (hydra.run.dir=...)")
+        checkpoint = load_checkpoint_file(checkpoint_path, mmap=True)
         # Lightning loads the weights into the FSDP model itself and drops them from the checkpoint;
         # their names stay for CPTModule.on_load_checkpoint's check that the run's trained weights are all there.
-        keys = list(torch.load(checkpoint_path, mmap=True, weights_only=False, map_location="cpu")["state_dict"])
-        with self._cpu_state_dicts():
-            checkpoint = super().load_checkpoint(checkpoint_path, weights_only=weights_only)
+        if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+            raise CptlabError(f"{checkpoint_path} is not a cptlab training checkpoint (it has no state_dict)")
+        keys = list(checkpoint["state_dict"])
+        with self._cpu_state_dicts(), _lightning_reads(checkpoint):
+            checkpoint = super().load_checkpoint(checkpoint_path, weights_only=True)
         checkpoint[STATE_DICT_KEYS] = keys
         return checkpoint
 
@@ -89,6 +100,20 @@ def fsdp_strategy(model: torch.nn.Module, *, sharding: str = "FULL_SHARD") -> CP
     layers = layer_classes(model)
     return CPTFSDPStrategy(auto_wrap_policy=layers, ignored_modules=replicated_modules(model, layers),
                            sharding_strategy=sharding, state_dict_type="full", use_orig_params=True)
+
+
+@contextlib.contextmanager
+def _lightning_reads(checkpoint: dict):
+    """Within it, Lightning's FSDP strategy gets `checkpoint` (already read, weights only) where it would unpickle
+    the file itself (its private `_lazy_load`): a patch scoped to the call, like the one below."""
+    import pytorch_lightning.strategies.fsdp as lightning_fsdp
+
+    original = lightning_fsdp._lazy_load
+    lightning_fsdp._lazy_load = lambda path: checkpoint
+    try:
+        yield
+    finally:
+        lightning_fsdp._lazy_load = original
 
 
 @contextlib.contextmanager

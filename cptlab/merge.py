@@ -302,14 +302,17 @@ def export_merge(run_dir: Path | str, alpha: float, out: Path | str, *, weights:
     adapters merged, written atomically; a non-empty directory that is not a cptlab model export is refused)."""
     from cptlab.export import _write_atomically, merged_model
     from cptlab.model.save import save_hf_model
+    from cptlab.run.layout import input_paths
+    from cptlab.run.summary import read_summary
     from cptlab.utils.io import check_replaceable
 
-    check_replaceable(out, "model", "--out")  # before the model is built
+    check_replaceable(out, "model", "--out", inputs=input_paths(run_dir))  # before the model is built
     interp = load_interpolation(run_dir, weights=weights)
     interp.set(alpha)
     model = merged_model(interp.model)
     tokenizer_dir = interp.run.tokenizer_dir
-    return _write_atomically(Path(out), lambda tmp: save_hf_model(model, tokenizer_dir, tmp))
+    split = (read_summary(Path(run_dir)) or {}).get("split")  # as cptlab-export: the split travels with the weights
+    return _write_atomically(Path(out), lambda tmp: save_hf_model(model, tokenizer_dir, tmp, split))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -320,6 +323,8 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"comma-separated interpolation weights, 0 = the start, 1 = trained (default {DEFAULT_ALPHAS})")
     parser.add_argument("--ema", action="store_true", help="interpolate towards the EMA weights (retention=ema)")
     parser.add_argument("--out", type=Path, help="export theta(alpha) (one --alpha) to this directory instead")
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="use a run that did not complete (failed, interrupted): its last checkpoint")
     args = parser.parse_args(argv)
     weights = "ema" if args.ema else "raw"
     try:
@@ -328,12 +333,17 @@ def main(argv: list[str] | None = None) -> None:
         alphas = parse_alphas(args.alpha)
         if args.out is not None and len(alphas) != 1:
             raise CptlabError(f"--out exports one model: give one --alpha (got {args.alpha})")
+        from cptlab.export import check_finished
+
+        warning = check_finished(args.run_dir, allow_incomplete=args.allow_incomplete)
         from cptlab.utils.console import quiet_libraries
 
         quiet_libraries()
         if args.out is not None:
             out = export_merge(args.run_dir, alphas[0], args.out, weights=weights)
             print(f"cptlab-merge: wrote theta({alphas[0]:g}) of {args.run_dir} to {out}")
+            if warning:  # said once it worked: a refusal stays one line
+                print(f"cptlab-merge: warning: {warning}", file=sys.stderr)
             return
         record = merge_run(args.run_dir, alphas, weights=weights)
     except CptlabError as err:
@@ -350,6 +360,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{p['alpha']:<5g}  {cells}  {f:>10}  {lr:>10}")
     json_path, csv_path, png_path = merge_files(args.run_dir, weights)
     print(f"cptlab-merge: wrote {json_path}, {csv_path}" + (f", {png_path}" if png_path.is_file() else ""))
+    if warning:
+        print(f"cptlab-merge: warning: {warning}", file=sys.stderr)
 
 
 if __name__ == "__main__":

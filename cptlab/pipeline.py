@@ -22,14 +22,16 @@ from cptlab.callbacks import PeriodicEval, PreemptionCheckpoint, TrainMetrics
 from cptlab.checkpoint import AtomicCheckpointIO
 from cptlab.data.datamodule import CPTDataModule
 from cptlab.data.mixture import MixtureSampler, eval_blocks
-from cptlab.data.split import leaks_from_base
+from cptlab.data.sources import MAX_DOC_BYTES
+from cptlab.data.split import check_eval_overlap, leaks_from_base
 from cptlab.data.tokens import DomainSpec, DomainTokens, documents_key, prepare_domain, train_documents
 from cptlab.demo import demo_base_config, stands_in
 from cptlab.errors import CptlabError
 from cptlab.fsdp import fsdp_strategy, replicated_params
+from cptlab.harness import HarnessEval, build_harness_eval
 from cptlab.model.adapter import apply_adapter
 from cptlab.model.freeze import FreezePlan
-from cptlab.model.gguf import converted_dir
+from cptlab.model.gguf import converted_dir, locate
 from cptlab.model.load import load_model, max_positions
 from cptlab.model.resize import grow_embeddings
 from cptlab.model.save import SPLIT_FILE
@@ -56,7 +58,8 @@ def domain_specs(data: DictConfig) -> list[DomainSpec]:
         caps = [c for c in (d.max_docs, data.max_docs) if c is not None]
         specs.append(DomainSpec(name=name, role=d.role, sources=tuple(str(s) for s in d.sources),
                                 heldout=d.heldout if d.heldout < 1 else int(d.heldout), weight=d.weight,
-                                max_docs=min(caps) if caps else None, text_field=d.text_field))
+                                max_docs=min(caps) if caps else None, text_field=d.text_field,
+                                max_doc_bytes=data.get("max_doc_bytes", MAX_DOC_BYTES)))
     return specs
 
 
@@ -87,6 +90,8 @@ def base_tokenizer_source(cfg: DictConfig, run_dir: Path | None = None) -> str |
     experiment=demo_base trains, through the same cached build (into run_dir/demo_base/tokenizer)."""
     if cfg.tokenizer.path:
         return cfg.tokenizer.path
+    if cfg.model.gguf and cfg.tokenizer.kind == "extend":  # the GGUF's own vocabulary (cptlab.tokenizer.gguf)
+        return str(locate(cfg.model.gguf))
     if cfg.model.gguf:
         return str(converted_dir(cfg.model.gguf, Path(cfg.paths.cache_dir), weights=not cfg.model.random_init))
     if run_dir is not None and stands_in(cfg.model, cfg.paths.cache_dir):
@@ -153,9 +158,11 @@ def tokenizer_stats(cfg: DictConfig, tokenizer_dir: Path, base_dir: Path | None,
 
 
 def build_data(cfg: DictConfig, tokenizer_dir: Path) -> list[DomainTokens]:
-    return [prepare_domain(spec, tokenizer_dir, Path(cfg.paths.cache_dir), seed=cfg.data.split_seed,
-                           num_proc=cfg.data.num_proc, on_bad_text=cfg.data.on_bad_text, progress=show_progress())
-            for spec in domain_specs(cfg.data)]
+    domains = [prepare_domain(spec, tokenizer_dir, Path(cfg.paths.cache_dir), seed=cfg.data.split_seed,
+                              num_proc=cfg.data.num_proc, on_bad_text=cfg.data.on_bad_text, progress=show_progress())
+               for spec in domain_specs(cfg.data)]
+    check_eval_overlap(domains, cfg.data.split_seed)  # role eval: none of its documents trained on
+    return domains
 
 
 def split_record(cfg: DictConfig, domains: list[DomainTokens] | None = None) -> dict:
@@ -164,7 +171,8 @@ def split_record(cfg: DictConfig, domains: list[DomainTokens] | None = None) -> 
     record = {"split_seed": int(cfg.data.split_seed), "domains": {}}
     tokens = {d.name: d for d in domains or ()}
     for spec in domain_specs(cfg.data):
-        entry = {"sources": list(spec.sources), "heldout": spec.heldout, "max_docs": spec.max_docs}
+        entry = {"sources": list(spec.sources), "heldout": "all" if spec.role == "eval" else spec.heldout,
+                 "max_docs": spec.max_docs}
         if spec.name in tokens:
             entry |= {"heldout_docs": tokens[spec.name].n_val_docs,
                       "heldout_sha256": tokens[spec.name].heldout_sha256}
@@ -251,6 +259,7 @@ class Lightning:
     trainer: pl.Trainer
     train_metrics: TrainMetrics
     evaluator: PeriodicEval
+    harness: HarnessEval | None = None  # eval.harness.tasks (cptlab.harness)
 
 
 def build_lightning(cfg: DictConfig, model, domains: list[DomainTokens], tokenizer, run_dir: Path,
@@ -279,11 +288,15 @@ def build_lightning(cfg: DictConfig, model, domains: list[DomainTokens], tokeniz
     evaluator = PeriodicEval(evals, token_bytes, every_n_steps=cfg.eval.every_n_steps,
                              batch_size=cfg.eval.batch_size, tokens_per_batch=tokens_per_batch, clock=train_metrics,
                              ema=ema, plain=plain, base_rows=base_rows)
+    harness = build_harness_eval(cfg.eval.harness, tokenizer, specs=domain_specs(data), domains=domains,
+                                 seed=data.split_seed, on_bad_text=data.on_bad_text,
+                                 every_default=cfg.eval.every_n_steps, tokens_per_batch=tokens_per_batch,
+                                 clock=train_metrics, ema=ema)
     checkpoints = ModelCheckpoint(dirpath=layout.checkpoints_dir(run_dir), filename="step{step}", save_last=True,
                                   save_top_k=0, every_n_train_steps=cfg.checkpoint.every_n_steps)
     # EMA first: its average exists before the step-0 evaluation and is updated before each evaluation.
     preemption = PreemptionCheckpoint(layout.last_checkpoint(run_dir))
-    callbacks = [c for c in (ema, train_metrics, evaluator, preemption, checkpoints) if c is not None]
+    callbacks = [c for c in (ema, train_metrics, evaluator, harness, preemption, checkpoints) if c is not None]
     if show_progress():
         from pytorch_lightning.callbacks import RichProgressBar
 
@@ -301,4 +314,4 @@ def build_lightning(cfg: DictConfig, model, domains: list[DomainTokens], tokeniz
                          num_sanity_val_steps=0, limit_val_batches=0, use_distributed_sampler=False,
                          default_root_dir=run_dir, plugins=[AtomicCheckpointIO()])
     datamodule = CPTDataModule(sampler, num_workers=data.num_workers, pin_memory=tr.accelerator == "gpu")
-    return Lightning(module, datamodule, trainer, train_metrics, evaluator)
+    return Lightning(module, datamodule, trainer, train_metrics, evaluator, harness)

@@ -21,7 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import cptlab.config  # noqa: F401  (registers the schema and resolvers before Hydra composes)
-from cptlab.errors import CptlabError
+from cptlab.errors import CptlabError, Interrupted, in_job, interrupt_on_signals, no_space
 from cptlab.utils.console import CONF_DIR, one_line, quiet_libraries
 
 # Where a prepare job's own Hydra output (.hydra/, the tokenizer copy) goes: never a training run's directory.
@@ -64,6 +64,7 @@ def prepare(cfg: DictConfig, run_dir: Path, log=print) -> dict:
 def hydra_main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
+        in_job(True)  # a signal from here on is an Interrupted error: the build in progress cleans up
         groups, group = cfg.prepare.groups, cfg.prepare.group
         if groups < 1 or not 0 <= group < groups:  # before the heavy imports below
             raise CptlabError(f"prepare.group={group} of prepare.groups={groups}: need groups >= 1 and "
@@ -74,22 +75,45 @@ def hydra_main(cfg: DictConfig) -> None:
         validate(cfg)
         prepare(cfg, run_dir)
     except Exception as err:
+        err = no_space(err) or err  # a full disk: one line naming the path
         message = str(err) if isinstance(err, CptlabError) else one_line(err)
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"cptlab-prepare: error: {message}", file=sys.stderr)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+        if HydraConfig.get().mode == RunMode.MULTIRUN and not isinstance(err, Interrupted):  # a signal stops all
             FAILED.append(f"{run_dir}: {message}")
             return
-        sys.exit(2 if isinstance(err, CptlabError) else 1)
+        sys.exit(getattr(err, "exit_status", 2) if isinstance(err, CptlabError) else 1)
+    finally:
+        in_job(False)
+
+
+def precheck(argv: list[str]) -> None:
+    """Compose the config once before Hydra starts, so a bad override (`prepare.tokenizer_only=maybe`, an unknown
+    key) is one line and exit status 2, not Hydra's multi-line report (cptlab.run.sweep, as cptlab-train)."""
+    from cptlab.run.sweep import check_command, plain_overrides
+
+    if not plain_overrides(argv):
+        return
+    try:
+        from cptlab.run.guard import check_run_name
+
+        check_command(argv, then=lambda cfg, _: check_run_name(cfg))  # a name leading outside CPTLAB_RUNS: refused
+    except Exception as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"cptlab-prepare: error: {one_line(err)}", file=sys.stderr)
+        sys.exit(getattr(err, "exit_status", 2))
 
 
 def main() -> None:
     """The `cptlab-prepare` console script: Hydra's output goes under runs/prepare/ unless the command says
     otherwise; a failed job of a multirun makes the command exit non-zero at the end."""
+    interrupt_on_signals("cptlab-prepare")  # SIGTERM: one line, exit status 143 (cptlab.errors)
     argv = sys.argv[1:]
     given = {a.split("=")[0] for a in argv}
     sys.argv[1:] = argv + [d for d in (RUN_DIR, SWEEP_DIR) if d.split("=")[0] not in given]
+    precheck(sys.argv[1:])
     hydra_main()
     if FAILED:
         print(f"cptlab-prepare: {len(FAILED)} job(s) failed:", file=sys.stderr)

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -20,19 +21,20 @@ from omegaconf import DictConfig
 
 import cptlab.config  # noqa: F401  (registers the schema and resolvers before Hydra composes)
 from cptlab.checkpoint import resume_checkpoint
-from cptlab.errors import CptlabError, RunDirRefused
+from cptlab.errors import CptlabError, Interrupted, RunDirRefused, in_job, no_space
 from cptlab.run.build import build_run
-from cptlab.run.guard import RunLock, check_inputs, is_rank_zero
+from cptlab.run.guard import RunLock, check_inputs, claim_run_dir, is_rank_zero, record_inputs
 from cptlab.run.record import RunRecord
 from cptlab.run.summary import read_summary, render_table, write_summary
 from cptlab.utils.console import CONF_DIR, one_line, quiet_libraries
 from cptlab.validate import config_warnings, validate
 
 
-def train(cfg: DictConfig, run_dir: Path, *, validated: bool = False) -> tuple[dict, bool]:
+def train(cfg: DictConfig, run_dir: Path, *, validated: bool = False, inputs: dict | None = None) -> tuple[dict, bool]:
     """One run, start to finish (or resumed from run_dir/checkpoints/last.ckpt).
     Returns the summary and whether this process is the global rank zero (the one that reports).
-    `validated`: the caller has already run `validate(cfg)` (the CLI does, once per run)."""
+    `validated`: the caller has already run `validate(cfg)` (the CLI does, once per run).
+    `inputs`: `check_inputs`'s result, recorded once the checkpoint is known to fit (the run starts)."""
     started = time.time()
     if not validated:
         validate(cfg)
@@ -40,7 +42,10 @@ def train(cfg: DictConfig, run_dir: Path, *, validated: bool = False) -> tuple[d
     run = build_run(cfg, run_dir, started=started)
     record = RunRecord(run, overrides=task_overrides(), started=started)
     run.trainer.callbacks.append(record)
-    run.fit(ckpt_path=resume_checkpoint(run_dir, run.lightning.module))
+    ckpt_path = resume_checkpoint(run_dir, run.lightning.module)
+    if inputs is not None:  # only now: a resume refused above leaves the run's record of its inputs as it was
+        record_inputs(run_dir, inputs)
+    run.fit(ckpt_path=ckpt_path)
     # The record is written by the process that trained (a spawned rank under ddp_spawn): read it back.
     summary = record.summary or read_summary(run_dir)
     if run.trainer.is_global_zero and (summary or {}).get("status") != "completed":
@@ -81,34 +86,41 @@ def hydra_main(cfg: DictConfig) -> None:
     completed = bool(previous) and previous.get("status") == "completed"
     published = not cfg.publish_dir or (Path(cfg.publish_dir).expanduser() / "config.json").is_file()
     lock = RunLock(run_dir)
+    inputs = None
     try:
+        in_job(True)  # a signal from here on is an Interrupted error, recorded below (cptlab.errors)
+        if is_rank_zero():  # a directory of the user's is refused before anything is written into it
+            claim_run_dir(run_dir)
         validate(cfg)  # bad input is reported even when it is aimed at a completed run
         for warning in config_warnings(cfg):
             print(f"cptlab-train: warning: {warning}", file=sys.stderr)
         if is_rank_zero():  # the ranks Lightning or SLURM start share rank zero's directory
             lock.acquire()
-            check_inputs(cfg, run_dir, cfg.train.on_changed_inputs)
+            inputs = check_inputs(cfg, run_dir, cfg.train.on_changed_inputs)
             previous = read_summary(run_dir)  # train.on_changed_inputs=restart removed it
             completed = bool(previous) and previous.get("status") == "completed"
         if completed and published:
             print(f"cptlab-train: {run_dir} already completed; delete it to run again")
             render_table(previous)
             return
-        summary, reporter = train(cfg, run_dir, validated=True)
+        summary, reporter = train(cfg, run_dir, validated=True, inputs=inputs)
     except Exception as err:
+        err = no_space(err) or err  # a full disk outside checkpoints: one line naming the path (cptlab.errors)
         message = str(err) if isinstance(err, CptlabError) else one_line(err)
         # A completed run's record is never overwritten by a later failure, nor a refused directory touched.
         if not completed and not isinstance(err, RunDirRefused):
-            write_summary(run_dir, {"status": "failed", "error": message, "name": cfg.name,
-                                    "overrides": task_overrides()})
+            with contextlib.suppress(OSError, CptlabError):  # a full disk refuses the record too: the line still says
+                write_summary(run_dir, {"status": "failed", "error": message, "name": cfg.name,
+                                        "overrides": task_overrides()})
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or not isinstance(err, CptlabError):
             traceback.print_exc()
         print(f"cptlab-train: error: {message}", file=sys.stderr)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+        if HydraConfig.get().mode == RunMode.MULTIRUN and not isinstance(err, Interrupted):  # a signal stops the sweep
             FAILED_RUNS.append(f"{run_dir}: {message}")
             return
-        sys.exit(2 if isinstance(err, CptlabError) else 1)
+        sys.exit(getattr(err, "exit_status", 2) if isinstance(err, CptlabError) else 1)
     finally:
+        in_job(False)
         lock.release()
     if reporter and summary:
         render_table(summary)

@@ -17,14 +17,16 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from cptlab.config import Rule, TrainConfig, field_types, nested_schema
-from cptlab.data.split import heldout_kind
+from cptlab.data.split import check_eval_sources, heldout_kind
 from cptlab.demo import stands_in
 from cptlab.errors import CptlabError
+from cptlab.harness import check_harness
 from cptlab.model.adapter import check_targets
 from cptlab.model.freeze import phases_from_config
 from cptlab.model.gguf import check_gguf
 from cptlab.model.load import check_model_source, random_llama_config
 from cptlab.optim import LRScale, LRSchedule
+from cptlab.run.layout import INPUT_KEYS
 from cptlab.utils.io import check_replaceable
 
 
@@ -94,6 +96,7 @@ def validate_data(data: DictConfig) -> None:
         raise CptlabError("data.domains has no domain with role 'new'")
     if data.replay_ratio > 0 and "replay" not in roles.values():
         raise CptlabError(f"data.replay_ratio={data.replay_ratio} but no domain has role 'replay'")
+    check_eval_sources({name: (d.role, [str(s) for s in d.sources]) for name, d in data.domains.items()})
 
 
 def validate_schedule_and_adapter(cfg: DictConfig) -> None:
@@ -194,8 +197,49 @@ def _check_extension(tok: DictConfig) -> None:
                           f"{tok.kind}); set tokenizer.vocab_size instead")
 
 
+def validate_complete(cfg: DictConfig) -> None:
+    """No mandatory value (`???`) is left unset: the first one would otherwise surface as OmegaConf's traceback
+    wherever it is first read. A domain's sources (data=files asks for both the new and the replay corpus)
+    say how to drop the domain instead."""
+    key = next(_missing_keys(cfg), None)
+    if key is None:
+        return
+    hint = ""
+    parts = key.split(".")
+    if len(parts) == 4 and parts[:2] == ["data", "domains"] and parts[3] == "sources":
+        domain = cfg.data.domains[parts[2]]
+        replay = domain.role == "replay" and cfg.data.replay_ratio > 0
+        hint = (f": give {key}=[PATH,...], or drop the {domain.role} domain with ~data.domains.{parts[2]}"
+                + (" and data.replay_ratio=0" if replay else ""))
+    raise CptlabError(f"{key} is not set (??? in the config){hint}")
+
+
+def _missing_keys(node, prefix: str = "") -> Iterator[str]:
+    """The full keys of unset (`???`) values under `node`, in config order; interpolations are not resolved
+    (OmegaConf.missing_keys resolves them, and `${hydra:...}` fails outside a Hydra job)."""
+    keys = range(len(node)) if OmegaConf.is_list(node) else node.keys()
+    for key in keys:
+        full = f"{prefix}[{key}]" if isinstance(key, int) else f"{prefix}.{key}" if prefix else str(key)
+        if OmegaConf.is_missing(node, key):
+            yield full
+            continue
+        child = node._get_node(key)
+        if OmegaConf.is_config(child) and not child._is_interpolation() and not child._is_none():
+            yield from _missing_keys(child, full)
+
+
+def _check_lr_scale(cfg: DictConfig, scale: LRScale) -> None:
+    """optim.lr_scale.new_rows scales the rows a vocabulary extension adds; without one there are none, and the
+    setting would do nothing without a word."""
+    if scale.new_rows != 1.0 and cfg.tokenizer.kind != "extend":
+        raise CptlabError(f"optim.lr_scale.new_rows={scale.new_rows:g} scales the new token rows, which only "
+                          f"tokenizer=extend adds (tokenizer.kind={cfg.tokenizer.kind}): remove it, or extend the "
+                          "vocabulary")
+
+
 def validate(cfg: DictConfig) -> None:
     """Every check of a composed config, before any tokenizer, cache or model is built (run once per run)."""
+    validate_complete(cfg)
     validate_fields(cfg)
     if cfg.tokenizer.kind in ("base", "extend") and not (cfg.tokenizer.path or cfg.model.name_or_path or cfg.model.gguf):
         raise CptlabError(f"tokenizer={cfg.tokenizer.kind} needs tokenizer.path or model.name_or_path (a random-init "
@@ -206,6 +250,7 @@ def validate(cfg: DictConfig) -> None:
     LRSchedule(total_steps=cfg.trainer.max_steps, warmup_steps=cfg.optim.warmup_steps, kind=cfg.optim.schedule,
                min_lr_ratio=cfg.optim.min_lr_ratio, decay_fraction=cfg.optim.decay_fraction)
     scale = LRScale.from_config(cfg.optim.get("lr_scale"))
+    _check_lr_scale(cfg, scale)
     validate_schedule_and_adapter(cfg)
     validate_data(cfg.data)
     validate_model(cfg)
@@ -213,9 +258,11 @@ def validate(cfg: DictConfig) -> None:
     validate_adapter_targets(cfg)
     validate_expansion(cfg)
     validate_strategy(cfg)
+    check_harness(cfg.eval.harness, strategy=cfg.trainer.strategy)
     validate_values(cfg)
     if cfg.publish_dir:  # a user's directory is never wiped at the end of a run: refused before any work
-        check_replaceable(str(cfg.publish_dir), "model", "publish_dir")
+        check_replaceable(str(cfg.publish_dir), "model", "publish_dir",
+                          inputs={key: OmegaConf.select(cfg, key) for key in INPUT_KEYS})
 
 
 def validate_values(cfg: DictConfig) -> None:

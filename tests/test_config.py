@@ -30,7 +30,8 @@ def test_every_experiment_composes_plain_and_under_smoke(compose_cfg, experiment
 
 def test_demo_zh_contract(compose_cfg):
     cfg = compose_cfg(["experiment=demo_zh"])
-    assert dict((k, d.role) for k, d in cfg.data.domains.items()) == {"zh": "new", "en": "replay"}
+    assert dict((k, d.role) for k, d in cfg.data.domains.items()) == {"zh": "new", "en": "replay", "en_eval": "eval"}
+    assert list(cfg.eval.harness.tasks) == ["cptlab_en_word_order", "cptlab_zh_polarity"]  # issue #25's probes
     assert cfg.data.replay_ratio == 0.25
     assert cfg.model.name_or_path.endswith("demo_base")
 

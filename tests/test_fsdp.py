@@ -70,3 +70,42 @@ def test_average_gradients_is_a_no_op_in_one_process():
     p.grad = torch.full((3,), 2.0)
     average_gradients([p], world_size=1)
     assert torch.equal(p.grad, torch.full((3,), 2.0))
+
+
+class _Payload:
+    def __init__(self, sentinel: Path):
+        self.sentinel = sentinel
+
+    def __reduce__(self):
+        return Path.touch, (self.sentinel,)
+
+
+def test_a_checkpoint_with_a_payload_is_refused_before_lightning_unpickles_it(tmp_path, monkeypatch):
+    """Lightning's FSDP restore reads a full checkpoint with its own (unrestricted) unpickler: cptlab reads it
+    weights-only first, and Lightning never unpickles the file."""
+    import pytorch_lightning.strategies.fsdp as lightning_fsdp
+
+    from cptlab.checkpoint import UnsafeCheckpoint
+
+    def never(path):
+        raise AssertionError("Lightning unpickled the file itself")
+
+    monkeypatch.setattr(lightning_fsdp, "_lazy_load", never)
+    sentinel, ckpt = tmp_path / "SENTINEL", tmp_path / "last.ckpt"
+    torch.save({"global_step": 1, "state_dict": {"w": torch.ones(1)}, "x": _Payload(sentinel)}, ckpt)
+    with pytest.raises(UnsafeCheckpoint, match=f"{ckpt} is refused"):
+        fsdp_strategy(tiny()).load_checkpoint(ckpt, weights_only=False)
+    assert not sentinel.exists()
+    with pytest.raises(CptlabError, match="not a checkpoint file"):  # a sharded one: Lightning would unpickle it
+        fsdp_strategy(tiny()).load_checkpoint(tmp_path)
+
+
+def test_lightning_is_handed_the_weights_only_checkpoint():
+    import pytorch_lightning.strategies.fsdp as lightning_fsdp
+
+    from cptlab.fsdp import _lightning_reads
+
+    original, checkpoint = lightning_fsdp._lazy_load, {"state_dict": {}}
+    with _lightning_reads(checkpoint):
+        assert lightning_fsdp._lazy_load("any/path.ckpt") is checkpoint
+    assert lightning_fsdp._lazy_load is original

@@ -90,7 +90,7 @@ def test_endpoints_reproduce_step0_and_final_bpb_and_the_middle_lies_between(run
     evals = eval_points(run_dir)
     first, last = evals[0], evals[max(evals)]
     points = {p["alpha"]: p for p in record["points"]}
-    assert set(points[0.0]["bpb"]) == set(first) == {"zh", "en"}
+    assert set(points[0.0]["bpb"]) == set(first) == {"zh", "en", "en_eval"}
     for domain in first:
         assert abs(points[0.0]["bpb"][domain] - first[domain]) <= 1e-6, domain
         assert abs(points[1.0]["bpb"][domain] - last[domain]) <= 1e-6, domain

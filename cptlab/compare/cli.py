@@ -1,6 +1,7 @@
 """`cptlab-compare RUN_OR_SWEEP_DIR... [--out DIR] [--old en] [--new zh] [--reference LABEL] [--budget en=0.05]`:
 compare the runs of a sweep, runs that differ only in seed pooled into one row (mean ± 95% interval);
-writes forgetting_curves.png, tradeoff.png, summary.md and summary.csv, prints the table, warns when the
+writes forgetting_curves.png, tradeoff.png, summary.md and summary.csv (and for runs with eval.harness tasks
+harness.csv and harness_curves.png, a section of summary.md), prints the table, warns when the
 rows were not scored on the same held-out data, and with --budget prints the smallest replay ratio that
 keeps forgetting within it."""
 
@@ -12,11 +13,13 @@ from pathlib import Path
 
 from rich.console import Console
 
+from cptlab.compare import harness
 from cptlab.compare.plots import plot_forgetting_curves, plot_tradeoff
 from cptlab.compare.runs import eval_data_warnings, group_runs, is_run_dir, load_runs, parse_domains, resolve_roles
 from cptlab.compare.stats import DEFAULT_MARGIN, budget_text, parse_budgets, replay_budgets
 from cptlab.compare.table import build_rows, render, start_warnings, write_csv, write_markdown
 from cptlab.errors import CptlabError
+from cptlab.utils.io import atomic_write_text
 
 OUTPUTS = ("forgetting_curves.png", "tradeoff.png", "summary.md", "summary.csv")
 
@@ -56,9 +59,18 @@ def compare(paths: list[Path], out: Path | None = None, old: list[str] | None = 
         plot_tradeoff(rows, roles, written["tradeoff.png"])
         write_markdown(written["summary.md"], rows, roles, warnings, budget)
         write_csv(written["summary.csv"], rows)
+        tasks = harness.harness_rows(groups)
+        if tasks:  # eval.harness: downstream tasks, a section of summary.md and files of their own
+            summary_md = written["summary.md"]
+            atomic_write_text(summary_md, summary_md.read_text(encoding="utf-8") + "\n" + harness.markdown(tasks))
+            written["harness.csv"] = harness.write_csv(out / "harness.csv", tasks)
+            harness.plot_harness_curves(groups, out / "harness_curves.png")
+            written["harness_curves.png"] = out / "harness_curves.png"
     except OSError as err:
         raise CptlabError(f"cannot write the comparison to {out}: {err.strerror or err}") from err
     render(rows, roles, console)
+    if tasks:
+        harness.render(tasks, console)
     if budget:
         console.print("replay-ratio budget (isotonic fit of forgetting vs data.replay_ratio):", highlight=False)
         for line in budget:
@@ -79,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where to write the outputs (default: the sweep directory when one is given, "
                              "else ./compare)")
     parser.add_argument("--old", action="append", metavar="DOMAINS",
-                        help="old (base-language) domains, comma-separated (default: role replay in the "
-                             "runs' .hydra/config.yaml)")
+                        help="old (base-language) domains, comma-separated (default: roles replay and eval in "
+                             "the runs' .hydra/config.yaml)")
     parser.add_argument("--new", action="append", metavar="DOMAINS",
                         help="new domains, comma-separated (default: role new in the runs' config)")
     parser.add_argument("--reference", metavar="LABEL",

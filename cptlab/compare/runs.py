@@ -296,8 +296,8 @@ def parse_domains(values: list[str] | None) -> list[str] | None:
 
 
 def resolve_roles(runs: list[Run], old: list[str] | None = None, new: list[str] | None = None) -> Roles:
-    """New = role `new`, old = role `replay` in the runs' configs, unless given; a domain named in one
-    flag is taken out of the other list."""
+    """New = role `new`, old = role `replay` or `eval` (evaluation only: forgetting on text the replay does not
+    cover) in the runs' configs, unless given; a domain named in one flag is taken out of the other list."""
     configured: dict[str, str] = {}
     for run in runs:
         for name, role in run.roles.items():
@@ -306,7 +306,7 @@ def resolve_roles(runs: list[Run], old: list[str] | None = None, new: list[str] 
         raise CptlabError(f"--old and --new both name {', '.join(sorted(set(old) & set(new)))}")
     new_list = new if new is not None else [d for d, r in configured.items() if r == "new" and d not in (old or [])]
     old_list = old if old is not None else [d for d, r in configured.items()
-                                            if r == "replay" and d not in (new or [])]
+                                            if r in ("replay", "eval") and d not in (new or [])]
     known = set().union(*(run.domains() for run in runs))
     unknown = [d for d in new_list + old_list if d not in known]
     if unknown:

@@ -11,6 +11,7 @@ from fractions import Fraction
 import numpy as np
 import torch
 
+from cptlab.data.bijection import KeyedPermutation
 from cptlab.data.tokens import DomainTokens
 from cptlab.errors import CptlabError
 
@@ -94,7 +95,8 @@ class _ExtraRows:
 class MixtureSampler:
     """Global batches of `batch_size` rows of `seq_len + 1` tokens, mixed from the domains' training arrays.
 
-    Replay-role domains get `replay_ratio` of the rows, new-role domains the rest, split within a role by weight.
+    Replay-role domains get `replay_ratio` of the rows, new-role domains the rest, split within a role by weight;
+    eval-role domains (evaluation only) are left out: the stream never draws from them.
     Every batch has exactly `batch_size` rows, each domain gets floor or ceil of share * batch_size rows per batch,
     and the fractional parts are carried so that cumulative counts stay within one row of the exact share.
     """
@@ -107,7 +109,7 @@ class MixtureSampler:
             raise CptlabError(f"data.domains: duplicate domain names in {names}")
         # replay_ratio, batch_size, seq_len, seed and the domains' roles and weights are a validated config's
         # (rules beside cptlab.config's fields); what is refused here depends on the domains actually built.
-        self.domains = list(domains)
+        self.domains = [d for d in domains if d.role != "eval"]
         self.replay_ratio = float(replay_ratio)
         self.batch_size = batch_size
         self.seq_len = seq_len
@@ -132,7 +134,7 @@ class MixtureSampler:
             self._extras[role] = _ExtraRows([int(f * den) for f in fractions], den, ceil_capacity=(role == "new"))
         self._fds: dict[int, list[int]] = {}  # domain -> file descriptors of its train files, opened in this process
         self._offsets: dict[int, np.ndarray] = {}  # domain -> first token of each train file in its train stream
-        self._perms: dict[tuple[int, int], np.ndarray] = {}
+        self._orders: dict[tuple[int, int], KeyedPermutation] = {}
 
     def _shares(self) -> list[Fraction]:
         weights = [Fraction(d.weight).limit_denominator(_MAX_DENOMINATOR) for d in self.domains]
@@ -184,28 +186,24 @@ class MixtureSampler:
 
     # -- the blocks ---------------------------------------------------------------------------------------------
 
-    def _perm(self, i: int, epoch: int) -> np.ndarray:
+    def _order(self, i: int, epoch: int) -> KeyedPermutation:
+        """Domain i's block order in `epoch`: a keyed bijection computed per index (O(1) memory, nothing built up
+        front), a pure function of (seed, domain, epoch)."""
         key = (i, epoch)
-        if key not in self._perms:
-            if len(self._perms) >= 2 * len(self.domains):  # keep the current and next epoch of each domain at most
-                self._perms.pop(next(iter(self._perms)))
-            # Shuffled as int32 when it fits: the very order permutation(n) gives (it shuffles arange(n) with the
-            # same draws), at a third of the peak of an int64 permutation cast down (the only corpus-proportional
-            # heap memory).
-            n = self.n_blocks[i]
-            perm = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
-            np.random.default_rng([self.seed, i, epoch]).shuffle(perm)
-            self._perms[key] = perm
-        return self._perms[key]
+        if key not in self._orders:
+            if len(self._orders) >= 2 * len(self.domains):  # the current and next epoch of each domain at most
+                self._orders.pop(next(iter(self._orders)))
+            self._orders[key] = KeyedPermutation(self.n_blocks[i], (self.seed, i, epoch))
+        return self._orders[key]
 
     def _blocks(self, i: int, first: int, count: int) -> np.ndarray:
-        """Block indices of domain i's consumed blocks first .. first+count-1 (a new permutation every epoch)."""
+        """Block indices of domain i's consumed blocks first .. first+count-1 (a new order every epoch)."""
         k = np.arange(first, first + count)
         epochs, pos = np.divmod(k, self.n_blocks[i])
         out = np.empty(count, dtype=np.int64)
         for e in np.unique(epochs):
             sel = epochs == e
-            out[sel] = self._perm(i, int(e))[pos[sel]]
+            out[sel] = self._order(i, int(e))(pos[sel])
         return out
 
     def _row(self, i: int, start: int, length: int) -> np.ndarray:
@@ -272,7 +270,6 @@ class MixtureSampler:
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_fds"] = {}
-        state["_perms"] = {}
         state["_offsets"] = {}
         return state
 

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cptlab.config import check_value
-from cptlab.data.demo import check_demo, demo_documents, snownlp_version
+from cptlab.config import DataConfig, check_value
+from cptlab.data.demo import check_demo, demo_documents, demo_versions, snownlp_version
 from cptlab.errors import CptlabError
 
 # Suffix (compound for compressed files) -> (kind, compression). A .txt file is a document per line, except in
@@ -40,6 +40,9 @@ _JSON_TYPES = {dict: "an object", list: "an array", int: "a number", float: "a n
 # Text files are read (and decompressed) in blocks of this many bytes: memory stays bounded whatever the file size.
 READ_BLOCK = 4 << 20
 _ARROW_ROWS = 8192  # rows per batch read from parquet files and datasets
+# The largest document a source may hold (data.max_doc_bytes's schema default): a file without line breaks would
+# otherwise be read, split, hashed and tokenized as one document, for minutes and gigabytes, before anything failed.
+MAX_DOC_BYTES: int = DataConfig.max_doc_bytes
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,7 @@ def file_fingerprint(path: str | os.PathLike) -> dict:
 def part_fingerprint(part: SourcePart) -> dict:
     """What identifies the current content of one part without parsing it (see `source_fingerprint`)."""
     if part.kind == "demo":
-        return {"demo": part.target, "python": sys.version, "snownlp": snownlp_version()}
+        return {"demo": part.target, "python": sys.version, "snownlp": snownlp_version(), **demo_versions(part.target)}
     if part.kind == "hf":
         return {"hf": part.target, "split": part.split}
     if part.kind == "dataset":
@@ -171,17 +174,20 @@ def source_fingerprint(source: str) -> list:
     return [part_fingerprint(part) for part in resolve_source(source)]
 
 
-def read_documents(source: str, *, text_field: str = "text", on_bad_text: str = "replace") -> list[str]:
+def read_documents(source: str, *, text_field: str = "text", on_bad_text: str = "replace",
+                   max_doc_bytes: int | None = MAX_DOC_BYTES) -> list[str]:
     """The non-empty documents of `source`, in a deterministic order."""
-    return read_documents_with_stats(source, text_field=text_field, on_bad_text=on_bad_text)[0]
+    return read_documents_with_stats(source, text_field=text_field, on_bad_text=on_bad_text,
+                                     max_doc_bytes=max_doc_bytes)[0]
 
 
 def read_documents_with_stats(
-    source: str, *, text_field: str = "text", on_bad_text: str = "replace"
+    source: str, *, text_field: str = "text", on_bad_text: str = "replace", max_doc_bytes: int | None = MAX_DOC_BYTES
 ) -> tuple[list[str], dict]:
     """Like `read_documents`, plus `{"bad_text_replaced": n, "bad_text_skipped": n}` (documents with invalid UTF-8)."""
     stats = {"bad_text_replaced": 0, "bad_text_skipped": 0}
-    docs = list(iter_documents(source, text_field=text_field, on_bad_text=on_bad_text, stats=stats))
+    docs = list(iter_documents(source, text_field=text_field, on_bad_text=on_bad_text, stats=stats,
+                               max_doc_bytes=max_doc_bytes))
     return docs, stats
 
 
@@ -192,17 +198,21 @@ def check_policy(on_bad_text: str) -> None:
 
 
 def iter_documents(
-    source: str, *, text_field: str = "text", on_bad_text: str = "replace", stats: dict | None = None
+    source: str, *, text_field: str = "text", on_bad_text: str = "replace", stats: dict | None = None,
+    max_doc_bytes: int | None = MAX_DOC_BYTES,
 ) -> Iterator[str]:
     """The non-empty documents of `source`, streamed in a deterministic order: memory does not grow with the
     source's size. `stats` (if given) counts documents with invalid UTF-8 ("bad_text_replaced"/"_skipped").
-    A source without any document is a CptlabError once it has been read."""
+    A source without any document is a CptlabError once it has been read; so is a document of more than
+    `max_doc_bytes` UTF-8 bytes (None: no cap), as soon as that many bytes of it have been read."""
     check_policy(on_bad_text)
+    check_value("data.max_doc_bytes", max_doc_bytes)
     parts = resolve_source(source)
     stats = {"bad_text_replaced": 0, "bad_text_skipped": 0} if stats is None else stats
     read = kept = 0
     for part in parts:
-        for doc in iter_part(part, text_field=text_field, on_bad_text=on_bad_text, stats=stats, label=source):
+        for doc in iter_part(part, text_field=text_field, on_bad_text=on_bad_text, stats=stats, label=source,
+                             max_doc_bytes=max_doc_bytes):
             read += 1
             if doc.strip():
                 kept += 1
@@ -213,25 +223,35 @@ def iter_documents(
 
 
 def iter_part(part: SourcePart, *, text_field: str = "text", on_bad_text: str = "replace", stats: dict,
-              label: str | None = None) -> Iterator[str]:
-    """The documents of one part (empty ones included), streamed."""
+              label: str | None = None, max_doc_bytes: int | None = MAX_DOC_BYTES) -> Iterator[str]:
+    """The documents of one part (empty ones included), streamed; one over `max_doc_bytes` is refused (`too_big`)."""
     label = label or part.target
+    cap = max_doc_bytes
     if part.kind == "demo":
         yield from demo_documents(part.target)
     elif part.kind == "hf":
-        yield from _read_hf(part, label, text_field)
+        yield from _read_hf(part, label, text_field, cap)
     elif part.kind == "dataset":
-        yield from _read_dataset_dir(part.target, text_field)
+        yield from _read_dataset_dir(part.target, text_field, cap)
     elif part.kind == "parquet":
-        yield from _read_parquet(part.target, text_field)
+        yield from _read_parquet(part.target, text_field, cap)
     elif part.kind == "txt_doc":
-        doc = _read_whole_file(Path(part.target), on_bad_text, stats)
+        doc = _read_whole_file(Path(part.target), on_bad_text, stats, cap)
         if doc is not None:
             yield doc
     elif part.kind == "txt":
-        yield from (line for _, line in _lines(part.target, part.compression, on_bad_text, stats))
+        yield from (line for _, line in _lines(part.target, part.compression, on_bad_text, stats, cap))
     else:
-        yield from _read_jsonl(part.target, part.compression, text_field, on_bad_text, stats)
+        yield from _read_jsonl(part.target, part.compression, text_field, on_bad_text, stats, cap)
+
+
+def too_big(where: str, size: int | str, cap: int, what: str = "line") -> CptlabError:
+    """The one line for a document over data.max_doc_bytes. Refused, not split: a cut at an arbitrary byte would
+    invent document boundaries (an end-of-text token inside a sentence, a JSON record halved), and a file that
+    long without a line break is far more often the wrong format (a single-document file read a document per
+    line, old Mac line ends) than a real document."""
+    return CptlabError(f"{where}: a {what} of {size} bytes exceeds data.max_doc_bytes={cap} (one document "
+                       f"per {what}): fix the file's line breaks, or raise data.max_doc_bytes (null: no cap)")
 
 
 def _read_bytes(path) -> bytes:
@@ -316,13 +336,17 @@ def _refuse_binary(path, bad: int, total: int) -> None:
                           "like a binary file; remove it from the sources")
 
 
-def _lines(path: str, compression: str | None, policy: str, stats: dict) -> Iterator[tuple[int, str]]:
+def _lines(path: str, compression: str | None, policy: str, stats: dict,
+           cap: int | None = MAX_DOC_BYTES) -> Iterator[tuple[int, str]]:
     """(line number, line) for every non-empty line of a text file, the line break ("\\n" or "\\r\\n") removed,
     streamed block by block. The binary-file rule is applied to the first block before anything is yielded and
-    to the whole file at its end (a build that consumed the lines is then abandoned)."""
+    to the whole file at its end (a build that consumed the lines is then abandoned). A line longer than `cap`
+    bytes is refused once `cap` bytes of it are read: memory holds at most `cap` + one block of it."""
     carry, lineno, bad, total, first = b"", 0, 0, 0, True
     blocks = _blocks(path, compression)
     while True:
+        if cap is not None and len(carry) > cap:  # the start of line lineno + 1, still without its line break
+            raise too_big(f"{path}:{lineno + 1}", f"more than {cap}", cap)
         block = next(blocks, None)
         if block is None:
             if not carry and not first:
@@ -354,11 +378,18 @@ def _lines(path: str, compression: str | None, policy: str, stats: dict) -> Iter
         for line in lines:
             lineno += 1
             line = line[:-1] if line.endswith("\r") else line
+            # A character is 1 to 4 bytes: only a line in between is encoded to be measured.
+            if cap is not None and len(line) * 4 > cap and (size := _utf8_size(line)) > cap:
+                raise too_big(f"{path}:{lineno}", size, cap)
             if line:
                 yield lineno, line
         if last:
             break
     _refuse_binary(path, bad, total)
+
+
+def _utf8_size(text: str) -> int:
+    return len(text.encode("utf-8", errors="surrogatepass"))
 
 
 def _decode_line(raw: bytes, where: str, policy: str, stats: dict) -> str:
@@ -368,7 +399,13 @@ def _decode_line(raw: bytes, where: str, policy: str, stats: dict) -> str:
         return raw.decode("utf-8", errors="replace") if _bad_text(where, policy, stats) else ""  # "" is dropped
 
 
-def _read_whole_file(path: Path, policy: str, stats: dict) -> str | None:
+def _read_whole_file(path: Path, policy: str, stats: dict, cap: int | None = MAX_DOC_BYTES) -> str | None:
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise CptlabError(f"{path}: cannot read ({e.strerror})") from None
+    if cap is not None and size > cap:  # refused before it is read (a directory's .txt file is one document)
+        raise too_big(str(path), size, cap, what="file")
     data = _read_bytes(path)
     if b"\x00" in data:
         raw = data.split(b"\n")
@@ -382,8 +419,10 @@ def _read_whole_file(path: Path, policy: str, stats: dict) -> str | None:
         return data.decode("utf-8", errors="replace") if _bad_text(f"{path}:{lineno}", policy, stats) else None
 
 
-def _read_jsonl(path: str, compression: str | None, text_field: str, policy: str, stats: dict) -> Iterator[str]:
-    for lineno, line in _lines(path, compression, policy, stats):
+def _read_jsonl(path: str, compression: str | None, text_field: str, policy: str, stats: dict,
+                cap: int | None = MAX_DOC_BYTES) -> Iterator[str]:
+    # A record holds its text plus JSON syntax and other fields: capped at the line, never split.
+    for lineno, line in _lines(path, compression, policy, stats, cap):
         if not line.strip():
             continue
         try:
@@ -413,7 +452,7 @@ def _json_type(value) -> str:
     return "null" if value is None else _JSON_TYPES.get(type(value), type(value).__name__)
 
 
-def _read_parquet(path: str, text_field: str) -> Iterator[str]:
+def _read_parquet(path: str, text_field: str, cap: int | None = MAX_DOC_BYTES) -> Iterator[str]:
     import pyarrow.parquet as pq
 
     try:
@@ -427,7 +466,7 @@ def _read_parquet(path: str, text_field: str) -> Iterator[str]:
     row = 0
     try:
         for batch in file.iter_batches(batch_size=_ARROW_ROWS, columns=[text_field]):
-            yield from _arrow_texts(path, text_field, batch.column(0), row)
+            yield from _arrow_texts(path, text_field, batch.column(0), row, cap)
             row += batch.num_rows
     except CptlabError:
         raise
@@ -442,14 +481,22 @@ def _check_string_type(label: str, text_field: str, arrow_type) -> None:
         raise CptlabError(f"{label}: column '{text_field}' has type {arrow_type}, expected strings")
 
 
-def _arrow_texts(label: str, text_field: str, column, first_row: int = 0) -> list[str]:
+def _arrow_texts(label: str, text_field: str, column, first_row: int = 0, cap: int | None = MAX_DOC_BYTES
+                 ) -> list[str]:
+    import pyarrow.compute as pc
+
     if column.null_count:
         first = column.is_null().to_pylist().index(True)
         raise CptlabError(f"{label}: row {first_row + first}: column '{text_field}' is null, expected a string")
+    if cap is not None and len(column):  # measured in arrow, before the batch becomes Python strings
+        sizes = pc.binary_length(column)
+        if pc.max(sizes).as_py() > cap:
+            first = pc.index(pc.greater(sizes, cap), True).as_py()
+            raise too_big(f"{label}: row {first_row + first}", sizes[first].as_py(), cap, what="row")
     return column.to_pylist()
 
 
-def _read_dataset_dir(path: str, text_field: str) -> Iterator[str]:
+def _read_dataset_dir(path: str, text_field: str, cap: int | None = MAX_DOC_BYTES) -> Iterator[str]:
     import datasets
 
     try:
@@ -460,20 +507,20 @@ def _read_dataset_dir(path: str, text_field: str) -> Iterator[str]:
         if "train" not in loaded:
             raise CptlabError(f"{path}: DatasetDict has no 'train' split (splits: {', '.join(loaded)})")
         loaded = loaded["train"]
-    return _dataset_texts(path, text_field, loaded)
+    return _dataset_texts(path, text_field, loaded, cap)
 
 
-def _dataset_texts(label: str, text_field: str, ds) -> Iterator[str]:
+def _dataset_texts(label: str, text_field: str, ds, cap: int | None = MAX_DOC_BYTES) -> Iterator[str]:
     if text_field not in ds.column_names:
         raise CptlabError(f"{label}: no column '{text_field}' (columns: {', '.join(ds.column_names) or 'none'})")
     _check_string_type(label, text_field, ds.data.schema.field(text_field).type)
     # The arrow view respects any index mapping (select/shuffle); slices keep the Python strings bounded.
     view = ds.with_format("arrow")
     for start in range(0, len(ds), _ARROW_ROWS):
-        yield from _arrow_texts(label, text_field, view[start : start + _ARROW_ROWS][text_field], start)
+        yield from _arrow_texts(label, text_field, view[start : start + _ARROW_ROWS][text_field], start, cap)
 
 
-def _read_hf(part: SourcePart, source: str, text_field: str) -> Iterator[str]:
+def _read_hf(part: SourcePart, source: str, text_field: str, cap: int | None = MAX_DOC_BYTES) -> Iterator[str]:
     import datasets
 
     what = f"data source {source}: cannot load Hugging Face dataset '{part.target}' (split '{part.split}')"
@@ -486,7 +533,7 @@ def _read_hf(part: SourcePart, source: str, text_field: str) -> Iterator[str]:
         ) from None
     except Exception as e:  # unknown split, bad config, ...: still one line naming the dataset
         raise CptlabError(f"{what}: {type(e).__name__}: {_short(e)}") from None
-    return _dataset_texts(source, text_field, ds)
+    return _dataset_texts(source, text_field, ds, cap)
 
 
 def _short(e: BaseException, limit: int = 200) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import numbers
+import os
 from collections.abc import Iterable
 
 from cptlab.errors import CptlabError
@@ -118,3 +119,54 @@ def leaks_from_base(base: dict, run: dict, base_dir: str = "the base model") -> 
                             f"extra held-out documents are ones the base trained on; set "
                             f"data.domains.{name}.heldout <= {h_base!r}")
     return None
+
+
+# -- evaluation-only domains (role eval) -------------------------------------------------------------------------
+
+
+def check_eval_sources(domains: dict[str, tuple[str, list[str]]]) -> None:
+    """Refuse, before anything is read, an eval-role domain that reads a source a training domain reads too:
+    `domains` is {name: (role, sources)}. Sources are compared by what they resolve to (the same demo corpus or
+    hub dataset, or the same file reached through another path, glob or directory)."""
+    from cptlab.data.sources import resolve_source
+
+    def targets(source: str) -> set[str]:
+        parts = resolve_source(str(source))
+        return {f"{p.kind}:{p.target}" if p.kind in ("demo", "hf") else os.path.realpath(p.target) for p in parts}
+
+    trained = {name: (role, set().union(*(targets(s) for s in sources))) for name, (role, sources) in domains.items()
+               if role != "eval"}
+    for name, (role, sources) in domains.items():
+        if role != "eval":
+            continue
+        for source in sources:
+            for other, (other_role, read) in trained.items():
+                shared = sorted(targets(source) & read)
+                if shared:
+                    raise CptlabError(
+                        f"data.domains.{name}.sources: {source} is also read by domain '{other}' (role {other_role}; "
+                        f"{shared[0]}): an evaluation-only domain must be text the run never trains on")
+
+
+def check_eval_overlap(domains, seed: int) -> None:
+    """Refuse an eval-role domain any of whose documents a training domain trains on (the same text in another
+    file): its documents' split hashes against those each training shard recorded while it was built
+    (DomainTokens.train_doc_hashes), so no corpus is read again. `domains`: the run's DomainTokens."""
+    import numpy as np
+
+    evals = [d for d in domains if d.role == "eval"]
+    for domain in evals:
+        texts = {doc_hash(text, seed): text for text in domain.heldout_texts()}
+        hashes = np.array(sorted(texts), dtype=np.uint64)
+        for other in (d for d in domains if d.role != "eval"):
+            shared = []
+            for trained in other.train_doc_hashes():
+                if len(trained):
+                    at = np.minimum(np.searchsorted(trained, hashes), len(trained) - 1)
+                    shared.extend(hashes[trained[at] == hashes].tolist())
+            if shared:
+                example = " ".join(texts[int(shared[0])].split())[:60]
+                raise CptlabError(
+                    f"data.domains.{domain.name}: {len(set(shared))} of its {len(hashes)} documents are training "
+                    f"documents of domain '{other.name}' (role {other.role}), e.g. \"{example}\": an evaluation-only "
+                    f"domain must be text the run never trains on")

@@ -3,6 +3,7 @@ by everything that determines their content, built once under a lock, and valida
 
 from __future__ import annotations
 
+import array
 import contextlib
 import functools
 import heapq
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from cptlab.data.sources import (
+    MAX_DOC_BYTES,
     SourcePart,
     iter_documents,
     iter_part,
@@ -37,10 +39,12 @@ log = logging.getLogger(__name__)
 
 # 2: meta.json records the held-out documents' hash (heldout_sha256); 3: unigram_counts.npy; 4: heldout.jsonl;
 # 5: one shard entry per source file (token_shards/<key>/), the domain's train files hard links to them
-FORMAT_VERSION = 5
+# 6: doc_hashes.npy, the split hashes of the documents a shard trains on (the eval-domain overlap check)
+FORMAT_VERSION = 6
 SHARDS_DIR = "token_shards"  # cache_root/token_shards/<key>/: one source file's train/held-out arrays
 UNIGRAM_FILE = "unigram_counts.npy"  # train-split token counts, beside train.bin
 HELDOUT_FILE = "heldout.jsonl"  # the held-out documents' text (a JSON string per line), for tokenizer statistics
+DOC_HASHES = "doc_hashes.npy"  # a shard's trained-on documents: sorted unique doc_hash values under the split seed
 # Documents (or characters) per tokenizer call: large enough for the Rust batch encoder, small enough for memory.
 _BATCH_DOCS = 1000
 _BATCH_CHARS = 4 << 20
@@ -49,12 +53,14 @@ _BATCH_CHARS = 4 << 20
 @dataclass(frozen=True)
 class DomainSpec:
     name: str  # "en", "zh", "code", ...
-    role: str  # "new" or "replay"
+    role: str  # "new", "replay" or "eval" (every document held out, none trained on)
     sources: tuple[str, ...]
     heldout: float = 0.02  # share in (0, 1) or integer count of held-out documents
     weight: float = 1.0  # relative weight among domains of the same role
     max_docs: int | None = None  # keep only the first N documents (after reading, before the split): smoke runs
     text_field: str = "text"
+    # A longer document is refused (data.max_doc_bytes): it changes no cache's content, so no cache key holds it.
+    max_doc_bytes: int | None = MAX_DOC_BYTES
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,13 @@ class DomainTokens:
         the cache was built: the unigram baseline never reads the train array again."""
         return np.load(self.dir / UNIGRAM_FILE)
 
+    def train_doc_hashes(self) -> Iterator[np.ndarray]:
+        """Per shard, the sorted doc_hash values (split seed) of the documents the domain trains on: hashed while
+        the cache was built, so checking an eval domain against them reads no corpus."""
+        meta = json.loads((self.dir / "meta.json").read_text(encoding="utf-8"))
+        for key in meta["shards"]:
+            yield np.load(self.dir.parent.parent / SHARDS_DIR / key / DOC_HASHES, mmap_mode="r")
+
     def heldout_texts(self, max_docs: int | None = None) -> list[str]:
         """The held-out documents' text, in corpus order (the first `max_docs` of them)."""
         with open(self.dir / HELDOUT_FILE, encoding="utf-8", errors="surrogatepass") as f:
@@ -135,7 +148,8 @@ def domain_documents(spec: DomainSpec, *, on_bad_text: str = "replace", stats: d
     for key in ("bad_text_replaced", "bad_text_skipped", "docs_read"):
         stats.setdefault(key, 0)
     docs = itertools.chain.from_iterable(
-        iter_documents(source, text_field=spec.text_field, on_bad_text=on_bad_text, stats=stats)
+        iter_documents(source, text_field=spec.text_field, on_bad_text=on_bad_text, stats=stats,
+                       max_doc_bytes=spec.max_doc_bytes)
         for source in _sources(spec)
     )
     for doc in itertools.islice(docs, spec.max_docs):
@@ -151,9 +165,10 @@ class HeldoutRule:
     seed: int
     threshold: float | None = None  # a share: held out when doc_hash(text, seed) < threshold
     texts: frozenset = frozenset()  # a count (or a share too small to select any document): exactly these texts
+    everything: bool = False  # role eval: every document is held out
 
     def __call__(self, text: str) -> bool:
-        if text in self.texts:
+        if self.everything or text in self.texts:
             return True
         return self.threshold is not None and doc_hash(text, self.seed) < self.threshold
 
@@ -162,7 +177,10 @@ def heldout_rule(spec: DomainSpec, *, seed: int = 0, on_bad_text: str = "replace
     """The held-out rule of a domain, the same split as `cptlab.data.split.split_documents` of all its documents.
     A share reads until the first document below its threshold (a few hundred documents: the rule is then the
     threshold itself); only a corpus where no document falls below it, or a count (the `heldout` distinct texts
-    with the smallest hashes), is hashed in full, in one streaming pass that keeps `heldout` texts at most."""
+    with the smallest hashes), is hashed in full, in one streaming pass that keeps `heldout` texts at most.
+    An eval-role domain holds out every document (its `heldout` is not read)."""
+    if spec.role == "eval":
+        return HeldoutRule(seed, everything=True)
     try:
         kind = heldout_kind(spec.heldout)
     except CptlabError as e:
@@ -216,6 +234,8 @@ def train_documents(
     that fit in that many UTF-8 bytes (at least one document): a bounded sample for tokenizer training."""
     _check_spec(spec, on_bad_text)
     _check_sources(spec)
+    if spec.role == "eval":  # nothing of an evaluation-only domain is trained on
+        return
     rule = heldout_rule(spec, seed=seed, on_bad_text=on_bad_text)
     used = 0
     for doc in domain_documents(spec, on_bad_text=on_bad_text):
@@ -243,7 +263,7 @@ def load_domain_documents(
     val: list[str] = []
     for doc in domain_documents(spec, on_bad_text=on_bad_text, stats=stats):
         (val if rule(doc) else train).append(doc)
-    if not train or not val:
+    if (not train and spec.role != "eval") or not val:
         raise _split_error(spec, len(train), len(val))
     return train, val, stats
 
@@ -258,6 +278,7 @@ def documents_key(spec: DomainSpec, *, seed: int, on_bad_text: str) -> dict:
         "max_docs": spec.max_docs,
         "seed": seed,
         "on_bad_text": on_bad_text,
+        **({"role": "eval"} if spec.role == "eval" else {}),  # every document held out (other roles: same keys)
     }
 
 
@@ -323,7 +344,7 @@ def _arrays_ok(directory: Path, meta: dict, files: list[tuple[str, int]]) -> boo
             return False
     counts = np.load(directory / UNIGRAM_FILE, mmap_mode="r")
     return counts.shape == (int(meta["vocab_size"]),) and int(counts.sum()) == int(meta["n_train_tokens"]) and (
-        directory / HELDOUT_FILE).is_file()
+        directory / HELDOUT_FILE).is_file() and ("part" not in meta or (directory / DOC_HASHES).is_file())
 
 
 def _valid_meta(directory: Path, key: str) -> dict | None:
@@ -496,9 +517,12 @@ class _ShardJob:
     limit: int | None  # max_docs left for this shard (None: all)
     dtype: str
     vocab_size: int
+    max_doc_bytes: int | None = MAX_DOC_BYTES
 
 
 def _rule_id(rule: HeldoutRule, heldout) -> dict:
+    if rule.everything:
+        return {"all": True, "seed": rule.seed}
     if rule.threshold is not None:
         return {"share": heldout, "seed": rule.seed}
     return {"texts": documents_sha256(sorted(rule.texts)), "seed": rule.seed}
@@ -532,6 +556,7 @@ def _build_shard(job: _ShardJob, encode, advance, out: Path) -> None:
     n_train_docs = 0
     held = {"docs": 0, "tokens": 0, "bytes": 0}
     val_batch: list[str] = []
+    trained = array.array("Q")  # doc_hash of every trained-on document (DOC_HASHES), 8 bytes each
 
     with open(out / "val.bin", "wb") as val_bin, open(out / HELDOUT_FILE, "w", encoding="utf-8",
                                                       errors="surrogatepass") as texts:
@@ -552,7 +577,7 @@ def _build_shard(job: _ShardJob, encode, advance, out: Path) -> None:
             nonlocal n_train_docs
             def non_blank() -> Iterator[str]:
                 for doc in iter_part(job.part, text_field=job.text_field, on_bad_text=job.on_bad_text,
-                                     stats=stats, label=job.label):
+                                     stats=stats, label=job.label, max_doc_bytes=job.max_doc_bytes):
                     if doc.strip():
                         yield doc
                     else:
@@ -568,6 +593,7 @@ def _build_shard(job: _ShardJob, encode, advance, out: Path) -> None:
                         flush_val()
                     continue
                 batch.append(doc)
+                trained.append(doc_hash(doc, job.rule.seed))
                 size += len(doc)
                 if len(batch) >= _BATCH_DOCS or size >= _BATCH_CHARS:
                     n_train_docs += len(batch)
@@ -581,6 +607,7 @@ def _build_shard(job: _ShardJob, encode, advance, out: Path) -> None:
         n_train = _write_split(out / "train.bin", train_batches(), encode, advance, counts=counts)
         flush_val()
     np.save(out / UNIGRAM_FILE, counts)
+    np.save(out / DOC_HASHES, np.unique(np.frombuffer(trained, dtype=np.uint64)))
     atomic_write_json(out / "meta.json", {
         "format": FORMAT_VERSION, "key": job.key, "part": {"kind": job.part.kind, "target": job.part.target},
         "dtype": job.dtype, "vocab_size": job.vocab_size, "n_train_tokens": n_train, "n_val_tokens": held["tokens"],
@@ -606,7 +633,7 @@ def _build_shards(spec: DomainSpec, tokenizer_dir: Path, tokens_root: Path, *, t
         shard_key = _shard_key(part, tokenizer=tokenizer_hash, text_field=spec.text_field,
                                on_bad_text=on_bad_text, rule=_rule_id(rule, spec.heldout), limit=limit)
         return _ShardJob(part, source, shards_root / shard_key, shard_key, spec.text_field, on_bad_text, rule,
-                         limit, dtype, vocab_size)
+                         limit, dtype, vocab_size, max_doc_bytes=spec.max_doc_bytes)
 
     show = progress and sys.stderr.isatty() and os.environ.get("CI") != "true"
     encoder = fastest_encoder(tok, tokenizer_dir, list(itertools.islice(
@@ -672,7 +699,7 @@ def _build(spec, tokenizer_dir, out: Path, *, key, inputs, seed, num_proc, on_ba
     _check_not_empty(spec, parts, metas)
     n_train_docs = sum(m["n_train_docs"] for _, m in metas)
     n_val_docs = sum(m["n_val_docs"] for _, m in metas)
-    if not n_train_docs or not n_val_docs:
+    if (not n_train_docs and spec.role != "eval") or not n_val_docs:
         raise _split_error(spec, n_train_docs, n_val_docs)
     used = [(j_meta, shards_root / j_meta["key"]) for _, j_meta in metas if j_meta["n_train_tokens"]]
     train_files = []
@@ -705,6 +732,7 @@ def _build(spec, tokenizer_dir, out: Path, *, key, inputs, seed, num_proc, on_ba
         "train_files": train_files, "shards": [m["key"] for _, m in metas],
         # the content hash of the train array: its file's, or for several shard files a hash of theirs, in order
         "train_hash": used[0][0]["train_hash"] if len(used) == 1 else hash_obj([m["train_hash"] for m, _ in used]),
+        # (an eval domain trains on nothing: no train file, the hash of an empty list)
         "val_hash": hash_file(out / "val.bin"), "heldout_sha256": documents_sha256(heldout()), "stats": stats,
     })  # fmt: skip
 

@@ -14,6 +14,7 @@ import argparse
 import functools
 import importlib.util
 import os
+import struct
 import sys
 from pathlib import Path
 
@@ -58,9 +59,22 @@ def require_gguf() -> None:
 
 
 def check_gguf(spec: str) -> None:
-    """Cheap checks before any work: the file is there and the `gguf` package can read it."""
-    locate(spec)
+    """Cheap checks before any work: the file is there, the `gguf` package is installed and reads it."""
+    read_header(locate(spec), spec)
+
+
+def read_header(path: Path, spec: str | None = None) -> None:
+    """Parse the GGUF file's header, metadata and tensor table with the `gguf` package's reader (memory-mapped:
+    no tensor is read). A truncated or damaged file -- a download cut short -- is one line naming it here, not
+    a `struct.error` or a reshape error from deep inside transformers once the conversion has started."""
     require_gguf()
+    from gguf import GGUFReader
+
+    try:
+        GGUFReader(str(path))
+    except Exception as err:  # the reader raises ValueError/IndexError/struct.error/OSError for a bad file
+        raise CptlabError(f"model.gguf={spec or path}: {path} is not a readable GGUF file (truncated or damaged? "
+                          f"{type(err).__name__}: {' '.join(str(err).split())[:160]})") from None
 
 
 def fingerprint(path: Path) -> str:
@@ -81,8 +95,8 @@ def convert(gguf_path: Path, out_dir: Path, *, weights: bool = True) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    require_gguf()
     gguf_path = Path(gguf_path)
+    read_header(gguf_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         if weights:
@@ -91,8 +105,9 @@ def convert(gguf_path: Path, out_dir: Path, *, weights: bool = True) -> None:
             config = loaded.config
         else:
             config = AutoConfig.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    except (ValueError, OSError, KeyError) as err:
-        raise CptlabError(f"cannot convert {gguf_path}: {str(err).splitlines()[0]}") from err
+    except (ValueError, OSError, KeyError, IndexError, EOFError, struct.error) as err:
+        raise CptlabError(f"cannot convert {gguf_path}: {type(err).__name__}: {(str(err) or '-').splitlines()[0]}"
+                          ) from None
     for attr in ("quantization_config", "_pre_quantization_dtype"):
         if hasattr(config, attr):
             delattr(config, attr)

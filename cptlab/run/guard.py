@@ -1,29 +1,34 @@
-"""What a run directory was started with, and who is using it. A re-run with other inputs (config that
-shapes the model, tokenizer or data; the sources' content; the base model's files) or a second process on
-the same directory is refused with one line, instead of silently mixing two runs in one record."""
+"""What a run directory was started with, who is using it, and whether it is cptlab's at all. A re-run with
+other inputs (config that shapes the model, tokenizer or data; the sources' content; the base model's files), a
+second process on the same directory, or a directory holding files cptlab did not write is refused with one
+line, instead of silently mixing two runs in one record or overwriting a user's files."""
 
 from __future__ import annotations
 
 import json
 import os
-import socket
-import time
+import re
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from cptlab.config import check_value
 from cptlab.errors import CptlabError, RunDirRefused
+from cptlab.run import layout
 from cptlab.run.layout import CHECKPOINTS, INPUTS, LOCK, METRICS, PLOT, REPORT, SUMMARY, last_checkpoint
 from cptlab.utils.hashing import hash_obj
-from cptlab.utils.io import atomic_write_json
+from cptlab.utils.io import OUTPUT_MARKER, atomic_write_json, mark_output, output_kind
+from cptlab.utils.lease import LeaseLock
 
 # The config sections whose values shape the model, tokenizer and data (less what only affects speed).
 SHAPING = ("seed", "model", "tokenizer", "data", "schedule", "adapter")
 NOT_SHAPING = {"model.compile", "model.gradient_checkpointing", "model.chunked_loss", "data.num_workers",
-               "data.num_proc"}
+               "data.num_proc", "data.max_doc_bytes"}  # (a cap refuses a source; it never changes what is read)
 # What a restart removes: the record of the earlier attempt (tokenizer and caches are rebuilt or reused).
 RUN_OUTPUTS = (CHECKPOINTS, METRICS, SUMMARY, REPORT, PLOT, "hparams.yaml")
+# The config keys that choose the train/held-out split: a resume across a change of them would score the rest
+# of the run on other held-out documents than its start (made-up forgetting), so even =resume refuses it.
+SPLIT_KEYS = re.compile(r"data\.split_seed|data\.domains\.[^.]+\.heldout")
 
 
 def is_rank_zero() -> bool:
@@ -103,28 +108,56 @@ def has_progress(run_dir: Path) -> bool:
     return last_checkpoint(run_dir).is_file() or (read_summary(run_dir) or {}).get("status") == "completed"
 
 
-def check_inputs(cfg: DictConfig, run_dir: Path, policy: str, *, record: bool = True) -> None:
-    """Compare the run directory's recorded inputs with this command's, then (with `record`) record this
-    command's. policy: refuse (one line naming what changed), restart (the earlier attempt's record is removed
-    and the run starts from step 0), resume (the change is accepted and training continues from the checkpoint)."""
-    check_value("train.on_changed_inputs", policy)
-    path = run_dir / INPUTS
-    if not record and not path.is_file():
-        return
-    new = run_inputs(cfg)
+def _recorded(path: Path) -> tuple[dict | None, str | None]:
+    """The inputs recorded at `path` (None if none were), and why the file cannot be read as them (None if it can)."""
+    if not path.exists():
+        return None, None
     try:
         old = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        old = None
-    new = json.loads(json.dumps(new, default=str))  # as it reads back from the file
+    except (OSError, ValueError) as err:
+        return None, " ".join(str(err).split())[:120] or type(err).__name__
+    if not isinstance(old, dict) or not isinstance(old.get("config"), dict):
+        return None, "not the record cptlab writes"
+    return old, None
+
+
+def split_changes(old: dict, new: dict) -> list[str]:
+    """The changes between two `run_inputs` that move documents between the train and held-out sides."""
+    old_cfg, new_cfg = old.get("config", {}), new.get("config", {})
+    return [f"{k} {old_cfg[k]} -> {new_cfg[k]}" for k in sorted(set(old_cfg) & set(new_cfg))
+            if SPLIT_KEYS.fullmatch(k) and old_cfg[k] != new_cfg[k]]
+
+
+def check_inputs(cfg: DictConfig, run_dir: Path, policy: str, *, apply: bool = True) -> dict | None:
+    """Compare the run directory's recorded inputs with this command's. policy: refuse (one line naming what
+    changed), restart (with `apply`, the earlier attempt's record is removed and the run starts from step 0),
+    resume (the change is accepted and training continues from the checkpoint; not a change of the train/held-out
+    split). Returns this command's inputs (with `apply`), which the caller records with `record_inputs` only once
+    the run has started: an attempt refused later (a checkpoint that does not fit) must leave the record as it was."""
+    check_value("train.on_changed_inputs", policy)
+    path = run_dir / INPUTS
+    if not apply and not path.exists():
+        return None
+    old, damaged = _recorded(path)
+    progress = has_progress(run_dir)
+    if damaged and progress and policy != "restart":
+        raise RunDirRefused(f"{path} is damaged ({damaged}), so the run's inputs cannot be compared with this "
+                            "command's: start again from step 0 with train.on_changed_inputs=restart, use a new run "
+                            f"directory (hydra.run.dir=...), or delete {path} if the inputs are unchanged")
+    new = json.loads(json.dumps(run_inputs(cfg), default=str))  # as it reads back from the file
     diff = changes(old, new) if old else []
-    if diff and has_progress(run_dir):
+    if (diff or damaged) and progress:  # damaged: only under restart, refused above otherwise
         if policy == "refuse":
             more = f" (and {len(diff) - 1} more)" if len(diff) > 1 else ""
             raise RunDirRefused(f"{run_dir} was started with other inputs: {diff[0]}{more}; use a new run directory "
-                              "(hydra.run.dir=...), or accept the change with train.on_changed_inputs=restart "
-                              "(start again from step 0) or =resume (continue from its checkpoint)")
-        if policy == "restart" and record:
+                                "(hydra.run.dir=...), or accept the change with train.on_changed_inputs=restart "
+                                "(start again from step 0) or =resume (continue from its checkpoint)")
+        split = split_changes(old, new) if old else []
+        if policy == "resume" and split:
+            raise RunDirRefused(f"{run_dir} was started with another train/held-out split ({split[0]}): resuming "
+                                "would score the rest of the run on other held-out documents than its start; use "
+                                "a new run directory (hydra.run.dir=...) or train.on_changed_inputs=restart")
+        if policy == "restart" and apply:
             import shutil
 
             for name in RUN_OUTPUTS:
@@ -133,28 +166,94 @@ def check_inputs(cfg: DictConfig, run_dir: Path, policy: str, *, record: bool = 
                     shutil.rmtree(target)
                 elif target.exists():
                     target.unlink()
-    if record:
-        atomic_write_json(path, new)
+    return new if apply else None
+
+
+def record_inputs(run_dir: Path, inputs: dict) -> None:
+    """Record what the run was started with (`check_inputs`'s result): called once the run has started."""
+    atomic_write_json(Path(run_dir) / INPUTS, inputs)
+
+
+def _earlier_run(run_dir: Path) -> bool:
+    """A run directory of a cptlab version from before the run marker: the one file only cptlab writes there,
+    inputs.json, holds cptlab's record ({"config", "sources", "base"}; every run since the input check wrote it
+    before its first step). Summary, metrics or report files alone prove nothing: users have files of those names."""
+    old, _ = _recorded(run_dir / INPUTS)
+    return old is not None and set(old) == {"config", "sources", "base"} and all(
+        isinstance(v, dict) for v in old.values())
+
+
+def _hydra_own(entry: Path) -> bool:
+    """What Hydra itself writes into a job's directory before cptlab runs (its config and log), or a lock."""
+    return entry.name in (layout.HYDRA, LOCK) or (entry.suffix == ".log" and entry.is_file())
+
+
+def claim_run_dir(run_dir: Path, what: str = "hydra.run.dir") -> None:
+    """Make `run_dir` cptlab's run directory, or refuse it (one line, nothing written) when it holds files cptlab
+    did not write. A new or empty directory, or one holding only what Hydra writes for a job, is marked
+    (run_dir/.cptlab-output.json, kind "run"); a marked one, or an earlier version's run (`_earlier_run`: then
+    marked), is used as it is. Call it before anything is written into the directory."""
+    run_dir = Path(run_dir)
+    if run_dir.is_dir():
+        kind = output_kind(run_dir)
+        if kind == layout.RUN_KIND:
+            return
+        if kind is not None:
+            raise RunDirRefused(f"{what}={run_dir} is a {kind} written by cptlab, not a run directory: choose "
+                                "another run directory; nothing was changed")
+        if not _earlier_run(run_dir):
+            foreign = sorted(p.name for p in run_dir.iterdir() if not _hydra_own(p))
+            if foreign:
+                shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+                raise RunDirRefused(f"{what}={run_dir} holds files cptlab did not write ({shown}) and no "
+                                    f"{OUTPUT_MARKER} of a cptlab run: choose another run directory; nothing was "
+                                    "changed")
+    mark_output(run_dir, layout.RUN_KIND)
+
+
+def check_run_name(cfg: DictConfig) -> None:
+    """`name` (and so the run directory paths.runs_dir/<name>/...) stays inside paths.runs_dir (CPTLAB_RUNS):
+    `name=../x` or an absolute name would write runs, and replace what is there, anywhere."""
+    runs = Path(os.path.normpath(Path(str(cfg.paths.runs_dir)).expanduser()))
+    name = str(cfg.name)
+    target = Path(os.path.normpath(runs / name))
+    if target == runs or runs not in target.parents:
+        raise CptlabError(f"name={name}: a run name must lead to a directory inside paths.runs_dir ({runs}, "
+                          "CPTLAB_RUNS): use a name without '..' or a leading '/'")
 
 
 def precheck_run_dir(cfg: DictConfig, multirun: bool) -> None:
     """Before Hydra starts the job, which writes .hydra/ and its log into the run directory: the run and cache
     directories are writable, and (one run) the directory is neither in use nor started with other inputs.
     `cfg` is composed with its `hydra` node (and HydraConfig set). The lock taken here is kept by this process."""
+    check_run_name(cfg)
     node = cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir
     run_dir = Path(str(node)).expanduser()
     check_writable(run_dir, "hydra.sweep.dir" if multirun else "hydra.run.dir, from paths.runs_dir / CPTLAB_RUNS")
     check_writable(Path(str(cfg.paths.cache_dir)), "paths.cache_dir / CPTLAB_CACHE")
-    if multirun or not is_rank_zero() or not run_dir.is_dir():
+    if multirun or not is_rank_zero():
         return
-    lock = RunLock(run_dir).acquire()
+    existed = run_dir.is_dir()
+    lock = None
     try:
-        check_inputs(cfg, run_dir, str(cfg.train.on_changed_inputs), record=False)
+        claim_run_dir(run_dir)  # a directory of the user's is refused before Hydra writes into it
+        if not existed:
+            return
+        lock = RunLock(run_dir).acquire()
+        check_inputs(cfg, run_dir, str(cfg.train.on_changed_inputs), apply=False)
     except RunDirRefused:
-        lock.release()
+        if lock is not None:
+            lock.release()
+        import copy
+
+        from omegaconf import open_dict, read_write
+
         from cptlab.validate import validate
 
-        validate(cfg)  # a bad value is named by its key first, as in any run (rare path: the cost is fine)
+        task = copy.deepcopy(cfg)  # the config a job gets: without the hydra node (its ??? fields are Hydra's business)
+        with read_write(task), open_dict(task):
+            del task["hydra"]
+        validate(task)  # a bad value is named by its key first, as in any run (rare path: the cost is fine)
         raise
     except CptlabError:  # bad input (a missing source...): validation reports it, by key
         pass
@@ -178,64 +277,10 @@ def check_writable(path: Path, what: str) -> None:
         raise CptlabError(f"cannot write to {path} ({what}): {err.strerror} in {existing}") from None
 
 
-class RunLock:
-    """run_dir/.cptlab.lock, naming the process that uses the directory. A second process is refused; a
-    lock left by a dead process of this host is taken over."""
+class RunLock(LeaseLock):
+    """run_dir/.cptlab.lock, naming the process that uses the directory (cptlab.utils.lease): a second process
+    is refused; the lock of a dead process is taken over (same host: its pid is gone; any host: its heartbeat
+    is older than CPTLAB_LOCK_EXPIRY_S, or it names this SLURM job, requeued)."""
 
     def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / LOCK
-        self.held = False
-
-    def _owner(self) -> dict:
-        try:
-            return json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-
-    def acquire(self) -> RunLock:
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-        if self._owner().get("pid") == me["pid"] and self._owner().get("host") == me["host"]:
-            self.held = True  # taken by this process already (the command-line front end)
-            return self
-        for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self._owner()
-                if owner.get("host") == me["host"] and not _alive(owner.get("pid")):
-                    self.path.unlink(missing_ok=True)  # stale: its process is gone
-                    continue
-                if not owner:  # being written by the other process right now
-                    time.sleep(0.2)
-                    continue
-                raise RunDirRefused(f"{self.path.parent} is in use by pid {owner.get('pid')} on {owner.get('host')} "
-                                  f"(since {owner.get('since')}): wait for it to finish, or delete {self.path} "
-                                  "if that process is gone") from None
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(me, f)
-            self.held = True
-            return self
-        raise RunDirRefused(f"cannot take the lock {self.path}: delete it if no other run uses {self.path.parent}")
-
-    def release(self) -> None:
-        if self.held and self._owner().get("pid") == os.getpid():
-            self.path.unlink(missing_ok=True)
-        self.held = False
-
-    def __enter__(self) -> RunLock:
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-def _alive(pid) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        return True
-    return True
+        super().__init__(Path(run_dir) / LOCK, subject=str(run_dir), prog="cptlab-train", error=RunDirRefused)

@@ -27,7 +27,7 @@ class RunRecord(pl.Callback):
 
     def on_train_end(self, trainer, pl_module):
         last = last_checkpoint(self.run.run_dir)
-        trainer.save_checkpoint(last, weights_only=False)
+        trainer.save_checkpoint(last, weights_only=False)  # with optimizer state (it is read weights-only)
         with full_parameters(trainer):  # FSDP: every rank enters; rank 0 then sees the whole model
             if trainer.is_global_zero:
                 self.finish(trainer, pl_module)

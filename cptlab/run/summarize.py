@@ -23,6 +23,7 @@ def summarize(run, trainer, module, *, overrides: list[str], started: float) -> 
     """The completed run's summary (a cptlab.run.build.Run, its trainer and module after fit); CptlabError
     when a metric is non-finite: a diverged run is never recorded (or published) as completed."""
     cfg, ev, metrics = run.cfg, run.lightning.evaluator, run.lightning.train_metrics
+    harness = getattr(run.lightning, "harness", None)  # eval.harness.tasks (cptlab.harness)
     roles = {d.name: d.role for d in run.domains}
     run_dir = Path(run.run_dir)
     summary = {
@@ -30,10 +31,13 @@ def summarize(run, trainer, module, *, overrides: list[str], started: float) -> 
         "steps": trainer.global_step,
         "tokens_seen": module.batches_done * cfg.data.batch_size * cfg.data.seq_len,
         "replay_ratio": cfg.data.replay_ratio, "replay_share": module.replay_share,
-        "final": {**metrics.latest, **ev.latest},
-        "step0": ev.first,
+        "final": {**metrics.latest, **ev.latest, **(harness.latest if harness else {})},
+        "step0": {**ev.first, **(harness.first if harness else {})},
+        # (an eval-role domain trains on nothing: no unigram model of its own to compare with)
         "domains": domain_rows(ev.first, ev.latest, roles, unigram={
-            d.name: unigram_bpb(d.unigram_counts(), ev.eval_sets[d.name], ev.token_bytes) for d in run.domains}),
+            d.name: unigram_bpb(d.unigram_counts(), ev.eval_sets[d.name], ev.token_bytes) for d in run.domains
+            if d.role != "eval"}),
+        **({"harness": harness.summary()} if harness else {}),
         "tokens_per_char": run.tokenizer_stats,
         "data": {d.name: {"train_tokens": d.n_train_tokens, "heldout_tokens": d.n_val_tokens,
                           "train_docs": d.n_train_docs, "heldout_docs": d.n_val_docs, **d.stats}

@@ -56,7 +56,7 @@ def _lines(summary: dict) -> list[tuple[str, str]]:
     paths = summary.get("paths", {})
     out = [("status", summary["status"] + (f": {summary['error']}" if summary.get("error") else "")),
            ("tokens/s", _fmt(summary.get("throughput", {}).get("tokens_per_sec"), ",.0f")),
-           ("wall time", f"{summary.get('wall_time_s', 0):.1f} s"),
+           ("wall time", f"{summary.get('wall_time_s', 0):.1f} s"), *_harness_line(summary),
            ("run dir", paths.get("run_dir", "-"))]
     out += [(k, paths[k]) for k in ("plot", "export") if paths.get(k)]
     return out
@@ -78,8 +78,31 @@ def render_table(summary: dict, console: Console | None = None) -> None:
         table.add_row(escape(name), d["role"], *([_base_cell(d)] if base else []), _fmt(d.get("bpb_start")),
                       _fmt(d.get("bpb_end")), _fmt(delta, "+.4f"), _fmt(d.get("unigram_bpb")), verdict)
     console.print(table)
+    harness = harness_rows(summary)
+    if harness:
+        tasks = Table(title="downstream tasks (lm-evaluation-harness)", title_justify="left")
+        for col in ("task / metric", "@ step 0", "@ end", "Δ", "± stderr"):
+            tasks.add_column(col, justify="left" if col.startswith("task") else "right")
+        for row in harness:
+            tasks.add_row(*(escape(c) for c in row))
+        console.print(tasks)
     for key, value in _lines(summary):
         console.print(f"  {key:<10} {value}", highlight=False, markup=False)
+
+
+def harness_rows(summary: dict) -> list[list[str]]:
+    """[task/metric, value at step 0, at the end, change, stderr at the end] of summary.json "harness"."""
+    metrics = (summary.get("harness") or {}).get("metrics") or {}
+    return [[name, _fmt(m.get("start")), _fmt(m.get("end")), _fmt(m.get("delta"), "+.4f"), _fmt(m.get("end_stderr"))]
+            for name, m in metrics.items()]
+
+
+def _harness_line(summary: dict) -> list[tuple[str, str]]:
+    h = summary.get("harness") or {}
+    if not h.get("evaluations"):
+        return []
+    return [("harness", f"{h['evaluations']} evaluations, {h['seconds_per_evaluation']:.1f} s each "
+                        f"(+{h.get('setup_seconds') or 0:.1f} s loading the tasks)")]
 
 
 def _base_cell(row: dict) -> str:
@@ -100,6 +123,10 @@ def write_report(run_dir: Path, summary: dict) -> Path:
                      f" {_fmt(d.get('bpb_start'))} | {_fmt(d.get('bpb_end'))} "
                      f"| {_fmt(d.get('delta_bpb'), '+.4f')} | {_fmt(d.get('unigram_bpb'))} |")
     lines.append("")
+    harness = harness_rows(summary)
+    if harness:
+        lines += ["| task / metric | @ step 0 | @ end | Δ | ± stderr |", "|---|---:|---:|---:|---:|"]
+        lines += ["| " + " | ".join(row) + " |" for row in harness] + [""]
     lines += [f"- {k}: {v}" for k, v in _lines(summary)]
     if summary.get("paths", {}).get("plot"):
         lines += ["", f"![forgetting curve]({os.path.basename(summary['paths']['plot'])})"]

@@ -25,7 +25,8 @@ def _parser() -> argparse.ArgumentParser:
 
     extend = commands.add_parser("extend", help="add new-domain pieces to a base tokenizer (ids of the base kept)")
     extend.add_argument("--base", required=True, type=Path,
-                        help="SentencePiece .model, a directory with tokenizer.model, or a byte-level BPE directory")
+                        help="SentencePiece .model, a directory with tokenizer.model, a byte-level BPE directory, "
+                             "or a .gguf file (its vocabulary)")
     extend.add_argument("--corpus", required=True, nargs="+", help="new-domain text files (.txt: a document a line)")
     size = extend.add_mutually_exclusive_group(required=True)
     size.add_argument("--add-pieces", type=int, help="append exactly this many new pieces")
@@ -57,12 +58,15 @@ def read_texts(paths: list[str]) -> list[str]:
 
 def _extend(args) -> None:
     from cptlab.tokenizer.hf import load_tokenizer
-    from cptlab.tokenizer.prepare import _publish, extend_tokenizer, extension_base
+    from cptlab.tokenizer.prepare import extend_tokenizer, extension_base
     from cptlab.tokenizer.report import extension_lines, tokens_per_char
     from cptlab.tokenizer.spm import load_spm
-    from cptlab.utils.io import check_replaceable, mark_output
+    from cptlab.utils.io import check_replaceable, replace_dir
 
-    check_replaceable(args.out, "tokenizer", "--out")  # before any work: only an earlier output is replaced
+    # Before any work: only an earlier output is replaced, and never the base or a text it reads (--out equal
+    # to --base would overwrite the base, and its "before" figures would be the new tokenizer's).
+    inputs = [("--base", args.base), *(("--corpus", c) for c in args.corpus), *(("--check-text", c) for c in args.check_text)]
+    check_replaceable(args.out, "tokenizer", "--out", inputs=inputs)
     # SentencePiece refuses a coverage only after the corpus is read: tokenizer.character_coverage's rule first.
     check_value("tokenizer.character_coverage", args.character_coverage)
     corpus = read_texts(args.corpus)
@@ -76,9 +80,9 @@ def _extend(args) -> None:
             vocab_size=args.vocab_size, add_pieces=args.add_pieces, admit=args.admit, model_type=args.model_type,
             character_coverage=args.character_coverage, seed=args.seed,
         ))  # fmt: skip
-        mark_output(tmp, "tokenizer")
 
-    _publish(args.out, build)
+    # Built beside --out and swapped in; what a killed extend left there (.OUT.*.tmp, .OUT.lock) is removed first.
+    replace_dir(args.out, build, kind="tokenizer", what="--out", prog=PROG)
     kind, base, _ = extension_base(args.base)
     before = load_spm(base) if kind == "spm" else load_tokenizer(base)
     after = load_tokenizer(args.out)

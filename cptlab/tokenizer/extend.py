@@ -37,6 +37,7 @@ import itertools
 import math
 import re
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,8 +72,10 @@ SKIP_REASONS = ("skipped_special", "skipped_existing", "skipped_base_script", "s
 MIN_SCORE_STEP = 1e-3
 # The merged export is also checked on this many leading domain documents (each cut to this length).
 DOMAIN_CHECK_DOCS, DOMAIN_CHECK_CHARS = 200, 2000
-# Before training, this much of the domain corpus is read to see that it holds any foreign character at all.
+# Before training, this much of the domain corpus is read to see that it is foreign to the base: at least this
+# share of its non-space characters (a new script's text is mostly foreign characters).
 PEEK_DOCS, PEEK_CHARS = 2000, 1_000_000
+MIN_FOREIGN_SHARE = 0.01
 # add_pieces: trainings of the domain model at most (each sized from the previous one's yield).
 MAX_TRAININGS = 3
 # The sample is searched this far around foreign characters: longer than any SentencePiece piece (its trainer's
@@ -178,7 +181,11 @@ def foreign_windows(texts: list[str], foreign: Callable[[str], bool], normalize:
 
 
 def peek_foreign(texts: Iterable[str], admission: Admission) -> tuple[Iterator[str], bool, int]:
-    """(the same texts, whether the leading PEEK_DOCS / PEEK_CHARS of them hold a foreign character, docs read)."""
+    """(the same texts, whether the leading PEEK_DOCS / PEEK_CHARS of them are foreign to the base, docs read).
+
+    Foreign means at least MIN_FOREIGN_SHARE of their non-space characters are foreign (always for admit=all):
+    a corpus with a handful of foreign characters (Baichuan's Chinese holds "Ⅱ") is in the base's language,
+    and training domain vocabularies on it only to find no admissible pieces costs minutes."""
     iterator = iter(texts)
     head, chars = [], 0
     for doc in iterator:
@@ -186,17 +193,24 @@ def peek_foreign(texts: Iterable[str], admission: Admission) -> tuple[Iterator[s
         chars += len(doc)
         if len(head) >= PEEK_DOCS or chars >= PEEK_CHARS:
             break
-    found = admission.rule == "all" or any(admission.foreign(c) for c in set("".join(head)))
+    found = admission.rule == "all" or foreign_share(head, admission) >= MIN_FOREIGN_SHARE
     return itertools.chain(head, iterator), found, len(head)
 
 
+def foreign_share(texts: list[str], admission: Admission) -> float:
+    """The share of the non-space characters of `texts` that are foreign to the base."""
+    counts = Counter(c for text in texts for c in text if not c.isspace())
+    total = sum(counts.values())
+    return sum(n for c, n in counts.items() if admission.foreign(c)) / total if total else 0.0
+
+
 def nothing_foreign_error(admission: Admission, base: Path, docs: int) -> CptlabError:
-    what = ("character the base spells in bytes" if admission.rule == "strict" else
-            f"character of a script foreign to the base (it speaks {', '.join(admission.base_scripts) or 'none'})")
+    what = ("characters the base spells in bytes" if admission.rule == "strict" else
+            f"characters of a script foreign to the base (it speaks {', '.join(admission.base_scripts) or 'none'})")
     return CptlabError(
-        f"the new-domain corpus adds nothing to {base} under tokenizer.admit={admission.rule}: its first {docs} "
-        f"documents hold no {what}, so it is in the base's own language; use tokenizer.admit=all to re-segment "
-        "base-language text anyway"
+        f"the new-domain corpus adds nothing to {base} under tokenizer.admit={admission.rule}: fewer than "
+        f"{MIN_FOREIGN_SHARE:.0%} of the characters of its first {docs} documents are {what}, so it is in the "
+        "base's own language; use tokenizer.admit=all to re-segment base-language text anyway"
     )
 
 
@@ -407,29 +421,33 @@ def merge_protos(base: spm_pb2.ModelProto, domain: spm_pb2.ModelProto, admission
 
 
 def score_floor(base: spm_pb2.ModelProto) -> float:
-    """The lowest finite score of a normal or unused base piece (SentencePiece BPE merges into unused pieces
-    too, then splits them again). Non-finite scores are left out: nothing finite lies below -inf, and such
-    pieces keep their place at the very end either way."""
-    return min((p.score for p in base.pieces if p.type in (NORMAL, UNUSED) and math.isfinite(p.score)), default=0.0)
+    """The lowest finite score of the base pieces an appended one competes with: normal and (BPE) unused pieces
+    (SentencePiece BPE merges into unused pieces too, then splits them again; a unigram lattice leaves them out,
+    and XLM-R-style vocabularies park them at -10000). Non-finite scores are left out: nothing finite lies below
+    -inf, and such pieces keep their place at the very end either way."""
+    kinds = (NORMAL, UNUSED) if base.trainer_spec.model_type == BPE_TYPE else (NORMAL,)
+    return min((p.score for p in base.pieces if p.type in kinds and math.isfinite(p.score)), default=0.0)
 
 
 def appended_scores(base: spm_pb2.ModelProto, candidates: list) -> list[float]:
-    """The scores of the appended `candidates` (best first), each strictly below the previous one and below
-    `score_floor(base)` *as stored*: SentencePiece keeps scores as float32, where -1e9 - 1 ... -1e9 - 200 are
-    four values (LLaMA-2 has pieces at -1e9), and SentencePiece breaks score ties by position in the text while
-    the HF export breaks them by merge rank, so a tie makes the two disagree.
+    """The scores of the appended `candidates` (best first), each strictly below the previous one *as stored*:
+    SentencePiece keeps scores as float32, where -1e9 - 1 ... -1e9 - 200 are four values (LLaMA-2 has pieces at
+    -1e9), and SentencePiece breaks BPE score ties by position in the text while the HF export breaks them by
+    merge rank, so a tie makes the two disagree.
 
-    BPE: floor - 1 - rank (so no new merge outranks a base merge), moved down to the next float32 below the
-    previous score where float32 cannot hold it. Unigram: the domain's log-probabilities shifted below the
-    base's (their relative preferences kept) and kept MIN_SCORE_STEP apart, with the same float32 rule.
+    BPE: floor - 1 - rank, below `score_floor(base)` (so no new merge outranks a base merge), moved down to the
+    next float32 below the previous score where float32 cannot hold it. Unigram: the domain model's own
+    log-probabilities, kept MIN_SCORE_STEP apart with the same float32 rule. They need not lie below the base's:
+    a new piece holds a foreign character, so it never enters the lattice of base-language text, and on new-domain
+    text it must compete with the base's pieces (below them, it would lose wherever the base spells the text at
+    all: an XLM-R-style base covering Chinese got no gain).
     """
     floor = score_floor(base)
     bpe = base.trainer_spec.model_type == BPE_TYPE
-    top = candidates[0][1].score if candidates else 0.0
-    previous = np.float32(floor)
+    previous = np.float32(floor if bpe else np.inf)
     scores = []
     for rank, (_, piece) in enumerate(candidates):
-        wanted = floor - 1.0 - rank if bpe else min(floor - 1.0 + (piece.score - top), float(previous) - MIN_SCORE_STEP)
+        wanted = floor - 1.0 - rank if bpe else min(piece.score, float(previous) - MIN_SCORE_STEP)
         score = np.float32(wanted)
         if not score < previous:
             with np.errstate(over="ignore"):  # the next float32 below the lowest finite one is -inf: refused below

@@ -17,6 +17,7 @@ from cptlab.config import check_value
 from cptlab.errors import CptlabError
 from cptlab.tokenizer.bpe_extend import SIDE_FILES, TOKENIZER_JSON, extend_bpe, is_byte_level_bpe
 from cptlab.tokenizer.extend import extend_spm
+from cptlab.tokenizer.gguf import is_gguf, tokenizer_dir
 from cptlab.tokenizer.hf import export_hf_tokenizer, load_tokenizer
 from cptlab.tokenizer.spm import MODEL_FILE, train_spm
 from cptlab.utils.hashing import hash_dir, hash_file, hash_obj
@@ -62,7 +63,8 @@ def prepare_tokenizer(
 ) -> Path:
     """Write the tokenizer for a run into `out_dir` (a HF tokenizer directory) and return `out_dir`.
 
-    kind="base": `source` is a model/tokenizer directory or a SentencePiece `.model` file.
+    kind="base": `source` is a model/tokenizer directory, a SentencePiece `.model` file or a `.gguf` file (its
+    vocabulary rebuilt once into `cache_root/tokenizers`, see cptlab.tokenizer.gguf; so for kind=extend too).
     kind="train": a SentencePiece model (`model_type`, default bpe) trained on `texts()`, shared through
     `cache_root/tokenizers`.
     kind="extend": the base `source` extended with `add_pieces` new pieces (or those of a `vocab_size` domain
@@ -76,6 +78,8 @@ def prepare_tokenizer(
     """
     check_value("tokenizer.kind", kind)  # also called outside a validated run (benchmarks): the config's one rule
     out_dir = Path(out_dir)
+    if source and kind != "train" and is_gguf(source):
+        source = str(tokenizer_dir(source, cache_root))
     if kind == "base":
         if not source:
             raise CptlabError("tokenizer.kind=base needs tokenizer.path: a tokenizer directory or a .model file")
@@ -135,7 +139,10 @@ def _train_cached(cache_root: Path, texts: Callable[[], Iterable[str]], options:
 
 def extension_base(source: Path) -> tuple[str, Path, list[Path]]:
     """What kind of base `source` is for an extension: ("spm", its .model file, [that file]) or
-    ("bpe", its directory, [tokenizer.json and the config files beside it])."""
+    ("bpe", its directory, [tokenizer.json and the config files beside it]). A `.gguf` file is the directory
+    its vocabulary is rebuilt into (for as long as the process runs: prepare_tokenizer caches it instead)."""
+    if is_gguf(source):
+        source = tokenizer_dir(source)
     if source.is_file() and source.suffix == ".model":
         return "spm", source, [source]
     if source.is_dir() and (source / MODEL_FILE).is_file():
@@ -157,7 +164,8 @@ def extension_base(source: Path) -> tuple[str, Path, list[Path]]:
     if not source.exists():
         raise CptlabError(f"tokenizer.path={source} does not exist")
     raise CptlabError(
-        f"tokenizer=extend needs a base with a SentencePiece model or a byte-level BPE tokenizer.json: {source}"
+        f"tokenizer=extend needs a base with a SentencePiece model or a byte-level BPE tokenizer.json, or a .gguf "
+        f"file: {source}"
     )
 
 
@@ -276,7 +284,7 @@ def _from_base(source: Path, out: Path) -> None:
     else:
         raise CptlabError(
             f"tokenizer.path={source} holds no tokenizer: expected a directory with tokenizer.json "
-            f"or {MODEL_FILE}, or a SentencePiece .model file"
+            f"or {MODEL_FILE}, a SentencePiece .model file or a .gguf file"
         )
 
 

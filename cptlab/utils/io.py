@@ -7,27 +7,20 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from filelock import FileLock
 
-from cptlab.errors import CptlabError
+from cptlab.errors import CptlabError, no_space
 
 COMPLETE_MARKER = ".complete"
 # Written into every directory cptlab replaces as a whole (model exports, published models, tokenizers from
-# cptlab-tokenizer): {"kind": ...}. Only such a directory (or an absent or empty path) is ever replaced.
+# cptlab-tokenizer) and into every run directory it creates: {"kind": "model" | "tokenizer" | "run", ...}. Only
+# such a directory of the expected kind (or an absent path, or an empty directory) is ever replaced or written
+# into: a directory is never taken for cptlab's by the names of the files it holds (a user's model or git
+# checkout holds the same names).
 OUTPUT_MARKER = ".cptlab-output.json"
-# What a directory of a kind holds when cptlab wrote it before the marker existed: every visible file matches.
-_TOKENIZER_FILES = (r"tokenizer\.json", r"tokenizer_config\.json", r"special_tokens_map\.json", r"added_tokens\.json",
-                    r"tokenizer\.model", r"chat_template\.jinja", r"chat_template\.json", r"vocab\.json", r"merges\.txt",
-                    r"cptlab_tokenizer\.json")
-KNOWN_FILES = {
-    "tokenizer": _TOKENIZER_FILES,
-    "model": (*_TOKENIZER_FILES, r"config\.json", r"generation_config\.json", r"model(-\d+-of-\d+)?\.safetensors",
-              r"model\.safetensors\.index\.json", r"pytorch_model(-\d+-of-\d+)?\.bin", r"adapter_config\.json",
-              r"adapter_model\.(safetensors|bin)", r"README\.md"),
-}
 
 
 def _umask() -> int:
@@ -53,8 +46,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(f.fileno())
         public_mode(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if (full := no_space(err, path)) is not None:  # a full disk: one line naming the file
+            raise full from None
         raise
 
 
@@ -89,6 +84,9 @@ def build_once(final_dir: str | os.PathLike, build: Callable[[Path], None]) -> P
     with FileLock(str(final_dir) + ".lock"):
         if is_complete(final_dir):
             return final_dir
+        if final_dir.is_symlink():  # a shared entry linked in: never built through, nor replaced
+            raise CptlabError(f"cache entry {final_dir} is a symbolic link to {os.readlink(final_dir)}, which is not "
+                              "a complete cptlab cache entry: remove the link (it is then rebuilt) or repair its target")
         remove_dead_builds(final_dir)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".tmp", dir=final_dir.parent))
         try:
@@ -98,8 +96,10 @@ def build_once(final_dir: str | os.PathLike, build: Callable[[Path], None]) -> P
             if final_dir.exists():
                 shutil.rmtree(final_dir)
             os.replace(tmp, final_dir)
-        except BaseException:
+        except BaseException as err:
             shutil.rmtree(tmp, ignore_errors=True)
+            if (full := no_space(err, final_dir)) is not None:  # a full disk: one line naming the entry
+                raise full from None
             raise
     return final_dir
 
@@ -112,11 +112,32 @@ def output_kind(directory: str | os.PathLike) -> str | None:
         return None
 
 
-def check_replaceable(path: str | os.PathLike, kind: str, what: str) -> Path:
+Inputs = dict[str, "str | os.PathLike | None"] | Iterable[tuple[str, "str | os.PathLike | None"]]
+
+
+def _overlap(out: Path, what: str, inputs: Inputs) -> None:
+    """Refuse an output path that is, lies inside, or holds one of `inputs` ({key or option: path}, or such
+    pairs; only paths that exist are compared: a hub id is not a place on this disk). Replacing it would
+    destroy the input."""
+    mine = Path(os.path.realpath(out))
+    for name, given in inputs.items() if isinstance(inputs, dict) else inputs:
+        if not given or not Path(given).expanduser().exists():
+            continue
+        theirs = Path(os.path.realpath(Path(given).expanduser()))
+        how = ("is" if mine == theirs else "lies inside" if theirs in mine.parents
+               else "holds" if mine in theirs.parents else None)
+        if how is not None:
+            raise CptlabError(f"{what} {out} {how} {name} ({given}): an output never replaces an input; choose "
+                              "another path; nothing was changed")
+
+
+def check_replaceable(path: str | os.PathLike, kind: str, what: str, inputs: Inputs = ()) -> Path:
     """Refuse (one line naming `what`, the key or option that chose `path`) to replace anything but an absent
-    path, an empty directory, or cptlab's own output of this `kind`: its marker, or (written before markers
-    existed) nothing but the files such an output holds. Cheap; call it before any work. Returns the path."""
+    path, an empty directory, or cptlab's own output of this `kind` (its OUTPUT_MARKER: never a directory taken
+    for one by the names of its files), and an output that is, lies inside or holds one of `inputs`.
+    Cheap; call it before any work. Returns the path."""
     path = Path(path).expanduser()
+    _overlap(path, what, inputs)
     if not path.exists() and not path.is_symlink():
         for parent in path.parents:  # a path under an existing file can never be created
             if parent.exists():
@@ -126,24 +147,19 @@ def check_replaceable(path: str | os.PathLike, kind: str, what: str) -> Path:
         return path
     if not path.is_dir() or path.is_symlink():
         raise CptlabError(f"{what} {path} exists and is not a directory: choose another path")
-    entries = [p for p in path.iterdir()]
-    if not entries or output_kind(path) == kind:
-        return path
-    known = [re.compile(pattern) for pattern in KNOWN_FILES.get(kind, ())]
-    visible = [p for p in entries if not p.name.startswith(".")]
-    legacy = output_kind(path) is None and visible and all(
-        p.is_file() and any(k.fullmatch(p.name) for k in known) for p in visible)
-    if not legacy:
+    if next(path.iterdir(), None) is not None and output_kind(path) != kind:
         raise CptlabError(f"{what} {path} is a non-empty directory that is not a {kind} export written by cptlab "
                           f"(no {OUTPUT_MARKER}): choose another path; nothing was changed")
     return path
 
 
 def remove_dead_builds(final_dir: Path) -> list[Path]:
-    """Delete the temporary directories of earlier builds of `final_dir` (a killed process leaves its own).
-    Called while holding `final_dir`'s build lock, which every builder holds while its temporary exists: any
-    such directory found then belongs to a build that is no longer running."""
-    pattern = re.compile(rf"\.{re.escape(final_dir.name)}\.[A-Za-z0-9_]{{8}}\.tmp")
+    """Delete the temporary directories of earlier builds of `final_dir` (a killed process leaves its own: the
+    new one being built, `.NAME.XXXXXXXX.tmp`, or the old one being swapped out, `.NAME.old-PID` or
+    `.NAME.XXXXXXXX.old`). Called while holding `final_dir`'s build lock, which every builder holds while its
+    temporaries exist: any such directory found then belongs to a build that is no longer running."""
+    name = re.escape(final_dir.name)
+    pattern = re.compile(rf"\.{name}\.([A-Za-z0-9_]{{8}}\.(tmp|old)|old-\d+)")
     removed = [p for p in final_dir.parent.iterdir() if pattern.fullmatch(p.name) and p.is_dir()]
     for p in removed:
         shutil.rmtree(p, ignore_errors=True)
@@ -151,28 +167,38 @@ def remove_dead_builds(final_dir: Path) -> list[Path]:
 
 
 def replace_dir(out_dir: str | os.PathLike, write: Callable[[Path], None], *, kind: str | None = None,
-                what: str = "output") -> Path:
+                what: str = "output", prog: str = "cptlab") -> Path:
     """Replace `out_dir` with a directory that `write(tmp)` fills: built beside it, then swapped in with
     renames, so `out_dir` is never half-written (the old one is removed once the new one is in place).
-    With `kind`, only what `check_replaceable` allows is replaced, and the new directory is marked as that kind."""
+    With `kind`, only what `check_replaceable` allows is replaced, and the new directory is marked as that kind.
+    The whole replacement holds `.NAME.lock` (cptlab.utils.lease; removed at the end): a second writer of the same
+    path is refused, and what a killed writer left beside it (its temporaries, its lock) is removed first."""
+    from cptlab.utils.lease import LeaseLock
+
     out_dir = Path(out_dir).expanduser()
     if kind is not None:
         check_replaceable(out_dir, kind, what)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        write(tmp)
-        if kind is not None:
-            mark_output(tmp, kind)
-        public_mode(tmp)
-        old = None
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with LeaseLock(out_dir.parent / f".{out_dir.name}.lock", subject=f"{what} {out_dir}", prog=prog):
+        remove_dead_builds(out_dir)
+        if kind is not None:  # again, under the lock: another writer may have finished meanwhile
+            check_replaceable(out_dir, kind, what)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+        try:
+            write(tmp)
+            if kind is not None:
+                mark_output(tmp, kind)
+            public_mode(tmp)
+            old = None
+            if out_dir.exists():
+                old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+                os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if (full := no_space(err, out_dir)) is not None:  # a full disk: one line naming the output
+                raise full from None
+            raise
     return out_dir

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from cptlab.data.bijection import KeyedPermutation
 from cptlab.data.mixture import MixtureSampler, blocks_sha256, eval_blocks
 from cptlab.errors import CptlabError
 
@@ -152,7 +153,8 @@ def test_epochs_wrap_with_a_new_permutation(make_domain):
         consumed += [int(batch["input_ids"][j, 0] - 1_000_000) // seq_len for j in order]
     epochs = [consumed[e * n_blocks : (e + 1) * n_blocks] for e in range(4)]
     for e, blocks in enumerate(epochs):
-        assert blocks == np.random.default_rng([3, 0, e]).permutation(n_blocks).tolist()
+        assert blocks == KeyedPermutation(n_blocks, (3, 0, e))(np.arange(n_blocks)).tolist()
+        assert sorted(blocks) == list(range(n_blocks))  # every block once per epoch
     assert len({tuple(b) for b in epochs}) > 1
 
 
@@ -227,3 +229,19 @@ def test_blocks_hash_sees_shape_and_ids():
     b = a.copy()
     b[1, 5] += 1
     assert blocks_sha256(a) != blocks_sha256(b)
+
+
+def test_an_eval_domain_is_never_drawn_and_the_replay_share_stays_exact(make_domain):
+    """role eval: the stream is the one without the domain, batch for batch (so the replay share is exact)."""
+    zh, en = make_domain("zh", "new"), make_domain("en", "replay")
+    probe = make_domain("en_eval", "eval", n_train=0, n_val=300)
+    with_eval = MixtureSampler([zh, probe, en], replay_ratio=0.3, batch_size=4, seq_len=8)
+    without = MixtureSampler([zh, en], replay_ratio=0.3, batch_size=4, seq_len=8)
+    assert [d.name for d in with_eval.domains] == ["zh", "en"]
+    for step in range(40):
+        assert with_eval.counts(step) == without.counts(step)
+        a, b = with_eval.batch(step), without.batch(step)
+        assert all(torch.equal(a[k], b[k]) for k in ("input_ids", "targets", "domain", "is_replay"))
+        assert not ((a["input_ids"] >= 3_000_000) & (a["input_ids"] < 4_000_000)).any()  # none of en_eval's ids
+    assert check_schedule(with_eval, [zh, en], 0.3, 500) == {"zh": 1400, "en": 600}
+    assert with_eval.replay_share(500) == 0.3

@@ -305,7 +305,7 @@ def test_demo_code_is_stdlib_sources():
 
 
 def test_demo_errors(monkeypatch):
-    with pytest.raises(CptlabError, match="unknown demo corpus 'demo:fr' \\(valid: demo:en, demo:zh, demo:code\\)"):
+    with pytest.raises(CptlabError, match="unknown demo corpus 'demo:fr' \\(valid: demo:en, demo:en_eval, demo:zh, demo:code\\)"):
         read_documents("demo:fr")
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(

@@ -155,3 +155,60 @@ def test_a_published_model_carries_its_split(tmp_path):
     out = publish_model(model, tokenizer, tmp_path / "published", record)
     assert json.loads((out / SPLIT_FILE).read_text()) == record
     assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
+
+
+# -- evaluation-only domains (role eval) -------------------------------------------------------------------------
+
+
+def _eval_domains(tmp_path, tokenizer_dir, train_lines, eval_lines, *, seed=0):
+    from cptlab.data.tokens import DomainSpec, prepare_domain
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "train.txt").write_text("\n".join(train_lines) + "\n", encoding="utf-8")
+    (tmp_path / "probe.txt").write_text("\n".join(eval_lines) + "\n", encoding="utf-8")
+    specs = [DomainSpec("zh", "new", (str(tmp_path / "train.txt"),), heldout=0.1),
+             DomainSpec("probe", "eval", (str(tmp_path / "probe.txt"),), heldout=0.1)]
+    return [prepare_domain(s, tokenizer_dir, tmp_path / "cache", seed=seed) for s in specs]
+
+
+def test_an_eval_domain_holds_out_every_document_in_order(tmp_path, tokenizer_dir):
+    from cptlab.data.split import check_eval_overlap
+    from cptlab.data.tokens import DomainSpec, train_documents
+
+    lines = [f"the cat sat on the mat {i}." for i in range(50)]
+    zh, probe = _eval_domains(tmp_path, tokenizer_dir, DOCS[:300], lines)
+    assert probe.role == "eval" and probe.n_train_tokens == 0 and probe.n_train_docs == 0
+    assert probe.n_val_docs == 50 and probe.heldout_texts() == lines  # every document, in corpus order
+    assert zh.n_train_docs > 0 and zh.n_val_docs > 0  # a training domain is split as before
+    check_eval_overlap([zh, probe], seed=0)  # disjoint: passes
+    # nothing of it trains a tokenizer either
+    assert list(train_documents(DomainSpec("probe", "eval", (str(tmp_path / "probe.txt"),)))) == []
+
+
+def test_an_eval_domain_sharing_documents_with_a_training_domain_is_refused(tmp_path, tokenizer_dir):
+    from cptlab.data.split import check_eval_overlap, doc_hash, share_threshold
+
+    trained = [d for d in DOCS[:300] if doc_hash(d, 0) >= share_threshold(0.1)]  # on the training side of zh
+    zh, probe = _eval_domains(tmp_path, tokenizer_dir, DOCS[:300], [f"unseen line {i}." for i in range(20)]
+                              + trained[:3])
+    with pytest.raises(CptlabError, match=r"data.domains.probe: 3 of its 23 documents are training documents "
+                                          r"of domain 'zh' \(role new\), e\.g\. \"document number"):
+        check_eval_overlap([zh, probe], seed=0)
+    held = [d for d in DOCS[:300] if doc_hash(d, 0) < share_threshold(0.1)]  # zh's held-out side: not trained on
+    zh, probe = _eval_domains(tmp_path / "b", tokenizer_dir, DOCS[:300], held[:3] + ["another line."])
+    check_eval_overlap([zh, probe], seed=0)
+
+
+def test_an_eval_domain_reading_a_training_source_is_refused_before_any_reading(tmp_path):
+    from cptlab.data.split import check_eval_sources
+
+    (tmp_path / "d").mkdir()
+    text = tmp_path / "d" / "a.txt"
+    text.write_text("x\n", encoding="utf-8")
+    check_eval_sources({"zh": ("new", ["demo:zh"]), "en": ("replay", ["demo:en"]), "probe": ("eval", ["demo:en_eval"])})
+    with pytest.raises(CptlabError, match=r"data.domains.probe.sources: demo:en is also read by domain 'en' "
+                                          r"\(role replay; demo:en\)"):
+        check_eval_sources({"en": ("replay", ["demo:en"]), "probe": ("eval", ["demo:en"])})
+    for alias in (str(tmp_path / "d" / ".." / "d" / "a.txt"), str(tmp_path / "d" / "*.txt")):  # the same file
+        with pytest.raises(CptlabError, match="also read by domain 'zh' .role new"):
+            check_eval_sources({"zh": ("new", [str(tmp_path / "d")]), "probe": ("eval", [alias])})

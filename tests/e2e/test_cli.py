@@ -56,7 +56,7 @@ def test_smoke_run_summary(smoke_run):
     # 25% of 8 rows per batch is exactly 2 rows: the measured share is exact here.
     assert abs(summary["replay_share"] - 0.25) <= 1 / 8
     assert summary["replay_share"] == pytest.approx(0.25)
-    assert set(summary["domains"]) == {"zh", "en"}
+    assert set(summary["domains"]) == {"zh", "en", "en_eval"}  # en_eval: role eval (issue #25)
     assert summary["domains"]["en"]["role"] == "replay"
     assert summary["params"]["trainable"] == summary["params"]["total"] > 0
     assert summary["throughput"]["tokens_per_sec"] > 0
@@ -64,7 +64,7 @@ def test_smoke_run_summary(smoke_run):
     assert 0 <= sum(summary["setup"].values()) <= summary["wall_time_s"]
     for key in ("plot", "metrics", "tokenizer", "checkpoint"):
         assert os.path.exists(summary["paths"][key]), key
-    assert set(summary["tokens_per_char"]) == {"zh", "en"}
+    assert set(summary["tokens_per_char"]) == {"zh", "en", "en_eval"}
     assert "bpb @ step 0" in proc.stdout and str(run_dir) in proc.stdout
 
 

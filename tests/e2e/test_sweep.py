@@ -60,40 +60,38 @@ def test_grid_completes_then_resumes_only_missing_work(tmp_path):
     assert again.returncode == 0 and again.stdout.count("already completed") == 4
 
 
-def test_a_failing_job_is_recorded_and_the_others_complete(tmp_path):
+def test_a_sweep_with_an_invalid_job_starts_none(tmp_path):
+    """Every job of a sweep is composed and validated before the first one starts (issue #26, case 12): one bad
+    value refuses the sweep in one line naming that job, and nothing trains or is written."""
     sweep = tmp_path / "sweep"
     proc = cptlab_train("-m", *SMOKE, "data.replay_ratio=0.25,1.5", f"hydra.sweep.dir={sweep}")
-    assert proc.returncode != 0
-    final = statuses(sweep)
-    assert final == {"data.replay_ratio=0.25": "completed", "data.replay_ratio=1.5": "failed"}
-    failed_dir = next(p for p in sweep.iterdir() if p.name.startswith("data.replay_ratio=1.5,"))
-    failed = json.loads((failed_dir / "summary.json").read_text())
-    assert "data.replay_ratio=1.5" in failed["error"]
-    assert "1 job(s) of the sweep failed" in proc.stderr and "data.replay_ratio=1.5" in proc.stderr.splitlines()[-1]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines() == [
+        "cptlab-train: error: job 2 of 2 (data.replay_ratio=1.5): data.replay_ratio=1.5 must be in [0, 1) "
+        "(no job was started)"]
+    assert not sweep.exists()
 
 
-def test_the_sweep_goes_on_after_a_first_job_failing_at_validation_and_one_failing_mid_training(tmp_path):
-    """Job #0 fails before any work (optim.lr=-1), job #1 diverges mid-training (a huge lr: a non-finite
-    loss under train.nan_policy=stop), job #2 still runs to the end; the command then exits non-zero
-    listing both failures."""
+def test_the_sweep_goes_on_after_a_job_failing_mid_training(tmp_path):
+    """Job #0 diverges mid-training (a huge lr: a non-finite loss under train.nan_policy=stop), job #1 still runs
+    to the end; the command then exits non-zero listing the failure. (A job that fails validation stops the
+    sweep before any job starts: test_a_sweep_with_an_invalid_job_starts_none.)"""
     sweep = tmp_path / "sweep"
-    proc = cptlab_train("-m", *SMOKE, "train.nan_policy=stop", "optim.lr=-1,1e6,0.001", f"hydra.sweep.dir={sweep}")
+    proc = cptlab_train("-m", *SMOKE, "train.nan_policy=stop", "optim.lr=1e6,0.001", f"hydra.sweep.dir={sweep}")
     assert proc.returncode == 1, proc.stderr[-3000:]
     launched = [line.split("#", 1)[1] for line in proc.stdout.splitlines() if "[HYDRA] \t#" in line]
-    assert [job.split(" : ")[0] for job in launched] == ["0", "1", "2"]
-    assert [job.split("optim.lr=")[1].split()[0] for job in launched] == ["-1", "1000000.0", "0.001"]
+    assert [job.split(" : ")[0] for job in launched] == ["0", "1"]
+    assert [job.split("optim.lr=")[1].split()[0] for job in launched] == ["1000000.0", "0.001"]
     final = statuses(sweep)
-    assert final == {"optim.lr=-1": "failed", "optim.lr=1000000.0": "failed", "optim.lr=0.001": "completed"}
+    assert final == {"optim.lr=1000000.0": "failed", "optim.lr=0.001": "completed"}
     summaries = {lr: json.loads(next(sweep.glob(f"*optim.lr={lr},*/summary.json")).read_text())
-                 for lr in ("-1", "1000000.0", "0.001")}
-    assert "optim.lr=-1" in summaries["-1"]["error"]
+                 for lr in ("1000000.0", "0.001")}
     assert "non-finite train loss" in summaries["1000000.0"]["error"]  # it failed while training
     completed = summaries["0.001"]
     assert completed["status"] == "completed" and completed["steps"] == 4
-    tail = proc.stderr.strip().splitlines()[-3:]
-    assert tail[0] == "cptlab-train: 2 job(s) of the sweep failed:"
-    assert "optim.lr=-1," in tail[1] and tail[1].endswith(" must be > 0")
-    assert "optim.lr=1000000.0," in tail[2] and "non-finite train loss" in tail[2]
+    tail = proc.stderr.strip().splitlines()[-2:]
+    assert tail[0] == "cptlab-train: 1 job(s) of the sweep failed:"
+    assert "optim.lr=1000000.0," in tail[1] and "non-finite train loss" in tail[1]
 
 
 def test_in_process_ddp_inside_a_local_multirun_is_refused(tmp_path):

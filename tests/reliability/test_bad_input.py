@@ -137,6 +137,10 @@ CASES = [
     C(["data=files", "data.domains.new.sources=[{bad_utf8}]", "data.domains.old.sources=[{old}]",
        "data.on_bad_text=error"],
       ["{bad_utf8}:4:", "invalid UTF-8", "data.on_bad_text"], False, id="invalid_utf8_with_on_bad_text_error"),
+    # data=files asks for a replay corpus too: its unset sources were OmegaConf's traceback (issue #26, 11)
+    C(["data=files", "data.domains.new.sources=[{new}]"],
+      ["data.domains.old.sources is not set", "~data.domains.old and data.replay_ratio=0"], False,
+      id="files_without_replay_sources"),
     # Two held-out documents (of one tiny corpus) hold fewer tokens than one eval block of seq_len+1: only
     # known once the held-out split is tokenized, so a (valid, reusable) token cache may exist afterwards.
     C(["data=files", "data.domains.new.sources=[{new}]", "data.domains.old.sources=[{old}]", "data.seq_len=64",

@@ -1,6 +1,7 @@
 """Output paths: a directory (or file) of the user's is never replaced. `cptlab-tokenizer extend --out`,
 `cptlab-export --out` and `publish_dir` replace only an absent path, an empty directory, or cptlab's own
-output of the same kind; anything else is refused in one line before any work, and nothing is touched."""
+output of the same kind (its marker: never a directory recognised by file names), and never an input; anything
+else is refused in one line before any work, and nothing is touched (more in test_data_loss.py)."""
 
 from __future__ import annotations
 
@@ -48,12 +49,22 @@ def test_tokenizer_extend_refuses_a_user_directory_before_any_work(bpe_tokenizer
     assert rel.snapshot(user_dir) == before and not reads  # refused before the corpus was even read
 
 
-def test_tokenizer_extend_refuses_an_existing_file_as_out(bpe_tokenizer_dir, corpus, capsys):
+def test_tokenizer_extend_refuses_an_existing_file_as_out(bpe_tokenizer_dir, corpus, tmp_path, capsys):
+    mine = tmp_path / "notes.txt"
+    mine.write_text("keep me\n")
+    code = extend("--base", str(bpe_tokenizer_dir), "--corpus", str(corpus), "--vocab-size", "300",
+                  "--out", str(mine))
+    err = capsys.readouterr().err
+    assert code == 2 and "exists and is not a directory" in err
+    assert mine.read_text() == "keep me\n"
+
+
+def test_tokenizer_extend_refuses_its_own_corpus_as_out(bpe_tokenizer_dir, corpus, capsys):
     before = corpus.read_bytes()
     code = extend("--base", str(bpe_tokenizer_dir), "--corpus", str(corpus), "--vocab-size", "300",
                   "--out", str(corpus))
     err = capsys.readouterr().err
-    assert code == 2 and "exists and is not a directory" in err
+    assert code == 2 and f"--out {corpus} is --corpus" in err and "an output never replaces an input" in err
     assert corpus.is_file() and corpus.read_bytes() == before
 
 
@@ -90,7 +101,10 @@ def test_publish_dir_of_a_user_is_refused_at_validation(cptlab_train, tmp_path, 
     ({}, True),  # empty
     ({OUTPUT_MARKER: '{"kind": "model"}', "whatever.bin": "x"}, True),  # marked as cptlab's model output
     ({OUTPUT_MARKER: '{"kind": "tokenizer"}', "tokenizer.json": "{}"}, False),  # cptlab's, but another kind
-    ({"config.json": "{}", "model.safetensors": "x", "tokenizer.json": "{}"}, True),  # an export from before markers
+    # Only the marker counts: a directory holding nothing but the names an export holds may be the user's own
+    # model (a hub download, a git checkout), so it is refused like any other (issue 26).
+    ({"config.json": "{}", "model.safetensors": "x", "tokenizer.json": "{}"}, False),
+    ({"README.md": "x", ".gitattributes": "x", "model.safetensors": "x"}, False),  # hub-style, a dot-file too
     ({"config.json": "{}", "model.safetensors": "x", "thesis.tex": "x"}, False),  # an export plus a user's file
 ])
 def test_check_replaceable(tmp_path, contents, allowed):

@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -84,6 +85,12 @@ def test_interrupted_run_with_another_model_size_gives_one_line(done, tmp_path, 
     line = rel.error_line(proc)
     assert "last.ckpt does not fit this run's model" in line and "mlp" in line and "(176, 64)" in line
     assert (killed / "checkpoints" / "last.ckpt").read_bytes() == before["checkpoints/last.ckpt"]
+    # The refused attempt did not start the run, so it recorded nothing: the original command still resumes it
+    # (issue 26 case 7: it had rewritten inputs.json, and the original command was then refused).
+    assert (killed / "inputs.json").read_bytes() == before["inputs.json"]
+    proc = rerun(done, run_dir=killed)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((killed / "summary.json").read_text())["status"] == "completed"
 
 
 def test_restart_accepts_the_change_and_trains_from_step_0(done, tmp_path):
@@ -116,6 +123,45 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(done, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((killed / "summary.json").read_text())["status"] == "completed"
     assert not (killed / ".cptlab.lock").exists()  # released at the end
+
+
+def test_a_damaged_inputs_record_is_refused_naming_it(done, tmp_path, rel):
+    """Issue 26 case 8: an unreadable inputs.json let a changed input through without a word."""
+    killed = interrupted(done, tmp_path)
+    (killed / "inputs.json").write_text('{"config": {"seed": 0, "model.config.hidden_')  # cut short
+    before = rel.snapshot(killed)
+    line = rel.error_line(rerun(done, "model.config.hidden_size=128", run_dir=killed))
+    assert f"{killed / 'inputs.json'} is damaged" in line and "train.on_changed_inputs=restart" in line, line
+    assert rel.snapshot(killed) == before
+
+
+def test_resume_across_a_change_of_the_held_out_split_is_refused(done, tmp_path, rel):
+    """Issue 26 case 8: =resume with another data.split_seed scored the rest of the run on other held-out
+    documents (made-up forgetting); the split is what is measured, so even =resume refuses it."""
+    killed = interrupted(done, tmp_path)
+    before = rel.snapshot(killed)
+    line = rel.error_line(rerun(done, "data.split_seed=1", "train.on_changed_inputs=resume", run_dir=killed))
+    assert "another train/held-out split (data.split_seed 0 -> 1)" in line and "restart" in line, line
+    assert rel.snapshot(killed) == before
+
+
+def test_a_lock_of_a_killed_run_on_another_host_is_taken_over_once_its_lease_ran_out(done, tmp_path, rel):
+    """Issue 26 case 6: SLURM requeue onto a new node found the old node's lock and was refused forever."""
+    killed = interrupted(done, tmp_path)
+    lock = killed / ".cptlab.lock"
+    owner = {"pid": 4242, "host": "node-elsewhere", "since": "2024-01-01 00:00:00"}
+    lock.write_text(json.dumps({**owner, "heartbeat": time.time()}))  # its holder may be alive: refused
+    before = rel.snapshot(killed)
+    line = rel.error_line(rerun(done, run_dir=killed))
+    assert "in use by pid 4242 on node-elsewhere" in line and "CPTLAB_LOCK_EXPIRY_S" in line, line
+    assert rel.snapshot(killed) == before
+    lock.write_text(json.dumps({**owner, "heartbeat": time.time() - 3600}))  # its heartbeat stopped an hour ago
+    proc = rerun(done, run_dir=killed)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    notices = [line for line in proc.stderr.splitlines() if "took over" in line]
+    assert len(notices) == 1 and "node-elsewhere" in notices[0] and "warning:" in notices[0], proc.stderr[-3000:]
+    assert json.loads((killed / "summary.json").read_text())["status"] == "completed"
+    assert not lock.exists()
 
 
 def test_truncated_checkpoint_is_named_in_one_line(done, tmp_path, rel):

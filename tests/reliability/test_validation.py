@@ -26,6 +26,11 @@ CASES = [
     C(["train.on_changed_inputs=maybe"], "train.on_changed_inputs='maybe'", id="changed_inputs_policy_unknown"),
     C(["model.config.tie_word_embeddings=true", "optim.lr_scale.embeddings=0.1"],
       "optim.lr_scale.lm_head=1.0 differs from optim.lr_scale.embeddings=0.1, but the model ties", id="tied_lr_scale"),
+    # no vocabulary extension, no new rows: the scale did nothing without a word (issue #26, 10)
+    C(["optim.lr_scale.new_rows=10"], "optim.lr_scale.new_rows=10 scales the new token rows, which only "
+      "tokenizer=extend adds", id="new_rows_scale_without_extension"),
+    C(["data.domains.old.sources=???"], "data.domains.old.sources is not set (??? in the config): give "
+      "data.domains.old.sources=[PATH,...], or drop the replay domain", id="unset_sources"),
 ]
 # Each value below was once refused (or, for a domain weight of 0, accepted) by the module that uses it, after
 # the tokenizer and the token caches were built; now by the rule beside its field in cptlab.config, in one line.
@@ -43,6 +48,7 @@ RULES = [
     C(["data.replay_ratio=1.0"], "data.replay_ratio=1.0 must be in [0, 1)", id="replay_ratio_1"),
     C(["data.on_bad_text=ignore"], "data.on_bad_text='ignore' must be one of replace, skip, error", id="bad_text"),
     C(["data.seq_len=0"], "data.seq_len=0 must be >= 1", id="seq_len_0"),
+    C(["data.max_doc_bytes=0"], "data.max_doc_bytes=0 must be >= 1 (bytes; null: no cap)", id="max_doc_bytes_0"),
     C(["seed=-1"], "seed=-1 must be >= 0", id="seed_negative"),
     C(["schedule=two_stage", "schedule.stage1_steps=0"], "schedule.stage1_steps=0 must be >= 1", id="stage1_steps"),
     C(["schedule=two_stage", "schedule.stage1_rows=some"], "schedule.stage1_rows='some' must be one of new, all",

@@ -1,0 +1,100 @@
+"""A command line's config and jobs, known before Hydra starts: the config composed once (a bad override is one
+line, not Hydra's multi-line report), and for a multirun every job's overrides as Hydra's basic sweeper expands
+them (`-m a=1,2 b=x,y` and an experiment's `hydra.sweeper.params`), each composed and validated, so a sweep
+with one bad value fails before its first job trains, naming that job and the key."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+from omegaconf import DictConfig, open_dict, read_write
+
+from cptlab.errors import CptlabError
+from cptlab.utils.console import CONF_DIR, one_line
+
+MULTIRUN_FLAGS = ("-m", "--multirun")
+# Hydra flags after which the arguments are not plain overrides (help, info, other config dirs).
+PASSTHROUGH = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--config-path", "-cp",
+               "--config-name", "-cn", "--config-dir", "-cd", "--shell-completion", "-sc", "--resolve",
+               "--package", "-p", "--version")
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def plain_overrides(argv: list[str]) -> bool:
+    """Whether `argv` is overrides only (no --help, --cfg, other config dir...: those are Hydra's to handle)."""
+    return not any(a.split("=")[0] in PASSTHROUGH for a in argv)
+
+
+def first_sweep_point(overrides: list[str]) -> list[str]:
+    """Each override with a sweep (`a=1,2`, `range(...)`) replaced by its first value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    out = []
+    for ov in OverridesParser.create().parse_overrides(overrides):
+        if ov.is_sweep_override():
+            first = next(iter(ov.sweep_string_iterator()))
+            out.append(f"{ov.get_key_element()}={first}")
+        else:
+            out.append(ov.input_line)
+    return out
+
+
+def check_command(argv: list[str], *, validate_jobs: bool = False,
+                  then: Callable[[DictConfig, bool], None] | None = None) -> None:
+    """Compose the command's config (its first sweep point) with its `hydra` node; for a multirun of several jobs
+    with `validate_jobs`, also compose and validate every job (`check_jobs`); then `then(cfg, multirun)`.
+    Raises on the first problem: a CptlabError, or Hydra's / OmegaConf's own error for a bad override."""
+    from hydra import compose, initialize_config_dir
+
+    import cptlab.config  # noqa: F401  (schema and resolvers)
+
+    overrides = [a for a in argv if a not in MULTIRUN_FLAGS]
+    multirun = len(overrides) < len(argv)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=first_sweep_point(overrides), return_hydra_config=True)
+        if multirun and validate_jobs:
+            check_jobs(job_overrides(cfg, overrides))
+        if then is not None:
+            then(cfg, multirun)
+
+
+def job_overrides(cfg: DictConfig, overrides: list[str]) -> list[list[str]]:
+    """Every job's overrides, in the order Hydra's basic sweeper launches them: the config's
+    `hydra.sweeper.params`, then the command line's (a key given in both: the command line's values), as a
+    product. Another sweeper (an optimiser choosing values as it goes): only the first point is known."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if cfg.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+        return [first_sweep_point(overrides)]
+    params = [f"{key}={value}" for key, value in (cfg.hydra.sweeper.get("params") or {}).items()]
+    parsed = OverridesParser.create().parse_overrides(params + overrides)
+    return [list(job) for job in BasicSweeper.split_arguments(parsed, None)[0]]
+
+
+def check_jobs(jobs: list[list[str]]) -> None:
+    """Compose and validate (cptlab.validate: no tokenizer, cache or model is built) every job of a sweep of
+    several; the first bad one fails in one line naming it by number and by the values that set it apart."""
+    if len(jobs) < 2:
+        return  # one job: validated by the run itself, as a single run is
+    from hydra import compose
+    from hydra.core.hydra_config import HydraConfig
+
+    from cptlab.validate import validate
+
+    varying = [o for o in dict.fromkeys(o for job in jobs for o in job) if not all(o in job for job in jobs)]
+    for number, job in enumerate(jobs, 1):
+        try:
+            cfg = compose("train", overrides=job, return_hydra_config=True)
+            HydraConfig.instance().set_config(cfg)  # ${hydra:...} resolves as in the job
+            task = copy.deepcopy(cfg)  # the config the job gets: no hydra node (as hydra.core.utils.run_job)
+            with read_write(task), open_dict(task):
+                del task["hydra"]
+            validate(task)
+        except Exception as err:
+            label = ",".join(o for o in job if o in varying) or ",".join(job)
+            message = str(err) if isinstance(err, CptlabError) else one_line(err)
+            raise CptlabError(f"job {number} of {len(jobs)} ({label}): {message} (no job was started)") from None
+        finally:
+            HydraConfig.instance().cfg = None
