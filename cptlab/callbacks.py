@@ -113,7 +113,28 @@ class TrainMetrics(pl.Callback):
         return self.train_tokens / self.train_seconds if self.train_seconds > 0 else 0.0
 
 
-class PeriodicEval(pl.Callback):
+class EveryNSteps(pl.Callback):
+    """Calls `self.evaluate(trainer, pl_module)` at step 0, every `self.every` steps and at the last step, once per
+    step (`self.last_eval_step`, which `evaluate` sets and the checkpointed state restores: a resumed run does
+    not evaluate a step twice)."""
+
+    every: int
+    last_eval_step: int = -1
+
+    def evaluate(self, trainer, pl_module):
+        raise NotImplementedError
+
+    def on_train_start(self, trainer, pl_module):
+        if trainer.global_step == 0 and self.last_eval_step < 0:
+            self.evaluate(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if step != self.last_eval_step and (step % self.every == 0 or step >= trainer.max_steps):
+            self.evaluate(trainer, pl_module)
+
+
+class PeriodicEval(EveryNSteps):
     """val/D/{loss,ppl,bpb,delta_bpb} on every domain's held-out blocks, at step 0 and every N steps.
 
     After a vocabulary extension (`base_rows`: the base's vocabulary size), step 0 also scores the domains whose
@@ -183,15 +204,6 @@ class PeriodicEval(pl.Callback):
             m["delta_bpb"] = m["bpb"] - self.bpb0[name]
             metrics.update({f"{prefix}/{name}/{k}": v for k, v in m.items()})
         return metrics
-
-    def on_train_start(self, trainer, pl_module):
-        if trainer.global_step == 0 and self.last_eval_step < 0:
-            self.evaluate(trainer, pl_module)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        step = trainer.global_step
-        if step != self.last_eval_step and (step % self.every == 0 or step >= trainer.max_steps):
-            self.evaluate(trainer, pl_module)
 
     def state_dict(self):
         return {"bpb0": self.bpb0, "first": self.first, "latest": self.latest, "last_eval_step": self.last_eval_step}

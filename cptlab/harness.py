@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 import yaml
 
+from cptlab.callbacks import EveryNSteps
 from cptlab.errors import CptlabError
 
 BUILTIN_TASKS = Path(__file__).resolve().parent / "tasks"
@@ -226,7 +226,7 @@ class HarnessRunner:
         return flatten(results["results"], prefix)
 
 
-class HarnessEval(pl.Callback):
+class HarnessEval(EveryNSteps):
     """val/harness/... at step 0, every `every_n_steps` and at the last step, on global rank zero (the others wait
     at a barrier; under FSDP, whose forward passes are collective, every rank scores the same requests and rank
     zero logs); `ema`: also the EMA weights (val_ema/harness/...). Runs after the bpb evaluation (PeriodicEval)
@@ -279,15 +279,6 @@ class HarnessEval(pl.Callback):
         if self.clock:
             self.clock.resume()
         return metrics
-
-    def on_train_start(self, trainer, pl_module):
-        if trainer.global_step == 0 and self.last_eval_step < 0:
-            self.evaluate(trainer, pl_module)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        step = trainer.global_step
-        if step != self.last_eval_step and (step % self.every == 0 or step >= trainer.max_steps):
-            self.evaluate(trainer, pl_module)
 
     def state_dict(self):
         return {"first": self.first, "latest": self.latest, "last_eval_step": self.last_eval_step,
