@@ -16,7 +16,7 @@ from pathlib import Path
 from benchmarks.common import BenchResult, Context, Ratio, Sizes, environment
 
 # In run order: the loader compares with the training steps/s, the tokenizer benchmark builds the extension.
-BENCHMARKS = ("training", "loader", "pretokenize", "tokenizer", "startup", "corpus")
+BENCHMARKS = ("training", "loader", "pretokenize", "tokenizer", "startup", "corpus", "doc_masking")
 # Every headline ratio the JSON holds (the smoke test checks them all).
 RATIO_KEYS = {
     "training": ("training.tokens_per_s_vs_hf_trainer", "training.fused_adamw_cptlab_vs_hf_trainer",
@@ -28,6 +28,7 @@ RATIO_KEYS = {
     "startup": ("startup.warm_vs_cold", "startup.warm_vs_import_floor"),
     "corpus": ("corpus.rss_growth_per_corpus_byte", "corpus.num_proc2_vs_num_proc1",
                "corpus.num_proc2_on_2_cpus_vs_num_proc1_on_1"),
+    "doc_masking": ("doc_masking.masked_vs_plain_tokens_per_s",),
 }
 # Optional, not run by default (minutes, needs `make install-real`): `--real-base` adds it.
 OPTIONAL = ("real_base",)

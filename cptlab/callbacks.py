@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import sys
 import time
+from collections.abc import Callable
 
 import pytorch_lightning as pl
 import torch
@@ -37,10 +38,12 @@ def format_eta(seconds: float) -> str:
 
 
 class TrainMetrics(pl.Callback):
-    """train/loss, train/tokens_per_sec, train/replay_share, lr and trainer/tokens_seen."""
+    """train/loss, train/tokens_per_sec, train/replay_share, lr and trainer/tokens_seen; with `mix` (the sampler's
+    MixtureSampler.mix: batches done -> {domain or domain/source: share of the rows so far}) train/mix/<key> too."""
 
-    def __init__(self, every_n_steps: int, tokens_per_batch: int, plain: bool = False):
-        self.every, self.tokens_per_batch = every_n_steps, tokens_per_batch
+    def __init__(self, every_n_steps: int, tokens_per_batch: int, plain: bool = False,
+                 mix: Callable[[int], dict[str, float]] | None = None):
+        self.every, self.tokens_per_batch, self.mix = every_n_steps, tokens_per_batch, mix
         # Without a TTY (no progress bar): one plain line per logging step, with an ETA from the wall clock.
         self.plain = plain
         self._wall0, self._step0 = time.time(), 0
@@ -94,6 +97,8 @@ class TrainMetrics(pl.Callback):
         }
         if pl_module.retention is not None:
             self.latest["train/retention_loss"] = retention
+        if self.mix is not None:  # the achieved mixture: a pure function of the batches done (cptlab.data.mixture)
+            self.latest.update({f"train/mix/{k}": v for k, v in self.mix(pl_module.batches_done).items()})
         log_metrics(trainer, self.latest, step)
         pl_module.log("loss", loss, prog_bar=True, logger=False)
         pl_module.log("tok/s", self.latest["train/tokens_per_sec"], prog_bar=True, logger=False)
@@ -134,6 +139,23 @@ class EveryNSteps(pl.Callback):
             self.evaluate(trainer, pl_module)
 
 
+def all_blocks(trainer, mine: torch.Tensor, n: int) -> torch.Tensor:
+    """Per-block sums of all `n` blocks in block order, on the CPU, from each rank's rows of blocks[rank::world]
+    (a collective: every rank calls it). Rows are padded to the same count for the gather, then dropped."""
+    world = trainer.world_size
+    if world == 1:
+        return mine.detach().cpu()
+    padded = mine.new_zeros((-(-n // world), mine.shape[1]))
+    padded[:len(mine)] = mine
+    return interleave_ranks(trainer.strategy.all_gather(padded).cpu(), n)
+
+
+def interleave_ranks(gathered: torch.Tensor, n: int) -> torch.Tensor:
+    """[world, rows, k] gathered per-rank rows -> [n, k] in block order: block j is rank j % world's row j // world
+    (the split of PeriodicEval._sums); the padding rows land past n."""
+    return gathered.transpose(0, 1).reshape(-1, gathered.shape[-1])[:n]
+
+
 class PeriodicEval(EveryNSteps):
     """val/D/{loss,ppl,bpb,delta_bpb} on every domain's held-out blocks, at step 0 and every N steps.
 
@@ -152,6 +174,9 @@ class PeriodicEval(EveryNSteps):
         self.bpb0: dict[str, float] = {}
         self.first: dict[str, float] = {}
         self.latest: dict[str, float] = {}
+        # Per domain, the latest evaluation's [nll, n_tokens, n_bytes] of each block (raw weights, every rank's
+        # blocks in block order): summary.json's eval_block_sums, which cptlab-compare's bootstrap resamples.
+        self.latest_blocks: dict[str, torch.Tensor] = {}
         self.last_eval_step = -1
 
     def evaluate(self, trainer, pl_module) -> dict[str, float]:
@@ -179,13 +204,20 @@ class PeriodicEval(EveryNSteps):
             self.clock.resume()
         return metrics
 
-    def _sums(self, trainer, pl_module, blocks: torch.Tensor, vocab_limit: int | None = None) -> dict[str, float]:
+    def _sums(self, trainer, pl_module, blocks: torch.Tensor, vocab_limit: int | None = None,
+              keep_blocks: str | None = None) -> dict[str, float]:
+        """The metrics of `blocks`, each rank scoring blocks[rank::world]; `keep_blocks`: a domain name, under which
+        the per-block sums of every rank are kept in self.latest_blocks (a collective gather: all ranks call it)."""
         rank, world = trainer.global_rank, trainer.world_size
         # Under FSDP each rank makes as many forward passes as rank 0 (which has the most blocks).
         n_batches = -(-len(blocks[0::world]) // self.batch_size) if is_fsdp(trainer) else None
         sums = eval_sums(pl_module.model, blocks[rank::world], self.token_bytes, batch_size=self.batch_size,
                          device=pl_module.device, n_batches=n_batches, filler=blocks[:1],
-                         chunked=getattr(pl_module, "chunked_loss", False), vocab_limit=vocab_limit)
+                         chunked=getattr(pl_module, "chunked_loss", False), vocab_limit=vocab_limit,
+                         per_block=keep_blocks is not None, doc_eos=getattr(pl_module, "doc_eos", None))
+        if keep_blocks is not None:
+            sums, mine = sums
+            self.latest_blocks[keep_blocks] = all_blocks(trainer, mine, len(blocks))
         return metrics_from_sums(trainer.strategy.reduce(sums, reduce_op="sum"))
 
     def _base_vocab(self, trainer, pl_module) -> dict[str, float]:
@@ -198,7 +230,7 @@ class PeriodicEval(EveryNSteps):
     def _evaluate(self, trainer, pl_module, prefix: str) -> dict[str, float]:
         metrics = {}
         for name, blocks in self.eval_sets.items():
-            m = self._sums(trainer, pl_module, blocks)
+            m = self._sums(trainer, pl_module, blocks, keep_blocks=name if prefix == "val" else None)
             # delta_bpb of both the raw and the EMA weights is measured from the step-0 (raw) bpb.
             self.bpb0.setdefault(name, m["bpb"])
             m["delta_bpb"] = m["bpb"] - self.bpb0[name]
@@ -206,11 +238,13 @@ class PeriodicEval(EveryNSteps):
         return metrics
 
     def state_dict(self):
-        return {"bpb0": self.bpb0, "first": self.first, "latest": self.latest, "last_eval_step": self.last_eval_step}
+        return {"bpb0": self.bpb0, "first": self.first, "latest": self.latest, "last_eval_step": self.last_eval_step,
+                "latest_blocks": self.latest_blocks}
 
     def load_state_dict(self, state):
         self.bpb0, self.first = dict(state["bpb0"]), dict(state["first"])
         self.latest, self.last_eval_step = dict(state["latest"]), state["last_eval_step"]
+        self.latest_blocks = dict(state.get("latest_blocks") or {})  # absent from checkpoints written before it
 
 
 class Preempted(Interrupted):

@@ -211,12 +211,29 @@ class DomainConfig:
     weight: float = bounded(1.0, "> 0")  # relative weight among the domains of the same role
     max_docs: Optional[int] = bounded(None, ">= 1")
     text_field: str = "text"
+    # {source: weight}: each source (as written in `sources`; unlisted ones weigh 1) gets its share of the
+    # domain's rows (cptlab.data.source_weights); empty: the sources are one stream. No cache key holds it.
+    source_weights: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class StageConfig:
+    # The stage is in force for the optimizer steps before until_step (or the first until_tokens tokens) and after
+    # the previous stage's end; the last stage may leave both null (to the end). cptlab.data.stages
+    until_step: Optional[int] = bounded(None, ">= 1")
+    until_tokens: Optional[int] = bounded(None, ">= 1")
+    replay_ratio: Optional[float] = bounded(None, "[0, 1)", note="or null: data.replay_ratio")
+    weights: dict[str, float] = field(default_factory=dict)  # {domain: weight}; unlisted domains: their own weight
 
 
 @dataclass
 class DataConfig:
     domains: dict[str, DomainConfig] = field(default_factory=dict)
     replay_ratio: float = bounded(0.0, "[0, 1)")
+    # The mixture step range by step range (the ratio and weights above are the defaults); empty: one mix throughout.
+    stages: list[StageConfig] = field(default_factory=list)
+    # Domain weights within a role times (train tokens)^(1/temperature); null: the weights alone.
+    temperature: Optional[float] = bounded(None, "> 0", note="or null: the configured weights alone")
     seq_len: int = bounded(256, ">= 1")
     batch_size: int = bounded(16, ">= 1")
     max_docs: Optional[int] = bounded(None, ">= 1")  # cap on every domain's documents (smoke runs)
@@ -229,6 +246,9 @@ class DataConfig:
     # Keys the train/held-out document split (and the tokenizer trained on the train side); `seed` never
     # changes it, so runs that differ only in seed are scored on the same held-out documents.
     split_seed: int = 0
+    # Each document of a packed block attends only to itself, its positions restarting at the EOS before it
+    # (cptlab.model.doc_mask), in training and held-out evaluation; allow-listed model types only.
+    doc_masking: bool = False
 
 
 @dataclass
@@ -306,7 +326,9 @@ class TrainerConfig:
     strategy: str = "auto"
     fsdp_sharding: str = choice("FULL_SHARD", FSDP_SHARDING, when=lambda cfg: cfg.trainer.strategy == "fsdp")
     precision: str = choice("32-true", PRECISIONS)
-    max_steps: int = bounded(200, ">= 1")  # the run length: conf/train.yaml and experiments, never trainer/*.yaml
+    # The run length in optimizer steps (also the warm-up + decay schedule's): this default or an experiment's,
+    # never trainer/*.yaml's, so choosing the hardware does not change the learning-rate schedule.
+    max_steps: int = bounded(200, ">= 1")
     accumulate_grad_batches: int = bounded(1, ">= 1")
     log_every_n_steps: int = bounded(10, ">= 1")
     num_threads: Optional[int] = None
@@ -314,7 +336,8 @@ class TrainerConfig:
 
 @dataclass
 class TrainOptions:
-    nan_policy: str = choice("stop", NAN_POLICIES)  # what a non-finite train loss does
+    # What a non-finite train loss does: stop (the run fails, its last checkpoint intact) | skip_batch.
+    nan_policy: str = choice("stop", NAN_POLICIES)
     # skip_batch gives up (the run fails) after this many skipped batches in a row, or in all.
     max_consecutive_skipped: int = bounded(5, ">= 1")
     max_skipped_batches: int = bounded(50, ">= 1")
@@ -359,8 +382,10 @@ class PrepareConfig:
 
 @dataclass
 class TrainConfig:
-    name: str = "default"
+    name: str = "default"  # the experiment's name: runs land in ${paths.runs_dir}/${name}/<overrides>
     seed: int = bounded(0, ">= 0")
+    # When set, a completed run also saves its model + tokenizer here as a Hugging Face directory (atomically);
+    # experiment=demo_base publishes the demo base model to the cache this way.
     publish_dir: Optional[str] = None
     tags: list[str] = field(default_factory=list)  # extra wandb tags (the group choices are added)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -409,13 +434,29 @@ def run_tags(tags, *choices: str) -> list[str]:
     return list(dict.fromkeys([*(str(t) for t in tags or ()), *choices]))
 
 
+def wsd_decay_start(total_steps: int, warmup_steps: int, decay_fraction: float) -> int:
+    """The first step of the linear decay of optim.schedule=wsd: its last `decay_fraction` of `total_steps` (at
+    least one step), never before the warm-up ends (cptlab.optim.LRSchedule reads it from here)."""
+    return max(warmup_steps, total_steps - max(1, round(decay_fraction * total_steps)))
+
+
+def lr_decay_start(*, _root_) -> int:
+    """`${lr_decay_start:}`: the first optimizer step of the decay phase of optim.schedule=wsd over
+    trainer.max_steps, e.g. where a data.stages entry starts annealing (conf/experiment/demo_zh_anneal.yaml)."""
+    return wsd_decay_start(int(_root_.trainer.max_steps), int(_root_.optim.warmup_steps),
+                           float(_root_.optim.decay_fraction))
+
+
 def register() -> None:
     """Register the schema and resolvers (idempotent; called on import of cptlab.train)."""
     ConfigStore.instance().store(name="cptlab_schema", node=TrainConfig)
     for name, fn in (("run_name", run_name), ("wandb_id", wandb_id), ("wandb_offline", wandb_offline),
-                     ("run_tags", run_tags)):
+                     ("run_tags", run_tags), ("lr_decay_start", lr_decay_start)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
+    from cptlab.utils.hydra_overrides import install
+
+    install()  # `+data.domains.NEW=...` from the command line (cptlab.utils.hydra_overrides)
 
 
 register()

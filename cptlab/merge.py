@@ -146,16 +146,24 @@ def eval_sets(run) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, str
     return blocks, torch.from_numpy(token_byte_lengths(tokenizer)), roles
 
 
+def _doc_eos(run) -> int | None:
+    """The EOS id the run's evaluation masked documents at (data.doc_masking), None when it did not."""
+    if not run.cfg.data.get("doc_masking"):
+        return None
+    return _run_tokenizers(run)[1].eos_token_id
+
+
 def score(interp: Interpolation, alphas: list[float], blocks: dict[str, torch.Tensor], token_bytes: torch.Tensor,
           *, batch_size: int) -> list[dict]:
     """[{alpha, bpb: {domain: ...}, loss: {domain: ...}}] for each alpha; the model is left at theta(1)."""
     from cptlab.evaluation import eval_sums, metrics_from_sums
 
-    points = []
+    points, doc_eos = [], _doc_eos(interp.run)
     try:
         for alpha in alphas:
             interp.set(alpha)
-            metrics = {name: metrics_from_sums(eval_sums(interp.model, b, token_bytes, batch_size=batch_size))
+            metrics = {name: metrics_from_sums(eval_sums(interp.model, b, token_bytes, batch_size=batch_size,
+                                                         doc_eos=doc_eos))
                        for name, b in blocks.items()}
             points.append({"alpha": alpha, "bpb": {n: m["bpb"] for n, m in metrics.items()},
                            "loss": {n: m["loss"] for n, m in metrics.items()}})

@@ -23,6 +23,7 @@ from pytorch_lightning.utilities.types import LRSchedulerConfig
 
 from cptlab.errors import CptlabError
 from cptlab.fsdp import STATE_DICT_KEYS, average_gradients, is_fsdp
+from cptlab.model.doc_mask import document_position_ids
 from cptlab.model.freeze import FreezePlan, clean_name
 from cptlab.model.loss import causal_lm_loss
 from cptlab.optim import LRScale, LRSchedule, base_lr, build_optimizer, build_scheduler, lr_groups
@@ -35,7 +36,7 @@ class CPTModule(pl.LightningModule):
     def __init__(self, model: torch.nn.Module, *, lr: float, weight_decay: float, betas, eps: float,
                  schedule: LRSchedule, freeze: FreezePlan | None = None,
                  nan_policy: str = "stop", lr_scale: LRScale | None = None, max_consecutive_skipped: int = 5,
-                 max_skipped_batches: int = 50, chunked_loss: bool = False):
+                 max_skipped_batches: int = 50, chunked_loss: bool = False, doc_eos: int | None = None):
         super().__init__()
         self.model = model
         self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, list(betas), eps
@@ -64,6 +65,9 @@ class CPTModule(pl.LightningModule):
         # float32 logits [B*T, V] (cptlab.model.loss). The mean-teacher KL needs the student's logits, so a
         # run with a retention loss takes the plain path for training (evaluation stays chunked).
         self.chunked_loss = chunked_loss
+        # data.doc_masking: the EOS id at which a document's segment starts (cptlab.model.doc_mask), read by
+        # the loss, the mean teacher and the held-out evaluation (PeriodicEval); None: plain causal blocks.
+        self.doc_eos = doc_eos
         # skip_batch gives up after this many skipped batches in a row / in all (a diverged model skips forever).
         self.max_consecutive_skipped, self.max_skipped_batches = max_consecutive_skipped, max_skipped_batches
         self.consecutive_skipped = 0
@@ -195,10 +199,14 @@ class CPTModule(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         if batch["step"] != self.batches_done:
             raise RuntimeError(f"data stream out of step: got batch {batch['step']}, expected {self.batches_done}")
+        position_ids = None
+        if self.doc_eos is not None:
+            position_ids = document_position_ids(batch["input_ids"], self.doc_eos)
+            batch = {**batch, "position_ids": position_ids}  # the mean teacher scores the block the same way
         if self.chunked_loss and self.retention is None:
-            loss = causal_lm_loss(self.model, batch["input_ids"], batch["targets"])
+            loss = causal_lm_loss(self.model, batch["input_ids"], batch["targets"], position_ids=position_ids)
         else:
-            logits = self.model(input_ids=batch["input_ids"], use_cache=False).logits
+            logits = self.model(input_ids=batch["input_ids"], position_ids=position_ids, use_cache=False).logits
             loss = F.cross_entropy(logits.float().flatten(0, 1), batch["targets"].flatten())
         if self.retention is not None:
             extra = self.retention(self.model, batch, logits)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from cptlab.config import check_value
+from cptlab.config import check_value, wsd_decay_start
 from cptlab.errors import CptlabError
 
 LR_GROUPS = ("embeddings", "lm_head", "new_rows", "rest")
@@ -144,8 +144,7 @@ class LRSchedule:
             progress = min(1.0, (step - self.warmup_steps) / span)
             return lo + (1.0 - lo) * 0.5 * (1.0 + math.cos(math.pi * progress))
         # wsd: warm-up, a stable plateau, then a linear decay over the last decay_fraction of steps.
-        decay_steps = max(1, round(self.decay_fraction * total_steps))
-        decay_start = max(self.warmup_steps, total_steps - decay_steps)
+        decay_start = wsd_decay_start(total_steps, self.warmup_steps, self.decay_fraction)
         if step < decay_start:
             return 1.0
         progress = min(1.0, (step - decay_start) / max(1, total_steps - decay_start))

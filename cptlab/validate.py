@@ -17,11 +17,14 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from cptlab.config import Rule, TrainConfig, field_types, nested_schema
+from cptlab.data.source_weights import resolve_source_weights
 from cptlab.data.split import check_eval_sources, heldout_kind
+from cptlab.data.stages import stages_from_config
 from cptlab.demo import stands_in
 from cptlab.errors import CptlabError
 from cptlab.harness import check_harness
 from cptlab.model.adapter import check_targets
+from cptlab.model.doc_mask import check_doc_masking
 from cptlab.model.freeze import phases_from_config
 from cptlab.model.gguf import check_gguf
 from cptlab.model.load import check_model_source, random_llama_config
@@ -91,6 +94,7 @@ def validate_data(data: DictConfig) -> None:
             raise CptlabError(f"data.domains.{name}.heldout: {e}") from None
         for source in d.sources:
             _check_source(name, str(source))
+        resolve_source_weights(name, [str(s) for s in d.sources], d.get("source_weights"), d.role)
         roles[name] = d.role
     if "new" not in roles.values():
         raise CptlabError("data.domains has no domain with role 'new'")
@@ -154,6 +158,19 @@ def validate_model(cfg: DictConfig) -> None:
     limit = base_config(cfg, written_over=False).get("max_position_embeddings")
     if limit is not None and cfg.data.seq_len > limit:
         raise CptlabError(f"data.seq_len={cfg.data.seq_len} exceeds the model's maximum positions ({limit})")
+
+
+def validate_doc_masking(cfg: DictConfig) -> None:
+    """data.doc_masking=true only for the model types its masking was verified for: a random-init model is a
+    Llama, a base directory's type is in its config.json (a hub id or an unconverted GGUF: when it loads)."""
+    if not cfg.data.get("doc_masking"):
+        return
+    if not (cfg.model.name_or_path or cfg.model.gguf):
+        check_doc_masking("llama")  # cptlab.model.load builds a LlamaForCausalLM from model.config
+        return
+    model_type = base_config(cfg, written_over=False).get("model_type")
+    if model_type is not None:
+        check_doc_masking(model_type)
 
 
 def validate_adapter_targets(cfg: DictConfig) -> None:
@@ -253,7 +270,9 @@ def validate(cfg: DictConfig) -> None:
     _check_lr_scale(cfg, scale)
     validate_schedule_and_adapter(cfg)
     validate_data(cfg.data)
+    stages_from_config(cfg.data, batches_per_step=int(cfg.trainer.accumulate_grad_batches))  # cptlab.data.stages
     validate_model(cfg)
+    validate_doc_masking(cfg)
     scale.check_tied(bool(base_config(cfg).get("tie_word_embeddings")))
     validate_adapter_targets(cfg)
     validate_expansion(cfg)

@@ -17,9 +17,11 @@ study_runs() {
         "seed=$SEEDS" "$@" hydra.sweep.dir="$RUNS/$name"
 }
 
-# study_compare STUDY DIRS... [-- cptlab-compare options]: the study's results/ from those sweeps.
+# study_compare STUDY DIRS... [cptlab-compare options]: the study's results/ from those sweeps, with each run's
+# record archived in results/runs (summary.json, metrics.csv, config) so `python -m experiments.check` recomputes
+# every figure from the repository alone.
 study_compare() {
     local study=$1
     shift
-    "$BIN/cptlab-compare" "$@" --out "experiments/$study/results"
+    "$BIN/cptlab-compare" "$@" --archive --out "experiments/$study/results"
 }

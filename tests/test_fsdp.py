@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-from cptlab.config import FSDP_SHARDING
+from cptlab.config import FSDP_SHARDING, AdapterConfig
 from cptlab.errors import CptlabError
 from cptlab.fsdp import average_gradients, fsdp_strategy, layer_classes, replicated_params
 from cptlab.model.adapter import apply_adapter
@@ -24,7 +24,9 @@ def tiny(tie: bool = False) -> LlamaForCausalLM:
 
 
 def lora(model):
-    return apply_adapter(model, OmegaConf.load(CONF / "adapter" / "lora.yaml"), base_rows=64)
+    # adapter=lora over the schema, as a composed run sees it (the option file states only what differs)
+    cfg = OmegaConf.merge(OmegaConf.structured(AdapterConfig), OmegaConf.load(CONF / "adapter" / "lora.yaml"))
+    return apply_adapter(model, cfg, base_rows=64)
 
 
 @pytest.mark.parametrize("wrap", [lambda m: m, lora], ids=["plain", "lora"])

@@ -50,7 +50,8 @@ def test_unknown_task_is_one_line(monkeypatch):
     monkeypatch.setattr(harness, "lm_eval_index", lambda: {"hellaswag"})  # lm-eval's own index, read for non-locals
     harness.check_harness(config(tasks=["cptlab_en_next_sentence", "hellaswag"]))
     with pytest.raises(CptlabError, match=r"eval.harness.tasks: unknown task 'helaswag' \(not an lm-eval task.*built "
-                                          r"in: cptlab_en_next_sentence, cptlab_en_word_order, cptlab_zh_polarity\)"):
+                                          r"in: cptlab_en_next_sentence, cptlab_en_word_order, cptlab_zh_char_order, "
+                                          r"cptlab_zh_polarity\)"):
         harness.check_harness(config(tasks=["cptlab_en_next_sentence", "helaswag"]))
 
 
@@ -206,6 +207,32 @@ def test_the_probes_are_balanced_and_leave_out_trained_text():
         assert labels[:4] == [0, 1, 0, 1] and labels.count(0) == labels.count(1) > 100
         assert not trained_zh & {row["review"] for row in zh}
         assert probes.dataset("cptlab_zh_polarity")["test"].num_rows == len(zh)
+    finally:
+        probes.use_run(lambda source, text: False)
+
+
+def test_the_zh_char_order_probe_swaps_two_neighbouring_characters_and_leaves_out_trained_text():
+    paragraphs = [f"第{i}段新闻开始。人民群众积极参加植树活动。今天的天气非常晴朗温暖第{i}号。" for i in range(30)]
+    paragraphs.append("只有一句话没有句号")  # one sentence: no item
+    trained = {paragraphs[0]}
+    probes.use_run(lambda source, text: source == "demo:zh" and text in trained, {"demo:zh": paragraphs})
+    try:
+        items = probes.zh_char_order()
+        assert len(items) == 29 and probes.CHANCE["cptlab_zh_char_order"] == 0.25
+        assert not any(item["context"].startswith("第0段") for item in items)
+        for item in items:
+            true = item["choices"][item["label"]]
+            assert true.startswith("今天的天气") and item["context"].endswith("植树活动。")
+            assert len(set(item["choices"])) == 4
+            for choice in item["choices"]:
+                if choice == true:
+                    continue
+                # the same characters, first and last in place, exactly two neighbours swapped
+                diff = [i for i, (a, b) in enumerate(zip(choice, true)) if a != b]
+                assert len(choice) == len(true) and len(diff) == 2 and diff[1] == diff[0] + 1
+                assert choice[diff[0]] == true[diff[1]] and choice[diff[1]] == true[diff[0]]
+                assert 0 < diff[0] and diff[1] < len(true) - 1
+        assert len({item["label"] for item in items}) > 1
     finally:
         probes.use_run(lambda source, text: False)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from rich.console import Console
 
 from cptlab.compare import harness
+from cptlab.compare.archive import archive_runs
 from cptlab.compare.plots import plot_forgetting_curves, plot_tradeoff
 from cptlab.compare.runs import eval_data_warnings, group_runs, is_run_dir, load_runs, parse_domains, resolve_roles
 from cptlab.compare.stats import DEFAULT_MARGIN, budget_text, parse_budgets, replay_budgets
@@ -33,9 +34,12 @@ def default_out(paths: list[Path]) -> Path:
 
 def compare(paths: list[Path], out: Path | None = None, old: list[str] | None = None,
             new: list[str] | None = None, console: Console | None = None, reference: str | None = None,
-            budgets: dict[str, float] | None = None, margin: float = DEFAULT_MARGIN) -> dict[str, Path]:
+            budgets: dict[str, float] | None = None, margin: float = DEFAULT_MARGIN, archive: bool = False,
+            plots: bool = True) -> dict[str, Path]:
     """Load the runs under `paths`, write the four outputs into `out`, print the table (and the budget
-    lines); returns {output name: path}. Raises CptlabError on a missing path or one with no run."""
+    lines); returns {output name: path}. Raises CptlabError on a missing path or one with no run.
+    `archive`: also keep each run's record and these options under out/runs (cptlab.compare.archive);
+    `plots=False`: the tables only (recomputing a comparison to check its numbers)."""
     console = console or Console()
     paths = [Path(p) for p in paths]
     runs = load_runs(paths)
@@ -53,10 +57,11 @@ def compare(paths: list[Path], out: Path | None = None, old: list[str] | None = 
     fits = replay_budgets(groups, roles, budgets) if budgets else []
     budget = [(f"[{family}] " if family else "") + budget_text(fit, ", ".join(roles.new) or "new")
               for family, fit in fits]
-    written = {name: out / name for name in OUTPUTS}
+    written = {name: out / name for name in OUTPUTS if plots or not name.endswith(".png")}
     try:
-        plot_forgetting_curves(groups, roles, written["forgetting_curves.png"])
-        plot_tradeoff(rows, roles, written["tradeoff.png"])
+        if plots:
+            plot_forgetting_curves(groups, roles, written["forgetting_curves.png"])
+            plot_tradeoff(rows, roles, written["tradeoff.png"])
         write_markdown(written["summary.md"], rows, roles, warnings, budget)
         write_csv(written["summary.csv"], rows)
         tasks = harness.harness_rows(groups)
@@ -64,10 +69,14 @@ def compare(paths: list[Path], out: Path | None = None, old: list[str] | None = 
             summary_md = written["summary.md"]
             atomic_write_text(summary_md, summary_md.read_text(encoding="utf-8") + "\n" + harness.markdown(tasks))
             written["harness.csv"] = harness.write_csv(out / "harness.csv", tasks)
-            harness.plot_harness_curves(groups, out / "harness_curves.png")
-            written["harness_curves.png"] = out / "harness_curves.png"
+            if plots:
+                harness.plot_harness_curves(groups, out / "harness_curves.png")
+                written["harness_curves.png"] = out / "harness_curves.png"
     except OSError as err:
         raise CptlabError(f"cannot write the comparison to {out}: {err.strerror or err}") from err
+    if archive:
+        written["runs"] = archive_runs([run.path for run in runs], out, {
+            "old": old, "new": new, "reference": reference, "budgets": budgets, "margin": margin}, paths)
     render(rows, roles, console)
     if tasks:
         harness.render(tasks, console)
@@ -104,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="equivalence margin: a difference from the reference row reads 'equivalent' only "
                              f"when its Holm-adjusted interval lies inside +/- this (default {DEFAULT_MARGIN:g} "
                              "bits per byte)")
+    parser.add_argument("--archive", action="store_true",
+                        help="also copy each run's summary.json, metrics.csv and .hydra config (no checkpoints) "
+                             "and these options into OUT/runs, so the comparison recomputes from OUT alone")
     return parser
 
 
@@ -126,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         compare(args.paths, out=args.out, old=parse_domains(args.old), new=parse_domains(args.new),
                 console=console, reference=args.reference, budgets=parse_budgets(args.budget),
-                margin=args.margin)
+                margin=args.margin, archive=args.archive)
     except CptlabError as err:
         parser.exit(2, f"cptlab-compare: error: {err}\n")
 

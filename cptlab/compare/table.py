@@ -14,6 +14,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from cptlab.compare.blocks import (
+    N_BOOT,
+    SEED_SHARE,
+    Resampler,
+    difference,
+    half_width,
+    max_blocks_advice,
+    row_replicates,
+)
 from cptlab.compare.runs import Group, Roles, Run, group_runs
 from cptlab.compare.stats import DEFAULT_MARGIN, compare_samples, comparison_text, holm, mean_ci
 from cptlab.errors import CptlabError
@@ -23,9 +32,14 @@ from cptlab.utils.io import atomic_write_text
 FIGURES = ["new_bpb", "learning", "old_bpb", "forgetting", "forgetting_auc", "tokens_per_sec", "steps",
            "tokens_seen", "setup_s", "wall_time_s"]
 COMPARED = ["learning", "forgetting"]  # compared with the reference row (paired or Welch, Holm-adjusted)
+# The end bpb figures whose evaluation-sample noise (a bootstrap over eval blocks, cptlab.compare.blocks) is
+# reported beside the seed interval as `<figure>_eval_ci95`; each compared figure's is `<figure>_vs_ref_eval_ci95`.
+EVAL_FIGURES = {"new_bpb": "new", "old_bpb": "old"}  # figure -> the roles' domains it averages
+EVAL_COMPARED = {"learning": "new", "forgetting": "old"}  # both are the end bpb's change: its eval noise
 CSV_FIELDS = ["label", "status", "error", "n", "seeds",
-              *(f for k in FIGURES[:5] for f in (k, f"{k}_ci95")),
-              *(f for k in COMPARED for f in (f"{k}_vs_ref", f"{k}_vs_ref_ci95", f"{k}_vs_ref_verdict",
+              *(f for k in FIGURES[:5] for f in (k, f"{k}_ci95", *([f"{k}_eval_ci95"] if k in EVAL_FIGURES else []))),
+              *(f for k in COMPARED for f in (f"{k}_vs_ref", f"{k}_vs_ref_ci95", f"{k}_vs_ref_eval_ci95",
+                                              f"{k}_vs_ref_eval_method", f"{k}_vs_ref_verdict",
                                               f"{k}_vs_ref_method", f"{k}_vs_ref_p", f"{k}_vs_ref_p_holm")),
               "pareto_front", *(f for k in FIGURES[5:] for f in (k, f"{k}_ci95")), "run_dir"]
 
@@ -184,7 +198,29 @@ def build_rows(runs: list[Run] | list[Group], roles: Roles, reference: str | Non
     for k, i in enumerate(scored):
         rows[i]["pareto_front"] = k in front
     compare_with_reference(rows, reference, margin)
+    eval_noise(groups, rows, roles, margin)
     return rows
+
+
+def eval_noise(groups: list[Group], rows: list[dict], roles: Roles, margin: float = DEFAULT_MARGIN) -> None:
+    """Set, beside the seed intervals, the evaluation sample's noise (cptlab.compare.blocks: a bootstrap over the
+    final evaluation's blocks, the row's seed mean recomputed per resample): `<figure>_eval_ci` of EVAL_FIGURES,
+    `<figure>_vs_ref_eval_ci` and `_eval_method` (paired / unpaired blocks) of EVAL_COMPARED, and on every row
+    `eval_advice`, the eval.max_blocks advice lines. None where a row (or the reference) has no block data."""
+    resampler = Resampler()
+    domains = {"new": roles.new, "old": roles.old}
+    runs = [group.runs if row["status"] == "completed" else [] for group, row in zip(groups, rows)]
+    ref = next((i for i, row in enumerate(rows) if row.get("learning_vs_ref_text") == "reference"), None)
+    advice = max_blocks_advice(runs, ref, margin, roles.new + roles.old)
+    for i, row in enumerate(rows):
+        row["eval_advice"] = advice
+        for key, role in EVAL_FIGURES.items():
+            row[f"{key}_eval_ci"] = half_width(row_replicates(resampler, runs[i], domains[role])) if runs[i] else None
+        for key, role in EVAL_COMPARED.items():
+            row[f"{key}_vs_ref_eval_ci"] = row[f"{key}_vs_ref_eval_method"] = None
+            if row.get(f"{key}_vs_ref") is not None and ref is not None and runs[i] and runs[ref]:
+                row[f"{key}_vs_ref_eval_ci"], row[f"{key}_vs_ref_eval_method"] = difference(
+                    resampler, runs[i], runs[ref], domains[role])
 
 
 def compare_with_reference(rows: list[dict], reference: str | None = None, margin: float = DEFAULT_MARGIN) -> None:
@@ -225,9 +261,20 @@ def _by_seed(row: dict, key: str) -> dict:
 def headers(roles: Roles) -> list[str]:
     """Column titles; the line breaks keep the printed table narrow (markdown joins them with a space)."""
     new, old = ", ".join(roles.new) or "-", ", ".join(roles.old) or "-"
-    return ["run", "status", "n", f"new bpb\n({new})", "learning\n↑", f"old bpb\n({old})", "forgetting\n↓",
-            "forgetting\nAUC ↓", "learning\nvs ref", "forgetting\nvs ref", "Pareto", "tokens/s", "steps",
-            "set-up\n(s)", "wall\ntime (s)", "run dir"]
+    return ["run", "status", "n", f"new bpb\n({new})", "± eval\n(new bpb)", "learning\n↑", f"old bpb\n({old})",
+            "± eval\n(old bpb)", "forgetting\n↓", "forgetting\nAUC ↓", "learning\nvs ref", "± eval\n(learning\nvs ref)",
+            "forgetting\nvs ref", "± eval\n(forgetting\nvs ref)", "Pareto", "tokens/s", "steps", "set-up\n(s)",
+            "wall\ntime (s)", "run dir"]
+
+
+def _eval_cell(row: dict, key: str) -> str:
+    """"± 0.0040" (the evaluation sample's 95% half-width, cptlab.compare.blocks), "± 0.0050 unpaired" for a
+    difference between rows scored on different blocks; empty for a row without block data."""
+    value = row.get(f"{key}_eval_ci")
+    if value is None:
+        return ""
+    unpaired = row.get(f"{key}_eval_method") == "unpaired blocks"
+    return f"± {value:.4f}" + (" unpaired" if unpaired else "")
 
 
 def _fmt(value, spec: str) -> str:
@@ -254,10 +301,11 @@ def _fmt_ci(row: dict, key: str, spec: str) -> str:
 def cells(row: dict, root: Path) -> list[str]:
     status = f"failed: {row['error']}" if row["status"] == "failed" and row["error"] else row["status"]
     dirs = [os.path.relpath(Path(d).resolve(), root) for d in row["run_dirs"]]
-    return [row["label"], status, str(row["n"]), _fmt_ci(row, "new_bpb", ".4f"), _fmt_ci(row, "learning", "+.4f"),
-            _fmt_ci(row, "old_bpb", ".4f"), _fmt_ci(row, "forgetting", "+.4f"),
-            _fmt_ci(row, "forgetting_auc", "+.4f"), row.get("learning_vs_ref_text") or "-",
-            row.get("forgetting_vs_ref_text") or "-",
+    return [row["label"], status, str(row["n"]), _fmt_ci(row, "new_bpb", ".4f"), _eval_cell(row, "new_bpb"),
+            _fmt_ci(row, "learning", "+.4f"), _fmt_ci(row, "old_bpb", ".4f"), _eval_cell(row, "old_bpb"),
+            _fmt_ci(row, "forgetting", "+.4f"), _fmt_ci(row, "forgetting_auc", "+.4f"),
+            row.get("learning_vs_ref_text") or "-", _eval_cell(row, "learning_vs_ref"),
+            row.get("forgetting_vs_ref_text") or "-", _eval_cell(row, "forgetting_vs_ref"),
             {True: "★", False: ""}.get(row["pareto_front"], "-"), _fmt_ci(row, "tokens_per_sec", ",.0f"),
             _fmt(row["steps"], "d" if isinstance(row["steps"], int) else ".1f"), _fmt_ci(row, "setup_s", ".1f"),
             _fmt_ci(row, "wall_time_s", ".1f"), dirs[0] + (f" (+{len(dirs) - 1} seeds)" if len(dirs) > 1 else "")]
@@ -284,6 +332,9 @@ def markdown(rows: list[dict], roles: Roles, warnings: list[str] = (), budget: l
         extra += ["## Warnings", "", *(f"- ⚠ {w}" for w in warnings), ""]
     if budget:
         extra += ["## Replay-ratio budget", "", *(f"- {b}" for b in budget), ""]
+    advice = next((r["eval_advice"] for r in rows if r.get("eval_advice")), [])
+    if advice:
+        extra += ["## Evaluation noise (eval.max_blocks)", "", *(f"- {a}" for a in advice), ""]
     return "\n".join([
         "# cptlab-compare", "",
         f"New domain(s): {', '.join(roles.new) or '-'} · old domain(s): {', '.join(roles.old) or '-'} · "
@@ -301,6 +352,15 @@ def markdown(rows: list[dict], roles: Roles, warnings: list[str] = (), budget: l
         "Verdict: **difference** when the adjusted interval excludes 0, **equivalent** when it lies inside "
         f"± {_margin(rows):g} bpb (the --margin), **inconclusive** otherwise or with a single run on either side. "
         "summary.csv has each comparison's method, p and Holm-adjusted p.",
+        "- ± eval: the evaluation sample's own noise, which the seed intervals leave out: the half-width "
+        f"(1.96 × sd) of a bootstrap over the final evaluation's blocks ({N_BOOT} resamples of the blocks with "
+        "replacement, a fixed generator), each resample applied to every seed of the row and the seed mean "
+        "recomputed. Beside a comparison it is the bootstrap of the difference of the two rows' end bpb, paired "
+        "(the same resample for both rows) when they scored the same blocks, else marked unpaired; the step-0 "
+        "bpb's own noise is left out. Empty for runs that did not record their blocks (summary.json "
+        "`eval_block_sums`). The Evaluation noise section takes, per domain, the noisiest difference from the "
+        "reference row (else the noisiest row's bpb) and says how many blocks (eval.max_blocks) would bring it "
+        f"below {SEED_SHARE:g} of its seed interval and below the --margin: the noise shrinks as 1/√blocks.",
         "- learning: new-domain bpb at step 0 minus at the end (higher is better).",
         "- forgetting: old-domain Δbpb at the end, bpb minus its step-0 value (above 0 = forgotten).",
         "- when the rows start from different bpb on a domain (see Warnings), both are measured from the reference "
@@ -334,11 +394,14 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
         flat = dict(row)
         for key in FIGURES:
             flat[f"{key}_ci95"] = row.get(f"{key}_ci")
+        for key in EVAL_FIGURES:
+            flat[f"{key}_eval_ci95"] = row.get(f"{key}_eval_ci")
         for key in COMPARED:
             d = row.get(f"{key}_vs_ref")
             if d is None:
                 flat[f"{key}_vs_ref_verdict"] = row.get(f"{key}_vs_ref_text")  # "reference" or nothing
                 continue
+            flat.update({f"{key}_vs_ref_eval_ci95": row.get(f"{key}_vs_ref_eval_ci")})
             flat.update({f"{key}_vs_ref": d.mean, f"{key}_vs_ref_ci95": d.ci, f"{key}_vs_ref_verdict": d.verdict,
                          f"{key}_vs_ref_method": d.method, f"{key}_vs_ref_p": d.p, f"{key}_vs_ref_p_holm": d.p_adj})
         writer.writerow({k: "" if flat.get(k) is None else flat[k] for k in CSV_FIELDS})
@@ -346,16 +409,18 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
     return Path(path)
 
 
-# Printed columns given up, in this order, when the terminal is too narrow for the whole table: run dir,
-# wall time, set-up, steps, tokens/s, Pareto, forgetting AUC, old bpb, new bpb (summary.md always has them all).
-NARROW_DROP = (15, 14, 13, 12, 11, 10, 7, 5, 3)
+# Printed columns given up, in this order, when the terminal is too narrow for the whole table: run dir, the
+# ± eval columns, wall time, set-up, steps, tokens/s, Pareto, forgetting AUC, old bpb, new bpb (summary.md
+# always has them all).
+NARROW_DROP = (19, 13, 11, 7, 4, 18, 17, 16, 15, 14, 9, 6, 3)
 # ... and then, on a narrow terminal, the comparisons with the reference row (learning first) and n.
-LAST_DROP = (8, 9, 2)
+LAST_DROP = (10, 12, 2)
 
 
 def _console_table(rows: list[dict], roles: Roles, root: Path, keep: list[int]) -> Table:
-    caption = (f"run dirs under {escape(str(root))}; ± = 95% interval over seeds (n runs)" if 15 in keep
-               else "some columns left out to fit the terminal; summary.md has them all")
+    caption = (f"run dirs under {escape(str(root))}; ± = 95% interval over seeds (n runs); ± eval = 95% bootstrap "
+               "over the eval blocks" if 19 in keep else "some columns left out to fit the terminal; summary.md "
+               "has them all")
     table = Table(title="cptlab-compare", title_justify="left", caption=caption, caption_justify="left")
     heads = headers(roles)
     for i in keep:
@@ -364,9 +429,9 @@ def _console_table(rows: list[dict], roles: Roles, root: Path, keep: list[int]) 
         # and run dir fold.
         # A "mean ± interval" cell may break at its spaces when the terminal is too narrow even without the
         # optional columns.
-        wraps = text or i in (3, 4, 5, 6, 7, 8, 9, 11, 13, 14)
+        wraps = text or i in (3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 15, 17, 18)
         table.add_column(escape(heads[i]), justify="left" if text else "right", overflow="fold", no_wrap=not wraps,
-                         max_width=32 if i == 1 else 26 if i in (8, 9) else None,
+                         max_width=32 if i == 1 else 26 if i in (10, 12) else None,
                          min_width=min(16, max([len(r["label"]) for r in rows] + [3])) if i == 0 else None)
     for row in rows:
         values = cells(row, root)
@@ -386,3 +451,8 @@ def render(rows: list[dict], roles: Roles, console: Console) -> None:
         keep.remove(column)
         table = _console_table(rows, roles, root, keep)
     console.print(table)
+    advice = next((r["eval_advice"] for r in rows if r.get("eval_advice")), [])
+    if advice:
+        console.print("evaluation noise (bootstrap over the eval blocks; eval.max_blocks):", highlight=False)
+        for line in advice:
+            console.print(f"  {line}", highlight=False, soft_wrap=True, markup=False)

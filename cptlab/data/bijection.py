@@ -47,7 +47,7 @@ class KeyedPermutation:
 
     def __call__(self, positions):
         scalar = np.isscalar(positions)
-        x = np.asarray(positions, dtype=np.int64)
+        x = np.atleast_1d(np.asarray(positions, dtype=np.int64))  # 1-d: cycle walking assigns by mask
         if x.size and (x.min() < 0 or x.max() >= self.n):
             raise IndexError(f"positions must lie in [0, {self.n})")
         out = self._once(x.astype(np.uint64))
@@ -56,4 +56,4 @@ class KeyedPermutation:
             out[outside] = self._once(out[outside])
             outside = out >= np.uint64(self.n)
         out = out.astype(np.int64)
-        return int(out) if scalar else out
+        return int(out[0]) if scalar else out.reshape(np.shape(positions))

@@ -4,92 +4,27 @@ Everything is a pure function of (seed, step) — no iterator state — so resum
 from __future__ import annotations
 
 import hashlib
-import math
 import os
-from fractions import Fraction
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from cptlab.data.bijection import KeyedPermutation
+from cptlab.data.source_weights import SourceSplit
+from cptlab.data.stages import DEFAULTS, Stage, StagedRows, resolve_stages
 from cptlab.data.tokens import DomainTokens
 from cptlab.errors import CptlabError
 
-# Shares are turned into exact fractions so that 0.3 means 3/10 and per-batch rounding can be carried exactly.
-_MAX_DENOMINATOR = 10_000
-_CHECKPOINT_EVERY = 256  # steps between stored states of the extra-row schedule
 
+class _Stream:
+    """What blocks are drawn from: a domain's whole train array, or one source's part of it (source weights).
+    `key` picks the block order of each epoch (KeyedPermutation), `parts` are its files in order."""
 
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-class _ExtraRows:
-    """Which domains of one role get one row above their floor share in each step.
-
-    Domain i is owed `a_i / den` extra rows per step (the fractional part of share_i * B); the role has `X(s)` extra
-    rows in total after s steps (`floor(F s)`, or `ceil(F s)` for the role that takes the remainder of the batch).
-    By construction a domain gets at most one extra per step (so its count is floor or ceil of share * B) and the
-    role total is exact. Which domains get them follows the PD^2 Pfair rule (earliest pseudo-deadline, successor
-    bit, group deadline), optimal for keeping each domain's cumulative lag below one row with a fixed capacity;
-    with this floor/ceil capacity the same bound held on every randomized configuration tested (tests/data).
-    The schedule repeats every `den` steps, so the state after s = q * den + r steps is `q * E(den) + E(r)`.
-    """
-
-    def __init__(self, numerators: list[int], den: int, ceil_capacity: bool):
-        self.a = numerators
-        self.den = den
-        self.total = sum(numerators)
-        self.ceil_capacity = ceil_capacity
-        self._checkpoints: list[tuple[int, ...]] = [(0,) * len(numerators)]  # state at r = k * _CHECKPOINT_EVERY
-        self._cursor: tuple[int, tuple[int, ...]] = (0, self._checkpoints[0])
-        self._period: tuple[int, ...] | None = None  # the state after one whole period
-
-    def capacity(self, s: int) -> int:
-        """Extra rows of the whole role in steps [0, s)."""
-        return _cdiv(self.total * s, self.den) if self.ceil_capacity else (self.total * s) // self.den
-
-    def _advance(self, r: int, state: tuple[int, ...]) -> tuple[int, ...]:
-        """The state after step r of the period, given the state before it."""
-        e = self.capacity(r + 1) - self.capacity(r)
-        if e == 0:
-            return state
-        keys = []
-        for i, (a, j) in enumerate(zip(self.a, state)):
-            if a == 0:
-                continue
-            j += 1  # the next extra row ("subtask") of domain i
-            release, deadline = ((j - 1) * self.den) // a, _cdiv(j * self.den, a)
-            successor_bit = deadline - (j * self.den) // a
-            group = 0
-            if 2 * a >= self.den:  # heavy domain: PD^2 group deadline
-                group = _cdiv(_cdiv(deadline * (self.den - a), self.den) * self.den, self.den - a)
-            keys.append((release > r, deadline, -successor_bit, -group, i))
-        chosen = {k[-1] for k in sorted(keys)[:e]}
-        return tuple(x + 1 if i in chosen else x for i, x in enumerate(state))
-
-    def _state_in_period(self, r: int) -> tuple[int, ...]:
-        """Extras of each domain in steps [0, r) of the period, simulated from the nearest known state."""
-        k = min(r // _CHECKPOINT_EVERY, len(self._checkpoints) - 1)
-        at, state = self._cursor  # sequential callers (one step after another) advance one step per call
-        if not k * _CHECKPOINT_EVERY <= at <= r:
-            at, state = k * _CHECKPOINT_EVERY, self._checkpoints[k]
-        while at < r:
-            state = self._advance(at, state)
-            at += 1
-            if at == len(self._checkpoints) * _CHECKPOINT_EVERY:
-                self._checkpoints.append(state)
-        self._cursor = (at, state)
-        return state
-
-    def cumulative(self, s: int) -> tuple[int, ...]:
-        """Extra rows of each domain in steps [0, s)."""
-        q, r = divmod(s, self.den)
-        if q == 0:
-            return self._state_in_period(r)
-        if self._period is None:
-            self._period = self._state_in_period(self.den)
-        return tuple(q * p + x for p, x in zip(self._period, self._state_in_period(r)))
+    def __init__(self, domain: int, parts: list[tuple], seq_len: int, key: tuple[int, ...], label: str):
+        self.domain, self.parts, self.key, self.label = domain, parts, key, label
+        self.n_tokens = sum(n for _, n in parts)
+        self.n_blocks = max(0, (self.n_tokens - 1) // seq_len)
 
 
 class MixtureSampler:
@@ -99,9 +34,13 @@ class MixtureSampler:
     eval-role domains (evaluation only) are left out: the stream never draws from them.
     Every batch has exactly `batch_size` rows, each domain gets floor or ceil of share * batch_size rows per batch,
     and the fractional parts are carried so that cumulative counts stay within one row of the exact share.
+    `stages` (cptlab.data.stages, in global batches) change the ratio and the weights from one step range to the
+    next, each exact from its own start; `temperature` scales the weights by the domains' sizes. A domain with
+    source weights (DomainTokens.source_weights) splits its rows among its sources (cptlab.data.source_weights).
     """
 
-    def __init__(self, domains: list[DomainTokens], replay_ratio: float, batch_size: int, seq_len: int, seed: int = 0):
+    def __init__(self, domains: list[DomainTokens], replay_ratio: float, batch_size: int, seq_len: int, seed: int = 0,
+                 *, stages: Sequence[Stage] = (), temperature: float | None = None):
         if not domains:
             raise CptlabError("data.domains is empty: the mixture needs at least one domain")
         names = [d.name for d in domains]
@@ -114,58 +53,58 @@ class MixtureSampler:
         self.batch_size = batch_size
         self.seq_len = seq_len
         self.seed = seed
-        self._ratio = Fraction(replay_ratio).limit_denominator(_MAX_DENOMINATOR)
-        exact_shares = self._shares()
-        self.n_blocks = [(d.n_train_tokens - 1) // seq_len for d in self.domains]
+        self.temperature = temperature
+        self.stages = resolve_stages(self.domains, replay_ratio, stages, temperature)
+        self._rows = StagedRows(self.stages, [d.role for d in self.domains], batch_size)
         self._is_replay = np.array([d.role == "replay" for d in self.domains])
-        for d, share, n in zip(self.domains, exact_shares, self.n_blocks):
-            if share > 0 and n < 1:
-                raise CptlabError(
-                    f"domain '{d.name}' has {d.n_train_tokens} training tokens, fewer than one block "
-                    f"(data.seq_len+1 = {seq_len + 1}); add data to it or lower data.seq_len"
-                )
-        self._base = [math.floor(s * batch_size) for s in exact_shares]
-        self._roles = {role: [i for i, d in enumerate(self.domains) if d.role == role] for role in ("replay", "new")}
-        self._extras = {}
-        for role, members in self._roles.items():
-            fractions = [exact_shares[i] * batch_size - self._base[i] for i in members]
-            den = math.lcm(*(f.denominator for f in fractions))  # Python ints: no overflow for odd weights
-            # Replay rows are floor(ratio * B * s) so replay never runs ahead of its share; new takes the rest (ceil).
-            self._extras[role] = _ExtraRows([int(f * den) for f in fractions], den, ceil_capacity=(role == "new"))
-        self._fds: dict[int, list[int]] = {}  # domain -> file descriptors of its train files, opened in this process
-        self._offsets: dict[int, np.ndarray] = {}  # domain -> first token of each train file in its train stream
-        self._orders: dict[tuple[int, int], KeyedPermutation] = {}
+        self._splits: dict[int, SourceSplit] = {}  # domain -> its rows split among its sources
+        self._streams: dict[int, list[_Stream]] = {}  # domain -> its streams (one, or one per source)
+        for i, d in enumerate(self.domains):
+            self._streams[i] = self._domain_streams(i, d)
+            if d.source_weights:
+                self._splits[i] = SourceSplit(d.source_weights)
+        self.n_blocks = [sum(s.n_blocks for s in self._streams[i]) for i in range(len(self.domains))]
+        self._check_blocks()
+        self._fds: dict[tuple, list[int]] = {}  # stream key -> file descriptors of its files, opened in this process
+        self._offsets: dict[tuple, np.ndarray] = {}  # stream key -> first token of each of its files in the stream
+        self._orders: dict[tuple[tuple[int, ...], int], KeyedPermutation] = {}
 
-    def _shares(self) -> list[Fraction]:
-        weights = [Fraction(d.weight).limit_denominator(_MAX_DENOMINATOR) for d in self.domains]
-        role_share = {"replay": self._ratio, "new": 1 - self._ratio}
-        role_weight = {
-            role: sum((w for w, d in zip(weights, self.domains) if d.role == role), Fraction(0)) for role in role_share
-        }
-        if self._ratio > 0 and role_weight["replay"] == 0:
-            raise CptlabError(
-                f"data.replay_ratio is {self.replay_ratio} but no domain has role 'replay' with weight > 0; "
-                "add a replay domain or set data.replay_ratio=0"
-            )
-        if role_weight["new"] == 0:
-            raise CptlabError(
-                f"data.replay_ratio is {self.replay_ratio} but no domain has role 'new' with weight > 0: "
-                "nothing new to train on"
-            )
-        return [
-            role_share[d.role] * w / role_weight[d.role] if role_share[d.role] > 0 else Fraction(0)
-            for w, d in zip(weights, self.domains)
-        ]
+    def _domain_streams(self, i: int, d: DomainTokens) -> list[_Stream]:
+        parts = d.train_parts()
+        if not d.source_weights:
+            return [_Stream(i, parts, self.seq_len, (self.seed, i), d.name)]
+        if len(d.train_sources) != len(d.train_files or parts):
+            raise CptlabError(f"token cache {d.dir} does not record which source each shard came from (built by an "
+                              f"older cptlab): delete it to rebuild it (its shards are reused), or unset "
+                              f"data.domains.{d.name}.source_weights")
+        return [_Stream(i, [p for p, s in zip(parts, d.train_sources) if s == label], self.seq_len,
+                        (self.seed, i, j), label) for j, (label, _) in enumerate(d.source_weights)]
+
+    def _check_blocks(self) -> None:
+        """Every stream a stage draws rows from has at least one block."""
+        for stage in self.stages:
+            where = "" if stage.key == DEFAULTS else f" ({stage.key} gives it a share)"
+            for i, (d, share) in enumerate(zip(self.domains, stage.shares)):
+                if share <= 0:
+                    continue
+                if self.n_blocks[i] < 1:
+                    raise CptlabError(
+                        f"domain '{d.name}' has {d.n_train_tokens} training tokens, fewer than one block "
+                        f"(data.seq_len+1 = {self.seq_len + 1}); add data to it or lower data.seq_len{where}"
+                    )
+                for stream in self._streams[i]:
+                    if stream.n_blocks < 1:
+                        raise CptlabError(
+                            f"data.domains.{d.name}.source_weights: source {stream.label!r} has {stream.n_tokens} "
+                            f"training tokens, fewer than one block (data.seq_len+1 = {self.seq_len + 1}); add data "
+                            f"to it, lower data.seq_len or drop it from the domain's sources{where}"
+                        )
 
     # -- the schedule -------------------------------------------------------------------------------------------
 
     def _rows_before(self, step: int) -> list[int]:
-        """Rows each domain received in steps [0, step): its floor share per batch plus its scheduled extras."""
-        rows = [b * step for b in self._base]
-        for role, members in self._roles.items():
-            for i, extra in zip(members, self._extras[role].cumulative(step)):
-                rows[i] += extra
-        return rows
+        """Rows each domain received in steps [0, step) (cptlab.data.stages.StagedRows)."""
+        return self._rows.rows_before(step)
 
     def _check_step(self, step: int) -> None:
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
@@ -181,55 +120,95 @@ class MixtureSampler:
         """The exact share of replay rows in steps [0, steps)."""
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
-        replay_rows = math.floor(self._ratio * self.batch_size * steps)
+        rows = self._rows_before(steps)
+        replay_rows = sum(r for r, replay in zip(rows, self._is_replay) if replay)
         return replay_rows / (steps * self.batch_size)
+
+    def mix(self, steps: int) -> dict[str, float]:
+        """The share of all rows of steps [0, steps) each domain had ("NAME"), and each source of a domain with
+        source weights ("NAME/SOURCE"): what the run logs as train/mix/... (all 0 before the first step)."""
+        rows = self._rows_before(steps)
+        total = steps * self.batch_size
+        out = {}
+        for i, (d, r) in enumerate(zip(self.domains, rows)):
+            out[d.name] = r / total if total else 0.0
+            if i in self._splits:
+                for label, n in zip(self._splits[i].labels, self._splits[i].rows(r)):
+                    out[f"{d.name}/{label}"] = n / total if total else 0.0
+        return out
+
+    def schedule(self, batches_per_step: int = 1) -> list[dict]:
+        """The resolved stages (summary.json "mixture"): each one's first step and end (optimizer steps, and
+        tokens), replay ratio and exact shares as floats, per domain and per source of a weighted domain."""
+        tokens_per_batch = self.batch_size * self.seq_len
+        out = []
+        for stage in self.stages:
+            entry = {"stage": stage.key, "from_step": stage.start // batches_per_step,
+                     "until_step": None if stage.until is None else stage.until // batches_per_step,
+                     "until_tokens": None if stage.until is None else stage.until * tokens_per_batch,
+                     "replay_ratio": float(stage.ratio),
+                     "shares": {d.name: float(s) for d, s in zip(self.domains, stage.shares)}}
+            sources = {self.domains[i].name: {label: float(share * stage.shares[i])
+                                              for label, share in zip(split.labels, split.shares)}
+                       for i, split in self._splits.items()}
+            if sources:
+                entry["source_shares"] = sources
+            out.append(entry)
+        return out
 
     # -- the blocks ---------------------------------------------------------------------------------------------
 
-    def _order(self, i: int, epoch: int) -> KeyedPermutation:
-        """Domain i's block order in `epoch`: a keyed bijection computed per index (O(1) memory, nothing built up
-        front), a pure function of (seed, domain, epoch)."""
-        key = (i, epoch)
+    def _order(self, stream: _Stream, epoch: int) -> KeyedPermutation:
+        """A stream's block order in `epoch`: a keyed bijection computed per index (O(1) memory, nothing built up
+        front), a pure function of (seed, domain[, source], epoch)."""
+        key = (stream.key, epoch)
         if key not in self._orders:
-            if len(self._orders) >= 2 * len(self.domains):  # the current and next epoch of each domain at most
+            if len(self._orders) >= 2 * sum(map(len, self._streams.values())):  # the current and next epoch at most
                 self._orders.pop(next(iter(self._orders)))
-            self._orders[key] = KeyedPermutation(self.n_blocks[i], (self.seed, i, epoch))
+            self._orders[key] = KeyedPermutation(stream.n_blocks, (*stream.key, epoch))
         return self._orders[key]
 
-    def _blocks(self, i: int, first: int, count: int) -> np.ndarray:
-        """Block indices of domain i's consumed blocks first .. first+count-1 (a new order every epoch)."""
+    def _blocks(self, stream: _Stream, first: int, count: int) -> np.ndarray:
+        """Block indices of a stream's consumed blocks first .. first+count-1 (a new order every epoch)."""
         k = np.arange(first, first + count)
-        epochs, pos = np.divmod(k, self.n_blocks[i])
+        epochs, pos = np.divmod(k, stream.n_blocks)
         out = np.empty(count, dtype=np.int64)
         for e in np.unique(epochs):
             sel = epochs == e
-            out[sel] = self._order(i, int(e))(pos[sel])
+            out[sel] = self._order(stream, int(e))(pos[sel])
         return out
 
-    def _row(self, i: int, start: int, length: int) -> np.ndarray:
-        """Tokens [start, start + length) of domain i's train array, read with os.pread: unlike slicing a
-        memmap, a random read does not map 64 KB windows of the corpus into the process's resident memory
-        (benchmarks/README.md, loader). The file is opened lazily per process: a sampler pickled into
-        DataLoader workers carries no open file handles."""
-        domain = self.domains[i]
-        if i not in self._fds:  # one file per shard; the train stream is their concatenation
-            parts = domain.train_parts()
-            self._fds[i] = [os.open(path, os.O_RDONLY) for path, _ in parts]
-            self._offsets[i] = np.cumsum([0] + [n for _, n in parts])
+    def _row(self, stream: _Stream, start: int, length: int) -> np.ndarray:
+        """Tokens [start, start + length) of a stream, read with os.pread: unlike slicing a memmap, a random read
+        does not map 64 KB windows of the corpus into the process's resident memory (benchmarks/README.md,
+        loader). The files are opened lazily per process: a sampler pickled into DataLoader workers carries no
+        open file handles."""
+        domain = self.domains[stream.domain]
+        sid = stream.key
+        if sid not in self._fds:  # one file per shard; the stream is their concatenation
+            self._fds[sid] = [os.open(path, os.O_RDONLY) for path, _ in stream.parts]
+            self._offsets[sid] = np.cumsum([0] + [n for _, n in stream.parts])
         itemsize = np.dtype(domain.dtype).itemsize
-        offsets, pieces, pos, end = self._offsets[i], [], start, start + length
+        offsets, pieces, pos, end = self._offsets[sid], [], start, start + length
         k = int(np.searchsorted(offsets, pos, side="right")) - 1
-        while pos < end and k < len(self._fds[i]):  # a block that crosses a shard boundary is read from both
+        while pos < end and k < len(self._fds[sid]):  # a block that crosses a shard boundary is read from both
             take = min(end, int(offsets[k + 1])) - pos
-            data = os.pread(self._fds[i][k], take * itemsize, (pos - int(offsets[k])) * itemsize)
+            data = os.pread(self._fds[sid][k], take * itemsize, (pos - int(offsets[k])) * itemsize)
             if len(data) != take * itemsize:
-                raise CptlabError(f"token cache {domain.train_parts()[k][0]} is shorter than its metadata says: "
-                                  "delete it")
+                raise CptlabError(f"token cache {stream.parts[k][0]} is shorter than its metadata says: delete it")
             pieces.append(data)
             pos, k = pos + take, k + 1
         if pos != end:
             raise CptlabError(f"token cache {domain.dir} is shorter than its metadata says: delete it")
         return np.frombuffer(pieces[0] if len(pieces) == 1 else b"".join(pieces), dtype=domain.dtype)
+
+    def _drawn(self, i: int, before: int, after: int) -> list[tuple[_Stream, int, int]]:
+        """(stream, first block index, count) of domain i's rows [before, after) of its own row sequence."""
+        streams = self._streams[i]
+        if i not in self._splits:
+            return [(streams[0], before, after - before)]
+        split = self._splits[i]
+        return [(s, b, a - b) for s, b, a in zip(streams, split.rows(before), split.rows(after))]
 
     def batch(self, step: int, rank: int = 0, world_size: int = 1) -> dict[str, torch.Tensor]:
         """Rank `rank`'s rows `[rank::world_size]` of global batch `step` (shuffled within the batch)."""
@@ -243,12 +222,13 @@ class MixtureSampler:
         if not 0 <= rank < world_size:
             raise CptlabError(f"rank must be in [0, {world_size}), got {rank!r}")
         before, after = self._rows_before(step), self._rows_before(step + 1)
-        domain_of_row, block_of_row = [], []
-        for i in range(len(self.domains)):  # grouped by domain in a fixed order, then shuffled
-            count = after[i] - before[i]
-            if count:
-                domain_of_row.append(np.full(count, i, dtype=np.int64))
-                block_of_row.append(self._blocks(i, before[i], count))
+        domain_of_row, stream_of_row, block_of_row = [], [], []
+        for i in range(len(self.domains)):  # grouped by domain (and source) in a fixed order, then shuffled
+            for stream, first, count in self._drawn(i, before[i], after[i]):
+                if count:
+                    domain_of_row.append(np.full(count, i, dtype=np.int64))
+                    stream_of_row += [stream] * count
+                    block_of_row.append(self._blocks(stream, first, count))
         domain_of_row = np.concatenate(domain_of_row)
         block_of_row = np.concatenate(block_of_row)
         mine = np.random.default_rng([self.seed, step]).permutation(self.batch_size)[rank::world_size]
@@ -256,7 +236,7 @@ class MixtureSampler:
         rows = np.empty((len(mine), length), dtype=np.int64)
         for r, j in enumerate(mine):
             start = int(block_of_row[j]) * self.seq_len
-            rows[r] = self._row(int(domain_of_row[j]), start, length)
+            rows[r] = self._row(stream_of_row[j], start, length)
         domain = domain_of_row[mine]
         # Contiguous copies: losses commonly call .view(-1) on targets, which a shifted view would not allow.
         return {

@@ -61,6 +61,9 @@ class DomainSpec:
     text_field: str = "text"
     # A longer document is refused (data.max_doc_bytes): it changes no cache's content, so no cache key holds it.
     max_doc_bytes: int | None = MAX_DOC_BYTES
+    # ((source, weight), ...) of every source when the domain's rows are split among its sources by weight
+    # (cptlab.data.source_weights); () otherwise. Like `weight`, only the sampler reads it: no cache key holds it.
+    source_weights: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,10 @@ class DomainTokens:
     # The train array's files in order, (file name in `dir`, tokens): one per shard (source file). Empty: the
     # single file train.bin of n_train_tokens tokens.
     train_files: tuple[tuple[str, int], ...] = ()
+    # The source (as written in the config) each of train_files came from; empty for a cache built before they
+    # were recorded. With source_weights: the sampler's streams (cptlab.data.source_weights).
+    train_sources: tuple[str, ...] = ()
+    source_weights: tuple[tuple[str, float], ...] = ()
 
     def train_parts(self) -> list[tuple[Path, int]]:
         """(path, tokens) of each file of the train array; their concatenation is the domain's train stream."""
@@ -314,6 +321,12 @@ def prepare_domain(
     final = Path(cache_root) / "tokens" / f"{spec.name}-{key}"
 
     meta = _valid_meta(final, key)
+    if meta is not None and spec.source_weights and "train_sources" not in meta:
+        # Built before caches recorded each train file's source: the domain entry (links and the small held-out
+        # arrays) is rebuilt from its shards, which are reused (nothing is encoded again).
+        _discard_damaged(final, lambda d: m if (m := _valid_meta(d, key)) and "train_sources" in m else None,
+                         why=f"predates per-source records (data.domains.{spec.name}.source_weights)")
+        meta = None
     if meta is None:
         if is_complete(final):
             _discard_damaged(final, functools.partial(_valid_meta, key=key))
@@ -333,7 +346,8 @@ def prepare_domain(
     return DomainTokens(
         name=spec.name, role=spec.role, weight=float(spec.weight), dir=final, dtype=meta["dtype"],
         eos_id=meta["eos_id"], stats=meta["stats"], heldout_sha256=meta["heldout_sha256"],
-        train_files=tuple((name, int(n)) for name, n in meta["train_files"]), **counts,
+        train_files=tuple((name, int(n)) for name, n in meta["train_files"]),
+        train_sources=tuple(meta.get("train_sources", ())), source_weights=tuple(spec.source_weights), **counts,
     )  # fmt: skip
 
 
@@ -377,14 +391,14 @@ def _checked_meta(directory: Path, key: str, arrays) -> dict | None:
     return meta
 
 
-def _discard_damaged(final: Path, validate) -> None:
+def _discard_damaged(final: Path, validate, why: str = "is damaged (truncated array or unreadable meta.json)") -> None:
     """Un-complete a damaged cache under the build lock so that `build_once` rebuilds it (never use a bad cache)."""
     from filelock import FileLock
 
     with FileLock(str(final) + ".lock"):
         # Another process may have rebuilt it while we waited for the lock.
         if is_complete(final) and validate(final) is None:
-            log.warning("token cache %s is damaged (truncated array or unreadable meta.json); rebuilding it", final)
+            log.warning("token cache %s %s; rebuilding it", final, why)
             (final / COMPLETE_MARKER).unlink(missing_ok=True)
 
 
@@ -702,6 +716,7 @@ def _build(spec, tokenizer_dir, out: Path, *, key, inputs, seed, num_proc, on_ba
     if (not n_train_docs and spec.role != "eval") or not n_val_docs:
         raise _split_error(spec, n_train_docs, n_val_docs)
     used = [(j_meta, shards_root / j_meta["key"]) for _, j_meta in metas if j_meta["n_train_tokens"]]
+    train_sources = [source for source, j_meta in metas if j_meta["n_train_tokens"]]  # which source each came from
     train_files = []
     for i, (meta, shard_dir) in enumerate(used):
         name = "train.bin" if len(used) == 1 else f"train-{i:05d}.bin"
@@ -729,7 +744,7 @@ def _build(spec, tokenizer_dir, out: Path, *, key, inputs, seed, num_proc, on_ba
         "tokenizer_dir": str(tokenizer_dir), "dtype": dtype, "vocab_size": vocab_size, "eos_id": eos_id,
         "n_train_tokens": sum(n for _, n in train_files), "n_val_tokens": sum(m["n_val_tokens"] for _, m in metas),
         "n_train_docs": n_train_docs, "n_val_docs": n_val_docs, "val_bytes": sum(m["val_bytes"] for _, m in metas),
-        "train_files": train_files, "shards": [m["key"] for _, m in metas],
+        "train_files": train_files, "train_sources": train_sources, "shards": [m["key"] for _, m in metas],
         # the content hash of the train array: its file's, or for several shard files a hash of theirs, in order
         "train_hash": used[0][0]["train_hash"] if len(used) == 1 else hash_obj([m["train_hash"] for m, _ in used]),
         # (an eval domain trains on nothing: no train file, the hash of an empty list)

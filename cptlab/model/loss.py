@@ -46,10 +46,12 @@ def decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.
     return decoder, head
 
 
-def hidden_states(model: torch.nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.nn.Module]:
-    """The decoder's last hidden states [B, T, d] for `input_ids`, and the head that turns them into logits."""
+def hidden_states(model: torch.nn.Module, input_ids: torch.Tensor,
+                  position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.nn.Module]:
+    """The decoder's last hidden states [B, T, d] for `input_ids`, and the head that turns them into logits;
+    `position_ids`: data.doc_masking's (cptlab.model.doc_mask), None for plain positions."""
     decoder, head = decoder_and_head(model)
-    return decoder(input_ids=input_ids, use_cache=False).last_hidden_state, head
+    return decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state, head
 
 
 def chunk_rows(vocab: int) -> int:
@@ -131,9 +133,9 @@ def chunked_token_nll(head: torch.nn.Module, hidden: torch.Tensor, targets: torc
 
 
 def causal_lm_loss(model: torch.nn.Module, input_ids: torch.Tensor, targets: torch.Tensor,
-                   chunk: int | None = None) -> torch.Tensor:
+                   chunk: int | None = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Mean cross-entropy over the non-ignored targets, as `F.cross_entropy(logits.float(), targets)` gives it."""
-    hidden, head = hidden_states(model, input_ids)
+    hidden, head = hidden_states(model, input_ids, position_ids)
     total = chunked_nll_sum(head, hidden, targets, chunk)
     return total / (targets != IGNORE_INDEX).sum()
 

@@ -31,7 +31,9 @@ class MeanTeacher:
         rows = self.rows(batch)
         if not self.ema.shadow or not bool(rows.any()):
             return student_logits.new_zeros(())
+        kwargs = {"input_ids": batch["input_ids"][rows]}
+        if batch.get("position_ids") is not None:  # data.doc_masking: the student's segments and positions
+            kwargs.update(position_ids=batch["position_ids"][rows], use_cache=False)
         with torch.no_grad():
-            teacher = functional_call(model, self.ema.weights(model), args=(),
-                                      kwargs={"input_ids": batch["input_ids"][rows]}, strict=False).logits
+            teacher = functional_call(model, self.ema.weights(model), args=(), kwargs=kwargs, strict=False).logits
         return kl_teacher_student(teacher, student_logits[rows])

@@ -87,9 +87,11 @@ def changes(old: dict, new: dict) -> list[str]:
     """What differs between two `run_inputs`, each as a short phrase."""
     old_cfg, new_cfg = old.get("config", {}), new.get("config", {})
     # A key only one side has is a schema change between cptlab versions (not compared: it was at its default),
-    # except under data.domains, where it is a domain or a domain setting added or removed.
+    # except under data.domains, where it is a domain or a domain setting added or removed (a domain field newer
+    # than the record, at its empty default, is neither: data.domains.D.source_weights={}).
     keys = [k for k in sorted(set(old_cfg) | set(new_cfg))
-            if (k in old_cfg and k in new_cfg or k.startswith("data.domains."))
+            if (k in old_cfg and k in new_cfg
+                or k.startswith("data.domains.") and old_cfg.get(k, new_cfg.get(k)) not in (None, {}, []))
             and old_cfg.get(k, "<unset>") != new_cfg.get(k, "<unset>")]
     out = [f"{k} {old_cfg.get(k, '<unset>')} -> {new_cfg.get(k, '<unset>')}" for k in keys]
     for domain in sorted(set(old.get("sources", {})) & set(new.get("sources", {}))):

@@ -8,15 +8,24 @@ import math
 import time
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from cptlab import pipeline
 from cptlab.data.mixture import blocks_sha256
 from cptlab.errors import CptlabError
 from cptlab.evaluation import unigram_bpb
 from cptlab.model.freeze import count_parameters
 from cptlab.run import layout
-from cptlab.run.summary import domain_rows
+from cptlab.run.summary import EVAL_BLOCK_SUMS, block_sums_record, domain_rows
 from cptlab.tokenizer.prepare import extension_stats
 from cptlab.utils.hashing import hash_dir
+
+
+def mixture_record(cfg, sampler, batches_done: int) -> dict:
+    """The resolved mixture (cptlab.data.stages): each stage's steps and exact shares, and the shares achieved."""
+    return {"temperature": cfg.data.get("temperature"),
+            "stages": sampler.schedule(int(OmegaConf.select(cfg, "trainer.accumulate_grad_batches", default=1))),
+            "achieved": sampler.mix(batches_done)}
 
 
 def summarize(run, trainer, module, *, overrides: list[str], started: float) -> dict:
@@ -24,6 +33,7 @@ def summarize(run, trainer, module, *, overrides: list[str], started: float) -> 
     when a metric is non-finite: a diverged run is never recorded (or published) as completed."""
     cfg, ev, metrics = run.cfg, run.lightning.evaluator, run.lightning.train_metrics
     harness = getattr(run.lightning, "harness", None)  # eval.harness.tasks (cptlab.harness)
+    sampler = getattr(getattr(run.lightning, "datamodule", None), "sampler", None)  # the mixture (cptlab.data)
     roles = {d.name: d.role for d in run.domains}
     run_dir = Path(run.run_dir)
     summary = {
@@ -31,6 +41,7 @@ def summarize(run, trainer, module, *, overrides: list[str], started: float) -> 
         "steps": trainer.global_step,
         "tokens_seen": module.batches_done * cfg.data.batch_size * cfg.data.seq_len,
         "replay_ratio": cfg.data.replay_ratio, "replay_share": module.replay_share,
+        **({"mixture": mixture_record(cfg, sampler, module.batches_done)} if sampler is not None else {}),
         "final": {**metrics.latest, **ev.latest, **(harness.latest if harness else {})},
         "step0": {**ev.first, **(harness.first if harness else {})},
         # (an eval-role domain trains on nothing: no unigram model of its own to compare with)
@@ -55,6 +66,10 @@ def summarize(run, trainer, module, *, overrides: list[str], started: float) -> 
     }
     for name, blocks in ev.eval_sets.items():  # which tokens were scored: cptlab-compare checks runs agree
         summary["domains"][name] |= {"eval_blocks": len(blocks), "eval_blocks_sha256": blocks_sha256(blocks)}
+    # The final evaluation's per-block sums (the same forward passes as its bpb): cptlab-compare's bootstrap.
+    windows = {d.name: (d.n_val_tokens - 1) // cfg.data.seq_len for d in run.domains}
+    summary[EVAL_BLOCK_SUMS] = {name: block_sums_record(rows, windows.get(name))
+                                for name, rows in getattr(ev, "latest_blocks", {}).items()}
     bad = sorted(k for k, v in summary["final"].items() if isinstance(v, float) and not math.isfinite(v))
     if bad:
         raise CptlabError(f"the run ended with non-finite metrics ({bad[0]}={summary['final'][bad[0]]}, "

@@ -4,6 +4,7 @@ table printed at the end of every run (also written as report.md)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -14,6 +15,22 @@ from rich.table import Table
 
 from cptlab.run.layout import REPORT, SUMMARY
 from cptlab.utils.io import atomic_write_json, atomic_write_text
+
+# summary.json's per-block record of the final evaluation: {domain: {"nll_bits": [...], "bytes": [...],
+# "available": int}}, block i's summed negative log-likelihood in bits and its UTF-8 bytes, in block order (the
+# blocks of domains.<D>.eval_blocks_sha256). sum(nll_bits) / sum(bytes) is domains.<D>.bpb_end (to the rounding
+# below); cptlab-compare resamples the blocks (a bootstrap: the evaluation sample's own noise). "available": the
+# blocks the held-out split could give (eval.max_blocks' ceiling), for cptlab-compare's eval.max_blocks advice.
+EVAL_BLOCK_SUMS = "eval_block_sums"
+NLL_BITS_DECIMALS = 4  # a block holds thousands of bits: 1e-4 of a bit keeps bpb exact to ~1e-8
+
+
+def block_sums_record(rows, available: int | None = None) -> dict:
+    """One domain's EVAL_BLOCK_SUMS entry from its per-block [nll (nats), n_tokens, n_bytes] rows
+    (cptlab.evaluation.eval_sums(per_block=True), every rank's blocks in block order)."""
+    rows = rows.tolist() if hasattr(rows, "tolist") else list(rows)
+    return {"nll_bits": [round(nll / math.log(2), NLL_BITS_DECIMALS) for nll, _, _ in rows],
+            "bytes": [int(round(n_bytes)) for _, _, n_bytes in rows], "available": available}
 
 
 def read_summary(run_dir: Path) -> dict | None:

@@ -13,3 +13,7 @@ def zh_polarity(**kwargs):
 
 def en_word_order(**kwargs):
     return dataset("cptlab_en_word_order")
+
+
+def zh_char_order(**kwargs):
+    return dataset("cptlab_zh_char_order")

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 # A tiny, fast configuration given explicitly (not through a debug preset, whose sizes may change).
 TINY = ["model=tiny", "tokenizer=train", "tokenizer.vocab_size=1200", "tokenizer.character_coverage=0.98",
@@ -32,6 +34,11 @@ def test_seeds_of_one_configuration_are_one_row_scored_on_the_same_documents(tmp
         assert len({s["split"]["domains"][domain]["heldout_sha256"] for s in summaries}) == 1
         assert len({s["domains"][domain]["eval_blocks_sha256"] for s in summaries}) == 1
         assert {s["domains"][domain]["eval_blocks"] for s in summaries} == {4}
+        for s in summaries:  # the final evaluation's per-block sums: the bootstrap over blocks resamples them
+            record = s["eval_block_sums"][domain]
+            assert len(record["nll_bits"]) == len(record["bytes"]) == 4 and record["available"] >= 4
+            bpb = sum(record["nll_bits"]) / sum(record["bytes"])
+            assert bpb == pytest.approx(s["domains"][domain]["bpb_end"], rel=1e-7)
     assert {s["split"]["split_seed"] for s in summaries} == {0}
     assert len({s["vocabulary"]["tokenizer_sha256"] for s in summaries}) == 1
     # ... while the seed did change the initialisation: the step-0 scores differ.
@@ -49,3 +56,5 @@ def test_seeds_of_one_configuration_are_one_row_scored_on_the_same_documents(tmp
     ends = [s["domains"]["zh"]["bpb_end"] for s in summaries]
     assert float(row["new_bpb"]) == sum(ends) / 3 or abs(float(row["new_bpb"]) - sum(ends) / 3) < 1e-9
     assert " ± " in compare.stdout and "(+2 seeds)" in compare.stdout
+    assert float(row["new_bpb_eval_ci95"]) > 0 and float(row["old_bpb_eval_ci95"]) > 0  # ± eval, beside the seeds'
+    assert "zh: evaluation noise ± " in compare.stdout and "at 4 blocks" in compare.stdout

@@ -37,6 +37,10 @@ def test_per_index_calls_agree_with_the_whole_epoch_and_hold_no_table():
     picks = np.array([0, 1, 17, n // 2, n - 1])
     assert np.array_equal(perm(picks), whole[picks])
     assert perm(17) == whole[17] and isinstance(perm(17), int)
+    # every scalar, those whose first pass falls outside [0, n) (cycle walking) included
+    small = KeyedPermutation(5, (2, 7, 1))
+    assert [small(i) for i in range(5)] == list(small(np.arange(5)))
+    assert small(np.arange(4).reshape(2, 2)).shape == (2, 2)
     # O(1) memory: the object holds its round keys and a few numbers, whatever n.
     huge = KeyedPermutation(10**13, (0, 0, 0))
     assert huge.keys.nbytes == KeyedPermutation(10, (0, 0, 0)).keys.nbytes

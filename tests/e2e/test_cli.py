@@ -94,6 +94,8 @@ def test_bad_input_fails_at_once_with_one_line(tmp_path, override, fragment):
     assert "Traceback" not in proc.stderr
 
 
+# Slow (`make test-all`): its EMA and KL losses stay in `make test` through tests/test_retention.py
+@pytest.mark.slow
 def test_mean_teacher_run_logs_ema_and_retention_metrics(tmp_path):
     run_dir = tmp_path / "mt"
     proc = cptlab_train("experiment=demo_zh", "debug=smoke", "retention=mean_teacher", f"hydra.run.dir={run_dir}")
@@ -104,3 +106,41 @@ def test_mean_teacher_run_logs_ema_and_retention_metrics(tmp_path):
     assert float(step0["val_ema/en/bpb"]) == float(step0["val/en/bpb"])  # the average starts at the weights
     retention = [float(r["train/retention_loss"]) for r in rows if r["train/retention_loss"]]
     assert retention and all(x >= 0 for x in retention) and max(retention) > 0
+
+
+# Slow (`make test-all`): what each option does stays in `make test` through its unit tests
+# (data.doc_masking: tests/model/test_doc_masking.py).
+@pytest.mark.slow
+@pytest.mark.parametrize("option", [
+    "data.doc_masking=true",  # training and evaluation with each document masked off from the others
+])
+def test_smoke_run_with_option(tmp_path, option):
+    run_dir = tmp_path / "run"
+    proc = cptlab_train("experiment=demo_zh", "debug=smoke", option, f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 8
+    assert all(d["bpb_end"] > 0 for d in summary["domains"].values())
+    key, value = option.split("=")
+    recorded = json.loads((run_dir / "inputs.json").read_text())["config"]  # the run's settings, as recorded
+    assert str(recorded[key]).lower() == value
+
+
+def test_domains_and_stages_from_the_command_line_in_a_sweep(tmp_path):
+    """`-m` with a domain added (`+data.domains.code={...}`), one removed (`~data.domains.en`) and two stages: the
+    job trains on that mixture and logs and records it (each override form, composed: tests/test_overrides.py)."""
+    sweep = tmp_path / "sweep"
+    proc = cptlab_train("-m", "experiment=demo_zh", "debug=smoke", "trainer.max_steps=4",
+                        "+data.domains.code={role: replay, sources: [demo:code]}", "~data.domains.en",
+                        "data.stages=[{until_step: 2, replay_ratio: 0}, {replay_ratio: 0.5}]",
+                        f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = [p.parent for p in sweep.glob("*/summary.json")]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and set(summary["domains"]) == {"zh", "code", "en_eval"}
+    mixture = summary["mixture"]
+    assert [(s["from_step"], s["until_step"], s["replay_ratio"]) for s in mixture["stages"]] == [
+        (0, 2, 0.0), (2, None, 0.5)]
+    assert mixture["achieved"] == {"zh": 0.75, "code": 0.25}  # 2 batches without code, 2 with half of 8 rows
+    mix = {int(r["step"]): float(r["train/mix/code"]) for r in read_rows(run_dir) if r.get("train/mix/code")}
+    assert mix == {2: 0.0, 4: 0.25}  # on the steps (and tokens) axis of the other train metrics

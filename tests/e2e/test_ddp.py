@@ -72,12 +72,22 @@ def run(run_dir, *extra, rows_dir=None):
 
 def test_cpu_ddp_matches_single_process(tmp_path):
     rows_dir = tmp_path / "rows"
-    single = run(tmp_path / "single", rows_dir=rows_dir)
-    ddp = run(tmp_path / "ddp", "trainer=ddp", "trainer.accelerator=cpu", "trainer.strategy=ddp_spawn",
-              "trainer.devices=2", "trainer.precision=32-true", "trainer.max_steps=6", rows_dir=rows_dir)
+    # 5 eval blocks: rank 0 scores 3, rank 1 2 (padded to gather the per-block sums)
+    single = run(tmp_path / "single", "eval.max_blocks=5", rows_dir=rows_dir)
+    ddp = run(tmp_path / "ddp", "eval.max_blocks=5", "trainer=ddp", "trainer.accelerator=cpu",
+              "trainer.strategy=ddp_spawn", "trainer.devices=2", "trainer.precision=32-true", "trainer.max_steps=6",
+              rows_dir=rows_dir)
     assert set(single) == set(ddp)
     for key, value in single.items():
         assert ddp[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
+    # summary.json's per-block sums hold every rank's blocks, in block order
+    import json
+
+    blocks = [json.loads((tmp_path / d / "summary.json").read_text())["eval_block_sums"] for d in ("single", "ddp")]
+    assert set(blocks[0]) == set(blocks[1]) == {"zh", "en", "en_eval"}
+    for domain, record in blocks[0].items():
+        assert record["bytes"] == blocks[1][domain]["bytes"] and len(record["bytes"]) == 5
+        assert blocks[1][domain]["nll_bits"] == pytest.approx(record["nll_bits"], rel=1e-4)
     assert (tmp_path / "ddp" / "summary.json").exists()
     # Each spawned rank trained on its half of every global batch the single process trained on.
     whole, ranks = recorded_rows(rows_dir, 1), recorded_rows(rows_dir, 2)

@@ -40,7 +40,11 @@ def series(run_dir):
     # EMA teacher state, the KL loss and a two-stage LoRA schedule must all resume exactly too.
     pytest.param(("retention=mean_teacher", "schedule=two_stage", "schedule.stage1_rows=all",
                   "schedule.stage1_steps=9", "adapter=lora"), marks=pytest.mark.slow),
-], ids=["plain", "mean_teacher_two_stage_lora"])
+    # Mixture stages: the resumed sampler starts past one stage boundary (step 3) and crosses another (15). Slow
+    # (`make test-all`); the sampler's resume across boundaries stays in `make test` (tests/data/test_stages.py).
+    pytest.param(("data.stages=[{until_step: 3, replay_ratio: 0}, {until_step: 15}, {replay_ratio: 0.5}]",),
+                 marks=pytest.mark.slow),
+], ids=["plain", "mean_teacher_two_stage_lora", "mixture_stages"])
 def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path, extra):
     reference = tmp_path / "reference"
     assert train(reference, extra=extra).returncode == 0

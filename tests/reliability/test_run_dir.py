@@ -75,6 +75,8 @@ def test_corpus_edit_keeping_size_and_mtime_is_refused(done, rel):
         os.utime(new, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
+# Slow (`make test-all`): changed inputs stay in `make test` through test_changed_model_config_is_refused_naming_the_key
+@pytest.mark.slow
 def test_interrupted_run_with_another_model_size_gives_one_line(done, tmp_path, rel):
     killed = interrupted(done, tmp_path)
     before = rel.snapshot(killed)

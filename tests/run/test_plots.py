@@ -73,3 +73,37 @@ def test_a_domain_without_evaluations_draws_no_line(tmp_path, saved_figures):
     plot_forgetting_curve(run_dir, {"zh": "new", "code": "replay"})
     (fig,) = saved_figures
     assert [line.get_label() for line in fig.axes[0].get_lines()] == ["zh (new)"]
+
+
+def test_harness_metrics_get_a_panel_of_their_own(tmp_path, saved_figures):
+    """A run that scored downstream tasks: a second panel, one line per task metric at its evaluations (its
+    stderr as error bars; the stderr and the cost per evaluation are not lines of their own)."""
+    run_dir = tmp_path / "run"
+    write_run(run_dir)
+    path = run_dir / "metrics.csv"
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    harness = {"val/harness/zh_polarity/acc": [0.5, 0.6, 0.7], "val/harness/zh_polarity/acc_stderr": [0.05] * 3,
+               "val/harness/seconds": [1.0, 1.1, 1.2]}
+    evals = [r for r in rows if r["val/en/bpb"]]
+    for i, row in enumerate(evals):
+        row.update({k: v[i] for k, v in harness.items()})
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS + list(harness))
+        writer.writeheader()
+        writer.writerows(rows)
+    plot_forgetting_curve(run_dir, {"zh": "new", "en": "replay"})
+    (fig,) = saved_figures
+    assert len(fig.axes) == 2
+    (bars,) = fig.axes[1].containers  # an errorbar: its label on the container, the data line its first part
+    assert bars.get_label() == "zh_polarity/acc"
+    line = bars.lines[0]
+    assert list(line.get_xdata()) == [s * TOKENS_PER_STEP for s in sorted(EVALS)]
+    assert list(line.get_ydata()) == [0.5, 0.6, 0.7]
+
+
+def test_a_run_without_harness_metrics_has_one_panel(tmp_path, saved_figures):
+    run_dir = tmp_path / "run"
+    write_run(run_dir)
+    plot_forgetting_curve(run_dir, {"zh": "new"})
+    assert len(saved_figures[0].axes) == 1

@@ -1,0 +1,143 @@
+"""`cptlab-compare --archive` keeps each run's record beside the comparison, and `python -m experiments.check`
+recomputes the comparison and every README figure block from those files, failing on an edited number."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from cptlab.compare.archive import OPTIONS, read_options
+from cptlab.compare.cli import compare, main
+from cptlab.errors import CptlabError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _check():
+    """experiments/check.py as a module (experiments/ is not a package)."""
+    name = "cptlab_experiments_check"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / "check.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture
+def study(seeded_sweep, tmp_path) -> Path:
+    """A repository-like root: experiments/toy/results from an archived comparison of the seeded sweep, and a
+    README holding one figure block rendered from its summary.csv."""
+    root = tmp_path / "repo"
+    results = root / "experiments" / "toy" / "results"
+    main([str(seeded_sweep), "--out", str(results), "--archive", "--budget", "en=0.05"])
+    spec = "experiments/toy/results/summary.csv | label=run | n | forgetting=en Δbpb | forgetting_vs_ref_verdict=verdict"
+    check = _check()
+    readme = root / "experiments" / "toy" / "README.md"
+    readme.write_text(f"# toy\n\n<!-- figures: {spec} -->\n{check.render(spec, root)}<!-- /figures -->\n")
+    return root
+
+
+def test_archive_keeps_each_runs_record_and_the_options(seeded_sweep, study):
+    archive = study / "experiments" / "toy" / "results" / "runs"
+    kept = sorted(p.relative_to(archive).as_posix() for p in archive.rglob("*") if p.is_file())
+    runs = sorted(p.name for p in seeded_sweep.iterdir())
+    assert len(runs) == 12
+    assert kept == sorted([OPTIONS] + [f"{r}/{f}" for r in runs for f in
+                                       ("summary.json", "metrics.csv", ".hydra/config.yaml", ".hydra/overrides.yaml")])
+    for run in runs:  # byte for byte
+        assert (archive / run / "metrics.csv").read_bytes() == (seeded_sweep / run / "metrics.csv").read_bytes()
+    options = read_options(archive)
+    assert options["paths"] == ["."] and options["budgets"] == {"en": 0.05} and options["margin"] > 0
+
+
+def test_the_archive_alone_recomputes_the_same_tables(study, tmp_path):
+    results = study / "experiments" / "toy" / "results"
+    again = tmp_path / "again"
+    compare([results / "runs"], out=again, budgets={"en": 0.05}, plots=False)
+    assert not list(again.glob("*.png"))
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "run_dir"} for r in rows]  # noqa: E731
+    assert drop(_rows(again / "summary.csv")) == drop(_rows(results / "summary.csv"))
+    assert len(_rows(results / "summary.csv")) == 4
+
+
+def test_archive_refuses_to_copy_a_run_into_itself(seeded_sweep):
+    run = next(seeded_sweep.iterdir())
+    with pytest.raises(CptlabError, match="lies inside the compared run"):
+        compare([run], out=run / "cmp", archive=True, plots=False)
+
+
+def test_check_passes_on_a_consistent_study(study, capsys):
+    assert _check().main([], root=study) == 0
+    assert "1 archived comparisons recomputed, 1 figure blocks checked, 0 mismatches" in capsys.readouterr().out
+
+
+def test_check_fails_when_a_readme_number_is_edited(study, capsys):
+    readme = study / "experiments" / "toy" / "README.md"
+    text = readme.read_text()
+    first = next(line for line in text.splitlines() if line.startswith("| data.replay_ratio=0 "))
+    number = first.split("|")[3].split("±")[0].strip()  # the en Δbpb mean of that row
+    edited = f"{float(number) + 0.001:+.4f}"
+    readme.write_text(text.replace(first, first.replace(number, edited, 1)))
+    assert _check().main([], root=study) == 1
+    assert "figures block 'experiments/toy/results/summary.csv' differs" in capsys.readouterr().err
+    assert _check().main(["--write"], root=study) == 0  # --write re-renders it
+    assert readme.read_text() == text
+
+
+def test_check_fails_when_a_committed_table_is_edited(study, capsys):
+    summary = study / "experiments" / "toy" / "results" / "summary.csv"
+    rows = _rows(summary)
+    rows[1]["forgetting"] = str(float(rows[1]["forgetting"]) + 1e-6)
+    with open(summary, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    check = _check()
+    problems = check.recompute(study / "experiments" / "toy" / "results" / "runs")
+    assert len(problems) == 1 and "row 2" in problems[0] and "forgetting: committed" in problems[0]
+
+
+def test_check_fails_when_a_run_record_is_edited(study):
+    archive = study / "experiments" / "toy" / "results" / "runs"
+    summary_path = next(archive.glob("data.replay_ratio=0.5,seed=1/summary.json"))
+    summary = json.loads(summary_path.read_text())
+    summary["domains"]["en"]["bpb_end"] += 0.01
+    summary["final"]["val/en/bpb"] += 0.01
+    summary_path.write_text(json.dumps(summary))
+    assert _check().recompute(archive)  # the table no longer follows from the runs
+
+
+def test_unarchived_results_are_listed_as_provisional(study, capsys):
+    old = study / "experiments" / "old" / "results"
+    old.mkdir(parents=True)
+    shutil.copy(study / "experiments" / "toy" / "results" / "summary.csv", old / "summary.csv")
+    assert _check().main([], root=study) == 0
+    assert "provisional (no per-run data): experiments/old/results" in capsys.readouterr().out
+
+
+def test_figure_cells_format_means_intervals_and_text():
+    check = _check()
+    col = check.Column("forgetting", None, "f")
+    assert check.cell({"forgetting": "0.0123456", "forgetting_ci95": "0.00456"}, col) == "+0.0123 ± 0.0046"
+    assert check.cell({"n": "3"}, check.Column("n", None, "n")) == "3"
+    assert check.cell({"new_bpb": "2.5", "new_bpb_ci95": ""}, check.Column("new_bpb", ".2f", "x")) == "2.50"
+    assert check.cell({"label": "a|b"}, check.Column("label", None, "run")) == "a\\|b"
+    assert check.parse_spec("f.csv | a:.3f=A | b | metric==x/acc")[1:] == (
+        [check.Column("a", ".3f", "A"), check.Column("b", None, "b")], {"metric": "x/acc"})
+
+
+def test_the_repository_figures_recompute():
+    """`python -m experiments.check` on this repository: every archived comparison and figure block."""
+    assert _check().main([]) == 0
