@@ -40,13 +40,13 @@ lint:  ## ruff (rules and exceptions in pyproject.toml)
 	$(BIN)/ruff check cptlab benchmarks tests
 
 demo:  ## build the demo base model if not cached, continue it on Chinese, print plot + summary paths
-	$(BIN)/python -m cptlab.demo
+	$(BIN)/python -m cptlab.cli.demo
 
 demo-real:  ## SmolLM2-135M (make install-real) continued on Chinese, ~20 min on 2 CPU cores; plot + summary paths
-	$(BIN)/python -m cptlab.demo real
+	$(BIN)/python -m cptlab.cli.demo real
 
 sweep:  ## the demo study: replay ratio x LoRA rank multirun, then cptlab-compare on the sweep
-	$(BIN)/python -m cptlab.demo sweep
+	$(BIN)/python -m cptlab.cli.demo sweep
 
 bench:  ## benchmarks, each a ratio against a baseline run side by side; BENCH_ARGS=--real-base adds SmolLM2-135M
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)

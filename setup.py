@@ -1,4 +1,4 @@
-"""The package list: cptlab's packages (data-only folders such as cptlab/tasks included) plus its configs, which
+"""The package list: cptlab's packages (data-only folders such as cptlab/evaluation/tasks included) plus its configs, which
 live in the top-level conf/ (the one source) and ship in the wheel as the package cptlab.conf (package-dir
 mapping below). Everything else is in pyproject.toml."""
 

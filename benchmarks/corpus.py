@@ -10,7 +10,7 @@ inherits another's heap. The corpus is synthetic text
 (Zipf-distributed words, a share of Chinese characters, one document per line) written as `.txt.gz` shards:
 reading includes decompression, as on a real pre-tokenization job.
 
-`python -m benchmarks.corpus train --corpus-bytes N` measures a whole short run instead (cptlab.train with
+`python -m benchmarks.corpus train --corpus-bytes N` measures a whole short run instead (cptlab.cli.train_app with
 data=files, tokenizer=train on a capped sample, trainer.max_steps=1) under /usr/bin/time -v, at N/10 and N.
 """
 
@@ -144,9 +144,9 @@ def run(ctx: Context) -> BenchResult:
 
 
 def train_peak_rss(corpus: Path, replay: Path, work: Path, *, max_train_bytes: int) -> dict:
-    """Peak RSS and wall time of `cptlab.train` on `corpus` (new) + `replay`, one training step."""
+    """Peak RSS and wall time of `cptlab.cli.train_app` on `corpus` (new) + `replay`, one training step."""
     run_dir, cache = work / "run", work / "cache"
-    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "cptlab.train", "data=files",
+    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "cptlab.cli.train_app", "data=files",
            f"data.domains.new.sources=[{corpus}]", f"data.domains.old.sources=[{replay}]",
            "tokenizer=train", "tokenizer.vocab_size=2000", f"tokenizer.max_train_bytes={max_train_bytes}",
            "trainer.max_steps=1", "data.seq_len=64", "data.batch_size=4", "eval.max_blocks=4", "logger=csv",
@@ -157,7 +157,7 @@ def train_peak_rss(corpus: Path, replay: Path, work: Path, *, max_train_bytes: i
     seconds = time.perf_counter() - t0
     found = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
     if proc.returncode or not found:
-        raise RuntimeError(f"cptlab.train failed ({proc.returncode}): {proc.stderr.strip()[-3000:]}")
+        raise RuntimeError(f"cptlab.cli.train_app failed ({proc.returncode}): {proc.stderr.strip()[-3000:]}")
     return {"peak_rss": int(found.group(1)) * 1024, "seconds": seconds}
 
 
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     prep.add_argument("--cache", required=True)
     prep.add_argument("--num-proc", type=int, default=1)
     prep.add_argument("--cpus", type=int, default=None, help="run on the first N allowed CPUs only")
-    train = commands.add_parser("train", help="peak RSS of a one-step cptlab.train run at N/10 and N corpus bytes")
+    train = commands.add_parser("train", help="peak RSS of a one-step cptlab.cli.train_app run at N/10 and N corpus bytes")
     train.add_argument("--corpus-bytes", type=int, default=300_000_000)
     train.add_argument("--max-train-bytes", type=int, default=8_000_000)
     train.add_argument("--workdir", required=True)

@@ -63,9 +63,9 @@ def run(ctx: Context) -> BenchResult:
 
     from cptlab.model.doc_mask import document_position_ids
     from cptlab.model.load import load_model
-    from cptlab.module import CPTModule
-    from cptlab.optim import LRSchedule, build_optimizer
     from cptlab.tokenizer.hf import load_tokenizer
+    from cptlab.training.module import CPTModule
+    from cptlab.training.optim import LRSchedule, build_optimizer
 
     res = BenchResult("doc_masking")
     config, seq_len, batch, steps, warmup = shape(ctx)

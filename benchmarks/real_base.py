@@ -190,8 +190,8 @@ def prepare(ctx: Context, cache: Path, steps: int) -> dict:
     from omegaconf import OmegaConf
 
     from benchmarks.training import compose
-    from cptlab import pipeline
     from cptlab.data.mixture import MixtureSampler
+    from cptlab.run import pipeline
     from cptlab.tokenizer.hf import load_tokenizer
 
     s = ctx.sizes

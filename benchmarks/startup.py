@@ -1,6 +1,6 @@
 """5. Sweep overhead: a job's start-up, from launching the process to its first training step.
 
-`python -m cptlab.train experiment=demo_zh debug=smoke` is run twice as a subprocess, with a fresh cache
+`python -m cptlab.cli.train_app experiment=demo_zh debug=smoke` is run twice as a subprocess, with a fresh cache
 directory (CPTLAB_CACHE) shared by both and a fresh runs directory each: the first run is cold (it trains
 the tokenizer and builds the token caches), the second warm (everything cached, as for every job of a
 sweep after the first). The time to the first step is measured from just before the process is launched
@@ -12,10 +12,10 @@ the corpora with `data=files` instead of the demo corpora.)
 
 Baselines: the import floor, a process that only imports what any Lightning + transformers training job
 imports (`import pytorch_lightning, transformers; from transformers import LlamaForCausalLM`), and the same
-for cptlab's own entry point (`import cptlab.train`).
+for cptlab's own entry point (`import cptlab.cli.train_app`).
 
 Breakdown (full mode): a third fresh process, on the warm caches, times each start-up stage of
-`cptlab.train.train()` separately: compose, validate, then `cptlab.run.build.build_run` (the one cptlab-train
+`cptlab.cli.train_app.train()` separately: compose, validate, then `cptlab.run.build.build_run` (the one cptlab-train
 calls), whose stages (tokenizer, base tokenizer, tokenizer stats, token caches, model, Lightning objects) it
 times itself; fit is not run.
 """
@@ -76,7 +76,7 @@ def _exists(root: Path, name: str) -> bool:
 
 def smoke_run(ctx: Context, label: str) -> dict:
     runs = ctx.path("startup_runs", label)
-    cmd = [sys.executable, "-m", "cptlab.train", *smoke_overrides(ctx)]
+    cmd = [sys.executable, "-m", "cptlab.cli.train_app", *smoke_overrides(ctx)]
     log = open(ctx.root / f"startup-{label}.log", "w")
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=_env(ctx, runs), stdout=log, stderr=subprocess.STDOUT)
@@ -121,17 +121,17 @@ def breakdown_child(overrides: list[str], output_dir: str) -> dict:
         stages[name] = now - t0
         t0 = now
 
-    import cptlab.train  # noqa: F401  (everything the CLI imports)
+    import cptlab.cli.train_app  # noqa: F401  (everything the CLI imports)
 
-    mark("import cptlab.train")
+    mark("import cptlab.cli.train_app")
     from pathlib import Path as _Path
 
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
     from cptlab.run.build import build_run
+    from cptlab.run.validate import validate
     from cptlab.utils.console import CONF_DIR
-    from cptlab.validate import validate
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
@@ -175,11 +175,11 @@ def run(ctx: Context) -> BenchResult:
         floor, cptlab_import = timings[0], None
     else:
         floor = min(timed_process([sys.executable, "-c", FLOOR]) for _ in range(2))
-        cptlab_import = min(timed_process([sys.executable, "-c", "import cptlab.train"]) for _ in range(2))
+        cptlab_import = min(timed_process([sys.executable, "-c", "import cptlab.cli.train_app"]) for _ in range(2))
         cold = smoke_run(ctx, "cold")
     warm = smoke_run(ctx, "warm")
     breakdown = None if s.quick else _breakdown(ctx)
-    res.details = {"command": "python -m cptlab.train " + " ".join(smoke_overrides(ctx)),
+    res.details = {"command": "python -m cptlab.cli.train_app " + " ".join(smoke_overrides(ctx)),
                    "import_floor_s": floor, "import_cptlab_train_s": cptlab_import,
                    "cold": cold, "warm": warm,
                    "warm_overhead_over_floor_s": warm["first_step_s"] - floor, "warm_breakdown": breakdown}

@@ -53,14 +53,14 @@ def _overrides(ctx: Context, steps: int) -> list[str]:
 
 def compose(overrides: list[str], output_dir: Path):
     """The run config `cptlab-train <overrides>` would see, with the output directory set, validated as
-    `cptlab.train.train` validates it."""
+    `cptlab.cli.train_app.train` validates it."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from omegaconf import open_dict
 
     import cptlab.config  # noqa: F401  (schema and resolvers)
+    from cptlab.run.validate import validate
     from cptlab.utils.console import CONF_DIR
-    from cptlab.validate import validate
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = hydra_compose("train", overrides=overrides)
@@ -98,7 +98,7 @@ class TrainingSetup:
     """The composed config, the tokenizer and the token caches, built once for every round."""
 
     def __init__(self, ctx: Context, steps: int):
-        from cptlab import pipeline
+        from cptlab.run import pipeline
         from cptlab.tokenizer.hf import load_tokenizer
 
         self.ctx, self.steps = ctx, steps
@@ -118,7 +118,7 @@ class TrainingSetup:
         """(lightning objects, model): exactly what cptlab-train builds for this config."""
         from omegaconf import open_dict
 
-        from cptlab import pipeline
+        from cptlab.run import pipeline
 
         self._round += 1
         run_dir = self.ctx.path("train_runs", f"cptlab-{self._round}")
@@ -416,7 +416,7 @@ def optimizer_ab(setup: TrainingSetup, blocks, steps: int) -> dict:
     import torch
 
     from cptlab.model.load import load_model
-    from cptlab.optim import build_optimizer
+    from cptlab.training.optim import build_optimizer
 
     cfg, s = setup.cfg, setup.ctx.sizes
     torch.set_num_threads(s.threads)
@@ -443,7 +443,7 @@ def model_flops(setup: TrainingSetup, blocks) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from cptlab.evaluation import token_nll
+    from cptlab.evaluation.bpb import token_nll
     from cptlab.model.load import load_model
 
     s, tok = setup.ctx.sizes, setup.tokenizer

@@ -26,7 +26,7 @@ from cptlab.errors import CptlabError
 
 @dataclass(frozen=True)
 class Rule:
-    """The values a config field admits, kept beside the field so every check of it (cptlab.validate's pass
+    """The values a config field admits, kept beside the field so every check of it (cptlab.run.validate's pass
     over a composed config, a library entry point's check of its argument) reads this one declaration.
 
     `choices`: the allowed values; `span`: a number range as the message spells it: "> 0", ">= 1", "(0, 1)",
@@ -296,7 +296,7 @@ class RetentionConfig:
 
 @dataclass
 class LRScaleConfig:
-    # Multipliers of optim.lr per parameter group (cptlab.optim): the input embedding matrix, the output
+    # Multipliers of optim.lr per parameter group (cptlab.training.optim): the input embedding matrix, the output
     # matrix, the new token rows of both (vocabulary extension), and every other trainable weight.
     embeddings: float = 1.0
     lm_head: float = 1.0
@@ -348,8 +348,8 @@ class TrainOptions:
 
 @dataclass
 class HarnessConfig:
-    # lm-evaluation-harness tasks scored in-process on the current weights (cptlab.harness): lm-eval task names,
-    # the built-in offline probes (cptlab/tasks/*.yaml) or tasks of include_path; empty: no harness evaluation.
+    # lm-evaluation-harness tasks scored in-process on the current weights (cptlab.evaluation.harness): lm-eval task names,
+    # the built-in offline probes (cptlab/evaluation/tasks/*.yaml) or tasks of include_path; empty: no harness evaluation.
     tasks: list[str] = field(default_factory=list)
     every_n_steps: Optional[int] = bounded(None, ">= 1", note="or null: with every bpb evaluation")
     limit: Optional[float] = bounded(None, "> 0", note="documents per task, a share of them when < 1; or null: all")
@@ -436,7 +436,7 @@ def run_tags(tags, *choices: str) -> list[str]:
 
 def wsd_decay_start(total_steps: int, warmup_steps: int, decay_fraction: float) -> int:
     """The first step of the linear decay of optim.schedule=wsd: its last `decay_fraction` of `total_steps` (at
-    least one step), never before the warm-up ends (cptlab.optim.LRSchedule reads it from here)."""
+    least one step), never before the warm-up ends (cptlab.training.optim.LRSchedule reads it from here)."""
     return max(warmup_steps, total_steps - max(1, round(decay_fraction * total_steps)))
 
 
@@ -448,7 +448,7 @@ def lr_decay_start(*, _root_) -> int:
 
 
 def register() -> None:
-    """Register the schema and resolvers (idempotent; called on import of cptlab.train)."""
+    """Register the schema and resolvers (idempotent; called on import of cptlab.cli.train_app)."""
     ConfigStore.instance().store(name="cptlab_schema", node=TrainConfig)
     for name, fn in (("run_name", run_name), ("wandb_id", wandb_id), ("wandb_offline", wandb_offline),
                      ("run_tags", run_tags), ("lr_decay_start", lr_decay_start)):

@@ -62,7 +62,7 @@ def interrupt_on_signals(prog: str, names: tuple[str, ...] = ("SIGTERM", "SIGUSR
     """Make the first of these signals one line and exit status 128 + its number, never a traceback: inside a
     job (`in_job`) an `Interrupted` error, so the build in progress removes its temporary files and the job
     records the run as failed; elsewhere the process ends at once (nothing of the run is written yet). A second
-    signal ends the process as the system would. (During training cptlab.callbacks.PreemptionCheckpoint takes
+    signal ends the process as the system would. (During training cptlab.training.callbacks.PreemptionCheckpoint takes
     these signals over: it checkpoints first.)"""
 
     def handle(signum, frame):

@@ -84,8 +84,8 @@ def recompute(archive: Path) -> list[str]:
     """Run the archived comparison again from its runs; the mismatches with the committed tables."""
     from rich.console import Console
 
+    from cptlab.cli.compare import compare
     from cptlab.compare.archive import read_options
-    from cptlab.compare.cli import compare
 
     options = read_options(archive)
     results = archive.parent

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from cptlab.evaluation import eval_sums, metrics_from_sums
+from cptlab.evaluation.bpb import eval_sums, metrics_from_sums
 
 
 class FixedLM(torch.nn.Module):
@@ -47,7 +47,7 @@ def test_batch_size_does_not_change_the_result():
 def test_unigram_bpb_hand_computed():
     import numpy as np
 
-    from cptlab.evaluation import unigram_bpb
+    from cptlab.evaluation.bpb import unigram_bpb
 
     counts = np.array([3, 2, 1])  # train tokens 0,0,0,1,1,2; +1 smoothing over 4 ids: counts 4,3,2,1 of 10
     blocks = torch.tensor([[9, 0, 1], [9, 3, 3]]) % 4  # targets: 0, 1, 3, 3
@@ -63,7 +63,7 @@ def test_eval_sums_pads_forward_passes_without_counting_them():
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from cptlab.evaluation import eval_sums
+    from cptlab.evaluation.bpb import eval_sums
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,

@@ -21,7 +21,7 @@ SMOKE = ["experiment=demo_zh", "debug=smoke", "trainer.max_steps=4", "eval.every
 def train_in_process(compose_cfg, run_dir: Path, overrides: list[str]):
     """What cptlab-train does, keeping the trained module: config saved as Hydra would, then fit."""
     from cptlab.run.build import build_run
-    from cptlab.validate import validate
+    from cptlab.run.validate import validate
 
     cfg = compose_cfg([*SMOKE, *overrides], output_dir=run_dir)
     (run_dir / ".hydra").mkdir(parents=True)
@@ -48,7 +48,7 @@ def trained(compose_cfg, tmp_path):
 
 
 def cptlab_export(*args):
-    return subprocess.run([sys.executable, "-m", "cptlab.export", *map(str, args)], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cptlab.cli.export", *map(str, args)], cwd=ROOT, capture_output=True,
                           text=True, timeout=300, env={**os.environ, "HYDRA_FULL_ERROR": ""})
 
 
@@ -56,7 +56,7 @@ def cptlab_export(*args):
 def test_merged_export_has_the_trained_logits_and_generates(trained, tmp_path, adapter):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cptlab.export import export_run
+    from cptlab.run.export import export_run
 
     run_dir, run, batch, logits = trained(f"adapter={adapter}", "adapter.r=4")
     out = export_run(run_dir, tmp_path / "export")
@@ -75,7 +75,7 @@ def test_merged_export_has_the_trained_logits_and_generates(trained, tmp_path, a
 def test_adapter_only_export_round_trips_through_peft(trained, tmp_path):
     from peft import PeftModel
 
-    from cptlab.export import build_base, export_run
+    from cptlab.run.export import build_base, export_run
 
     run_dir, run, batch, logits = trained("adapter=lora", "adapter.r=4", "schedule=two_stage",
                                           "schedule.stage1_steps=2", "schedule.stage1_rows=all")
@@ -94,7 +94,7 @@ def test_a_run_without_adapter_exports_whole_and_refuses_adapter_only(trained, t
     from transformers import AutoModelForCausalLM
 
     from cptlab.errors import CptlabError
-    from cptlab.export import export_run
+    from cptlab.run.export import export_run
 
     run_dir, run, batch, logits = trained("schedule=two_stage", "schedule.stage1_steps=2", "schedule.stage1_rows=all")
     out = export_run(run_dir, tmp_path / "export")
@@ -121,8 +121,8 @@ def test_ema_export_has_the_ema_weights_logits(trained, tmp_path, adapter):
     computes with the EMA weights swapped in, which differs from the raw trained weights' logits."""
     from transformers import AutoModelForCausalLM
 
-    from cptlab.export import main
-    from cptlab.retention.ema import EMA
+    from cptlab.cli.export import main
+    from cptlab.training.retention.ema import EMA
 
     run_dir, run, batch, logits = trained("retention=ema", "retention.decay=0.5", "retention.every_n_steps=2",
                                           f"adapter={adapter}", *(["adapter.r=4"] if adapter == "lora" else []))
@@ -138,7 +138,7 @@ def test_ema_export_has_the_ema_weights_logits(trained, tmp_path, adapter):
 
 
 def test_cli_errors_are_one_line_with_exit_status_2(tmp_path, capsys):
-    from cptlab.export import main
+    from cptlab.cli.export import main
 
     missing = cptlab_export(tmp_path / "nope", "--out", tmp_path / "out")
     assert missing.returncode == 2, missing.stderr

@@ -1,4 +1,4 @@
-"""cptlab.fsdp: which modules are sharded (the decoder layers) and which stay whole (everything outside
+"""cptlab.training.fsdp: which modules are sharded (the decoder layers) and which stay whole (everything outside
 them), with and without peft, and the strategy built from the config. Training under FSDP is tested end
 to end in tests/e2e/test_fsdp.py."""
 
@@ -12,8 +12,8 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 from cptlab.config import FSDP_SHARDING, AdapterConfig
 from cptlab.errors import CptlabError
-from cptlab.fsdp import average_gradients, fsdp_strategy, layer_classes, replicated_params
 from cptlab.model.adapter import apply_adapter
+from cptlab.training.fsdp import average_gradients, fsdp_strategy, layer_classes, replicated_params
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -87,7 +87,7 @@ def test_a_checkpoint_with_a_payload_is_refused_before_lightning_unpickles_it(tm
     weights-only first, and Lightning never unpickles the file."""
     import pytorch_lightning.strategies.fsdp as lightning_fsdp
 
-    from cptlab.checkpoint import UnsafeCheckpoint
+    from cptlab.training.checkpoint import UnsafeCheckpoint
 
     def never(path):
         raise AssertionError("Lightning unpickled the file itself")
@@ -105,7 +105,7 @@ def test_a_checkpoint_with_a_payload_is_refused_before_lightning_unpickles_it(tm
 def test_lightning_is_handed_the_weights_only_checkpoint():
     import pytorch_lightning.strategies.fsdp as lightning_fsdp
 
-    from cptlab.fsdp import _lightning_reads
+    from cptlab.training.fsdp import _lightning_reads
 
     original, checkpoint = lightning_fsdp._lazy_load, {"state_dict": {}}
     with _lightning_reads(checkpoint):

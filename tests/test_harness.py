@@ -1,4 +1,4 @@
-"""lm-evaluation-harness during training (cptlab.harness): bad input refused before any heavy work, the LM wrapper
+"""lm-evaluation-harness during training (cptlab.evaluation.harness): bad input refused before any heavy work, the LM wrapper
 scores as the model does (new vocabulary rows included), the built-in probes, RNG and train mode left untouched,
 bits-per-byte parity with cptlab's own evaluation, and exact resume with the harness on."""
 
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from cptlab import harness, probes
 from cptlab.errors import CptlabError
+from cptlab.evaluation import harness, probes
 
 pytest.importorskip("lm_eval")
 
@@ -68,8 +68,8 @@ def test_a_task_yaml_that_does_not_parse_is_named(tmp_path, monkeypatch):
 
 
 def test_validate_refuses_an_unknown_task_before_any_tokenizer(compose_cfg, monkeypatch, spy, tmp_path):
-    from cptlab import pipeline
-    from cptlab.validate import validate
+    from cptlab.run import pipeline
+    from cptlab.run.validate import validate
 
     monkeypatch.setattr(harness, "lm_eval_index", lambda: set())
     builds = spy(pipeline, "build_tokenizer")
@@ -137,7 +137,7 @@ def _requests(*args):
 
 
 def test_the_lm_scores_as_the_model_does_new_rows_included(tmp_path):
-    from cptlab.harness_lm import CptlabLM
+    from cptlab.evaluation.harness_lm import CptlabLM
 
     tok = _tokenizer(tmp_path)
     tok.add_tokens(["zzqqx"])  # an added token: len(tok) counts it, tok.vocab_size (what HFLM sizes by) does not
@@ -168,7 +168,7 @@ def test_the_lm_scores_as_the_model_does_new_rows_included(tmp_path):
 
 
 def test_the_lm_leaves_train_mode_and_grad_state():
-    from cptlab.harness_lm import CptlabLM
+    from cptlab.evaluation.harness_lm import CptlabLM
 
     tok = _tokenizer(None)
     model = _model(len(tok)).train()
@@ -294,11 +294,11 @@ def test_bits_per_byte_parity_with_cptlab(tokenizer, compose_cfg, tmp_path):
     EOS counted as one byte, as cptlab's byte lengths count it)."""
     from omegaconf import open_dict
 
-    from cptlab import pipeline
     from cptlab.config import DomainConfig
     from cptlab.data.demo import demo_documents
     from cptlab.data.mixture import eval_blocks
-    from cptlab.evaluation import eval_sums, metrics_from_sums
+    from cptlab.evaluation.bpb import eval_sums, metrics_from_sums
+    from cptlab.run import pipeline
     from cptlab.run.build import build_run
     from cptlab.tokenizer.byte_lengths import token_byte_lengths
     from cptlab.tokenizer.hf import load_tokenizer
@@ -365,7 +365,7 @@ def _train(run_dir, wait=True):
     import subprocess
     import sys
 
-    cmd = [sys.executable, "-m", "cptlab.train", *RESUME_ARGS, f"hydra.run.dir={run_dir}"]
+    cmd = [sys.executable, "-m", "cptlab.cli.train_app", *RESUME_ARGS, f"hydra.run.dir={run_dir}"]
     if wait:
         return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -84,10 +84,11 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_graph_sees_the_package():
     graph = import_graph()
-    assert {"cptlab.train", "cptlab.cli", "cptlab.pipeline", "cptlab.run.record", "cptlab.data.tokens"} <= set(graph)
-    assert "cptlab.run.build" in graph["cptlab.train"] and "cptlab.pipeline" in graph["cptlab.run.build"]
-    assert "cptlab.train" in graph["cptlab.cli"]  # a function-level import counts
-    assert "cptlab.data.tokens" in graph["cptlab.pipeline"]
+    assert {"cptlab.cli.train_app", "cptlab.cli.train", "cptlab.run.pipeline", "cptlab.run.record",
+            "cptlab.data.tokens"} <= set(graph)
+    assert "cptlab.run.build" in graph["cptlab.cli.train_app"] and "cptlab.run.pipeline" in graph["cptlab.run.build"]
+    assert "cptlab.cli.train_app" in graph["cptlab.cli.train"]  # a function-level import counts
+    assert "cptlab.data.tokens" in graph["cptlab.run.pipeline"]
 
 
 def test_find_cycle_reports_one():
@@ -101,15 +102,64 @@ def test_cptlab_modules_import_no_cycle():
 
 
 def test_only_front_ends_import_the_cli():
-    """cptlab.cli is the `cptlab-train` front end; library code takes its helpers from cptlab.utils.console."""
+    """cptlab.cli holds the command-line front ends; no library module imports one (the layer test says so too:
+    this one names the importer plainly)."""
     graph = import_graph()
-    importers = sorted(m for m, deps in graph.items() if "cptlab.cli" in deps)
-    assert importers == [], f"{importers} import cptlab.cli outside an `if __name__ == '__main__':` block"
+    importers = sorted(m for m, deps in graph.items() if not m.startswith("cptlab.cli")
+                       and any(d == "cptlab.cli" or d.startswith("cptlab.cli.") for d in deps))
+    assert importers == [], f"{importers} import a front end (cptlab.cli) outside an `if __name__ == '__main__':` block"
 
 
 def test_main_blocks_are_left_out(tmp_path):
     src = tmp_path / "mod.py"
     src.write_text("import os\nfrom . import sibling\ndef f():\n    from .deep import g\n"
-                   "if __name__ == '__main__':\n    import cptlab.cli\n")
+                   "if __name__ == '__main__':\n    import cptlab.cli.train\n")
     assert imported_names(src, "cptlab.pkg.mod") == {"os", "cptlab.pkg", "cptlab.pkg.sibling", "cptlab.pkg.deep",
                                                      "cptlab.pkg.deep.g"}
+
+
+# Layers, lowest first: a module may import its own layer's modules and lower layers' (sideways arrows between
+# packages of one layer are allowed while they make no cycle), never a higher layer's.
+LAYERS = [
+    ["cptlab", "cptlab.errors", "cptlab.utils"],
+    ["cptlab.config", "cptlab.rundir"],
+    ["cptlab.tokenizer", "cptlab.data", "cptlab.model"],
+    ["cptlab.evaluation"],
+    ["cptlab.training"],
+    ["cptlab.run"],
+    ["cptlab.compare"],
+    ["cptlab.cli"],
+]
+MAX_LOOSE_FILES = 8
+
+
+def layer_of(module: str) -> int:
+    """The layer of the longest LAYERS entry that is `module` or a package holding it."""
+    best, found = -1, None
+    for i, members in enumerate(LAYERS):
+        for m in members:
+            if (module == m or module.startswith(m + ".")) and len(m) > best:
+                best, found = len(m), i
+    if found is None:
+        raise AssertionError(f"{module} is in no layer of tests/test_import_graph.py LAYERS")
+    return found
+
+
+def upward_arrows(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{m} (layer {layer_of(m)}) -> {d} (layer {layer_of(d)})"
+                  for m, deps in graph.items() for d in deps if layer_of(d) > layer_of(m))
+
+
+def test_no_arrow_runs_up_the_layers():
+    arrows = upward_arrows(import_graph())
+    assert arrows == [], "imports from a lower layer to a higher one:\n  " + "\n  ".join(arrows)
+
+
+def test_upward_arrows_are_found():
+    assert upward_arrows({"cptlab.data.tokens": {"cptlab.run.build"}, "cptlab.run.build": {"cptlab.data.tokens"}}) \
+        == ["cptlab.data.tokens (layer 2) -> cptlab.run.build (layer 5)"]
+
+
+def test_few_loose_files_at_the_top():
+    loose = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(loose) <= MAX_LOOSE_FILES, f"{len(loose)} modules at the top of cptlab/: {loose}"

@@ -17,7 +17,7 @@ import torch
 from omegaconf import OmegaConf, open_dict
 
 from cptlab.errors import CptlabError
-from cptlab.merge import export_merge, load_interpolation, merge_run, parse_alphas
+from cptlab.run.merge import export_merge, load_interpolation, merge_run, parse_alphas
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -40,7 +40,7 @@ def compose(overrides, output_dir):
 
 def train_run(run_dir: Path, overrides: list[str]) -> dict:
     """What `cptlab-train` does for one run, with its config saved where Hydra saves it."""
-    from cptlab.train import train
+    from cptlab.cli.train_app import train
 
     cfg = compose(overrides, run_dir)
     (run_dir / ".hydra").mkdir(parents=True)
@@ -57,7 +57,7 @@ def runs(tmp_path_factory):
     cfg = compose(["experiment=demo_base", "debug=smoke", "trainer.max_steps=2"], root / "base_run")
     with open_dict(cfg):
         cfg.publish_dir = str(base)
-    from cptlab.train import train
+    from cptlab.cli.train_app import train
 
     assert train(cfg, root / "base_run")[0]["status"] == "completed"
     on_base = [*RUN, f"model.name_or_path={base}"]
@@ -126,8 +126,8 @@ def test_new_rows_start_from_their_seeded_initial_values(runs):
     """theta_0 of the new token rows is re-derived by rebuilding the grown model with the run's config and seed
     (the init is random here): the same draw every time, another seed draws other rows; alpha=0's bpb equal
     to the run's step-0 bpb (the test above) shows it is the draw the run started from."""
-    from cptlab import pipeline
-    from cptlab.merge import _run_tokenizers
+    from cptlab.run import pipeline
+    from cptlab.run.merge import _run_tokenizers
 
     interp = load_interpolation(runs["extended"])
     base_rows, cfg = interp.run.base_rows, interp.run.cfg
@@ -162,8 +162,8 @@ def test_lora_interpolates_the_adapter_scale(runs):
 def test_out_exports_theta_alpha_as_a_plain_model_and_refuses_a_foreign_directory(runs, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from cptlab.evaluation import eval_sums, metrics_from_sums
-    from cptlab.merge import eval_sets
+    from cptlab.evaluation.bpb import eval_sums, metrics_from_sums
+    from cptlab.run.merge import eval_sets
 
     out = export_merge(runs["lora"], 0.5, tmp_path / "half")
     model = AutoModelForCausalLM.from_pretrained(out).eval()
@@ -183,7 +183,7 @@ def test_out_exports_theta_alpha_as_a_plain_model_and_refuses_a_foreign_director
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "cptlab.merge", *map(str, args)], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cptlab.cli.merge", *map(str, args)], cwd=ROOT, capture_output=True,
                           text=True, timeout=300, env={**os.environ, "HYDRA_FULL_ERROR": ""})
 
 

@@ -16,8 +16,8 @@ from cptlab.data.datamodule import CPTDataModule
 from cptlab.model.adapter import apply_adapter
 from cptlab.model.freeze import FreezePlan
 from cptlab.model.load import load_model
-from cptlab.module import CPTModule
-from cptlab.optim import LRSchedule
+from cptlab.training.module import CPTModule
+from cptlab.training.optim import LRSchedule
 
 BASE, GROWN, HIDDEN = 96, 128, 32
 

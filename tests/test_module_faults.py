@@ -5,8 +5,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from cptlab.errors import CptlabError
-from cptlab.module import CPTModule
-from cptlab.optim import LRSchedule
+from cptlab.training.module import CPTModule
+from cptlab.training.optim import LRSchedule
 
 
 class Trainer:

@@ -15,8 +15,8 @@ from cptlab.errors import CptlabError
 from cptlab.model.adapter import apply_adapter
 from cptlab.model.freeze import FreezePlan
 from cptlab.model.load import load_model
-from cptlab.module import CPTModule
-from cptlab.optim import LRScale, LRSchedule, build_optimizer, build_scheduler, lr_groups, param_groups
+from cptlab.training.module import CPTModule
+from cptlab.training.optim import LRScale, LRSchedule, build_optimizer, build_scheduler, lr_groups, param_groups
 
 
 def test_warmup_is_linear_to_peak():
@@ -85,7 +85,7 @@ def test_bad_lr_scale_names_the_key(node, message):
 
 
 def test_lr_scale_in_the_composed_config_reaches_validation(compose_cfg):
-    from cptlab.validate import validate
+    from cptlab.run.validate import validate
 
     cfg = compose_cfg(["optim.lr_scale.lm_head=0.5"])
     assert LRScale.from_config(cfg.optim.lr_scale) == LRScale(lm_head=0.5)
@@ -297,7 +297,7 @@ def test_lr_scale_under_cpu_fsdp_matches_one_process(tmp_path):
     curves = []
     for extra, name in (([], "single"), (fsdp, "fsdp")):
         run_dir = tmp_path / name
-        proc = subprocess.run([sys.executable, "-m", "cptlab.train", *args, *extra, f"hydra.run.dir={run_dir}"],
+        proc = subprocess.run([sys.executable, "-m", "cptlab.cli.train_app", *args, *extra, f"hydra.run.dir={run_dir}"],
                               cwd=root, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stderr[-3000:]
         with open(run_dir / "metrics.csv", newline="") as f:

@@ -8,7 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from cptlab.errors import CptlabError
-from cptlab.validate import validate
+from cptlab.run.validate import validate
 
 SMOKE = ["experiment=demo_zh", "debug=smoke"]
 CODE = {"role": "replay", "sources": ["demo:code"], "heldout": 0.02, "weight": 1.0, "max_docs": None,
@@ -89,7 +89,7 @@ def test_mixture_keys_from_the_command_line(compose_cfg):
 
 def test_the_anneal_experiment_raises_replay_exactly_for_the_wsd_decay(compose_cfg):
     from cptlab.data.stages import stages_from_config
-    from cptlab.optim import LRSchedule
+    from cptlab.training.optim import LRSchedule
 
     for extra, decay_start in (([], 120), (["debug=smoke"], 6)):
         cfg = compose_cfg(["experiment=demo_zh_anneal", *extra])

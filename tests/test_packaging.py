@@ -30,7 +30,7 @@ def test_wheel_holds_cptlab_and_no_benchmarks(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names}
     assert {"cptlab"} == {t for t in top if not t.endswith((".dist-info", ".data"))}, sorted(top)
-    assert "cptlab/train.py" in names and "cptlab/utils/console.py" in names
+    assert "cptlab/cli/train_app.py" in names and "cptlab/utils/console.py" in names
     assert not [n for n in names if "bench" in n.split("/")[0] or n.startswith("cptlab/bench")]
     # The configs ship as the package cptlab.conf: every YAML of conf/, at the same relative path.
     yamls = sorted(str(p.relative_to(ROOT / "conf")) for p in (ROOT / "conf").rglob("*.yaml"))

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-import cptlab.pipeline as pipeline
+import cptlab.run.pipeline as pipeline
 import cptlab.tokenizer.prepare as prepare
 from cptlab.utils.hashing import hash_dir
 

@@ -5,8 +5,8 @@ import re
 
 
 def test_plain_lines_without_a_tty(compose_cfg, tmp_path, capsys):
-    from cptlab import pipeline
-    from cptlab.train import train
+    from cptlab.cli.train_app import train
+    from cptlab.run import pipeline
 
     assert not pipeline.show_progress()  # CI=true under pytest, and no TTY
     run_dir = tmp_path / "run"
@@ -28,9 +28,9 @@ def test_plain_lines_without_a_tty(compose_cfg, tmp_path, capsys):
 def test_bars_and_no_plain_lines_with_a_tty(compose_cfg, tmp_path, monkeypatch):
     from pytorch_lightning.callbacks import RichProgressBar
 
-    from cptlab import pipeline
-    from cptlab.callbacks import PeriodicEval, TrainMetrics
+    from cptlab.run import pipeline
     from cptlab.run.build import build_run
+    from cptlab.training.callbacks import PeriodicEval, TrainMetrics
 
     monkeypatch.setattr(pipeline, "show_progress", lambda: True)
     cfg = compose_cfg(["experiment=demo_base", "debug=smoke", "logger=csv"], output_dir=tmp_path)

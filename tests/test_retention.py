@@ -5,8 +5,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from cptlab.retention.ema import EMA
-from cptlab.retention.teacher import MeanTeacher, kl_teacher_student
+from cptlab.training.retention.ema import EMA
+from cptlab.training.retention.teacher import MeanTeacher, kl_teacher_student
 
 
 def tiny_model(seed=0):

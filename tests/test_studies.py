@@ -14,7 +14,7 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from cptlab.validate import validate
+from cptlab.run.validate import validate
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 PARSER = OverridesParser.create()

@@ -12,7 +12,7 @@ import pytest
 from cptlab import config
 from cptlab.errors import CptlabError
 from cptlab.model.freeze import BUILDERS
-from cptlab.validate import declared_values
+from cptlab.run.validate import declared_values
 
 PACKAGE = Path(config.__file__).resolve().parent
 TUPLES = {name: value for name, value in vars(config).items()

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from cptlab.errors import CptlabError
-from cptlab.run import layout
+from cptlab.rundir import layout
 from cptlab.utils.io import atomic_write_bytes, atomic_write_json
 
 RUNS = "runs"

@@ -3,7 +3,7 @@
 The seed intervals of cptlab-compare say how much a figure would move with another seed, on the fixed
 evaluation blocks (eval.max_blocks per domain). Another draw of blocks from the same held-out text would move it
 too. Each completed run records its final evaluation's per-block sums (summary.json `eval_block_sums`,
-cptlab.run.summary.EVAL_BLOCK_SUMS); resampling the blocks with replacement (`N_BOOT` times, generators seeded
+cptlab.rundir.summary.EVAL_BLOCK_SUMS); resampling the blocks with replacement (`N_BOOT` times, generators seeded
 from `BOOT_SEED`, the domain and the blocks' hash: the same output every time) gives
 
 - for a row, the bootstrap of its **seed mean**: every resample of the blocks is applied to every seed of the row
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cptlab.errors import CptlabError
-from cptlab.run.summary import EVAL_BLOCK_SUMS
+from cptlab.rundir.summary import EVAL_BLOCK_SUMS
 
 N_BOOT = 2000
 BOOT_SEED = 0

@@ -1,5 +1,5 @@
 """Downstream tasks in the comparison: every `val/harness/<task>/<metric>` the runs logged (lm-evaluation-harness,
-cptlab.harness), one row per configuration and metric with its value at step 0 and at the end and the change
+cptlab.evaluation.harness), one row per configuration and metric with its value at step 0 and at the end and the change
 (mean ± 95% interval over the seeds, like bpb), written as harness.md / harness.csv, and drawn against tokens seen
 in harness_curves.png (one panel per task metric, a line per configuration, a band over its seeds)."""
 

@@ -191,7 +191,7 @@ def merge_curves(rows: list[dict], scored: list[int]) -> dict[int, list[tuple[fl
     the interpolation (towards the raw or the EMA weights) whose alpha=1 end is the row's own point. The points
     are measured from the run's own step 0; a row measured from a common step 0 (table.common_starts) moves
     them by the same offset as its own point."""
-    from cptlab.merge import read_merge
+    from cptlab.run.merge import read_merge
 
     curves = {}
     for i in scored:

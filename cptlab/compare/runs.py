@@ -14,9 +14,9 @@ from pathlib import Path
 import yaml
 
 from cptlab.errors import CptlabError
-from cptlab.run import layout
-from cptlab.run.metrics import eval_curve, read_series
-from cptlab.run.summary import read_summary
+from cptlab.rundir import layout
+from cptlab.rundir.metrics import eval_curve, read_series
+from cptlab.rundir.summary import read_summary
 
 RUN_MARKERS = (layout.OVERRIDES, layout.SUMMARY, layout.METRICS)
 MAX_DEPTH = 2

@@ -3,7 +3,7 @@
 The adapter's own weights are recorded on the returned model (`freeze.adapter_params_of`), so the
 freezing schedule's group `adapter` means "what the adapter config trains"; `adapter.train_new_tokens`
 adds the new token rows of the embedding and output matrices to it (a row mask on the base matrices,
-see cptlab.model.freeze / cptlab.optim). `cptlab.export` turns those rows into peft's
+see cptlab.model.freeze / cptlab.training.optim). `cptlab.run.export` turns those rows into peft's
 `trainable_token_indices` for an adapter-only export.
 """
 

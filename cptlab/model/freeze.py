@@ -20,7 +20,7 @@ adapter]; `new_tokens_only` = [new_rows]; `phases` reads `schedule.phases` from 
 
 A trainable set maps parameter names (as `model.named_parameters()` yields them, tied weights once) to
 the first trainable row: 0 = the whole parameter, r > 0 = rows [r, n) only (a row-masked matrix; see
-`cptlab.optim.RowMaskedAdamW` for how the other rows stay bitwise unchanged).
+`cptlab.training.optim.RowMaskedAdamW` for how the other rows stay bitwise unchanged).
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
-from cptlab import pipeline
 from cptlab.data.tokens import DomainTokens
+from cptlab.run import pipeline
 from cptlab.run.guard import is_rank_zero
 from cptlab.tokenizer.hf import load_tokenizer
 

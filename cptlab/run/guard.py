@@ -14,8 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from cptlab.config import check_value
 from cptlab.errors import CptlabError, RunDirRefused
-from cptlab.run import layout
-from cptlab.run.layout import CHECKPOINTS, INPUTS, LOCK, METRICS, PLOT, REPORT, SUMMARY, last_checkpoint
+from cptlab.rundir import layout
+from cptlab.rundir.layout import CHECKPOINTS, INPUTS, LOCK, METRICS, PLOT, REPORT, SUMMARY, last_checkpoint
 from cptlab.utils.hashing import hash_obj
 from cptlab.utils.io import OUTPUT_MARKER, atomic_write_json, mark_output, output_kind
 from cptlab.utils.lease import LeaseLock
@@ -105,7 +105,7 @@ def changes(old: dict, new: dict) -> list[str]:
 
 def has_progress(run_dir: Path) -> bool:
     """A checkpoint or a completed record: something a re-run would continue from or report."""
-    from cptlab.run.summary import read_summary
+    from cptlab.rundir.summary import read_summary
 
     return last_checkpoint(run_dir).is_file() or (read_summary(run_dir) or {}).get("status") == "completed"
 
@@ -250,7 +250,7 @@ def precheck_run_dir(cfg: DictConfig, multirun: bool) -> None:
 
         from omegaconf import open_dict, read_write
 
-        from cptlab.validate import validate
+        from cptlab.run.validate import validate
 
         task = copy.deepcopy(cfg)  # the config a job gets: without the hydra node (its ??? fields are Hydra's business)
         with read_write(task), open_dict(task):

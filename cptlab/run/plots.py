@@ -11,8 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from cptlab.run.layout import PLOT  # noqa: E402
-from cptlab.run.metrics import eval_curve, read_series  # noqa: E402
+from cptlab.rundir.layout import PLOT  # noqa: E402
+from cptlab.rundir.metrics import eval_curve, read_series  # noqa: E402
 from cptlab.utils.io import atomic_write_bytes  # noqa: E402
 
 HARNESS = "val/harness/"

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
-from cptlab.export import export_run, merged_model
-from cptlab.fsdp import full_parameters, is_fsdp
 from cptlab.model.save import publish_model
-from cptlab.run.layout import last_checkpoint
+from cptlab.run.export import export_run, merged_model
 from cptlab.run.plots import plot_forgetting_curve
 from cptlab.run.summarize import summarize
-from cptlab.run.summary import write_report, write_summary
 from cptlab.run.wandb_report import report_to_wandb
+from cptlab.rundir.layout import last_checkpoint
+from cptlab.rundir.summary import write_report, write_summary
+from cptlab.training.fsdp import full_parameters, is_fsdp
 
 
 class RunRecord(pl.Callback):

@@ -10,13 +10,13 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from cptlab import pipeline
 from cptlab.data.mixture import blocks_sha256
 from cptlab.errors import CptlabError
-from cptlab.evaluation import unigram_bpb
+from cptlab.evaluation.bpb import unigram_bpb
 from cptlab.model.freeze import count_parameters
-from cptlab.run import layout
-from cptlab.run.summary import EVAL_BLOCK_SUMS, block_sums_record, domain_rows
+from cptlab.run import pipeline
+from cptlab.rundir import layout
+from cptlab.rundir.summary import EVAL_BLOCK_SUMS, block_sums_record, domain_rows
 from cptlab.tokenizer.prepare import extension_stats
 from cptlab.utils.hashing import hash_dir
 
@@ -32,7 +32,7 @@ def summarize(run, trainer, module, *, overrides: list[str], started: float) -> 
     """The completed run's summary (a cptlab.run.build.Run, its trainer and module after fit); CptlabError
     when a metric is non-finite: a diverged run is never recorded (or published) as completed."""
     cfg, ev, metrics = run.cfg, run.lightning.evaluator, run.lightning.train_metrics
-    harness = getattr(run.lightning, "harness", None)  # eval.harness.tasks (cptlab.harness)
+    harness = getattr(run.lightning, "harness", None)  # eval.harness.tasks (cptlab.training.harness_eval)
     sampler = getattr(getattr(run.lightning, "datamodule", None), "sampler", None)  # the mixture (cptlab.data)
     roles = {d.name: d.role for d in run.domains}
     run_dir = Path(run.run_dir)

@@ -74,14 +74,14 @@ def job_overrides(cfg: DictConfig, overrides: list[str]) -> list[list[str]]:
 
 
 def check_jobs(jobs: list[list[str]]) -> None:
-    """Compose and validate (cptlab.validate: no tokenizer, cache or model is built) every job of a sweep of
+    """Compose and validate (cptlab.run.validate: no tokenizer, cache or model is built) every job of a sweep of
     several; the first bad one fails in one line naming it by number and by the values that set it apart."""
     if len(jobs) < 2:
         return  # one job: validated by the run itself, as a single run is
     from hydra import compose
     from hydra.core.hydra_config import HydraConfig
 
-    from cptlab.validate import validate
+    from cptlab.run.validate import validate
 
     varying = [o for o in dict.fromkeys(o for job in jobs for o in job) if not all(o in job for job in jobs)]
     for number, job in enumerate(jobs, 1):

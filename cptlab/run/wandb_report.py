@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cptlab.run.metrics import eval_curve, read_series
+from cptlab.rundir.metrics import eval_curve, read_series
 
 
 def _flat(prefix: str, obj, out: dict) -> dict:

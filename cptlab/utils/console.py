@@ -1,6 +1,6 @@
 """What every entry point shares at its edge: where the configs live, errors as one line, quiet libraries.
 
-Library code may import this module; it never imports an entry point (cptlab.cli, cptlab.train's main)."""
+Library code may import this module; it never imports an entry point (cptlab.cli.train, cptlab.cli.train_app's main)."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ sooner?).
 import sys
 from pathlib import Path
 
-from cptlab.run.metrics import read_series
+from cptlab.rundir.metrics import read_series
 
 
 def main(*sweep_dirs: str) -> None:

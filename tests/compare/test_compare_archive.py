@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from cptlab.cli.compare import compare, main
 from cptlab.compare.archive import OPTIONS, read_options
-from cptlab.compare.cli import compare, main
 from cptlab.errors import CptlabError
 
 ROOT = Path(__file__).resolve().parents[2]

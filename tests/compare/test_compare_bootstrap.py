@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from cptlab.cli.compare import compare
 from cptlab.compare.blocks import (
     N_BOOT,
     Blocks,
@@ -27,7 +28,6 @@ from cptlab.compare.blocks import (
     row_replicates,
     run_blocks,
 )
-from cptlab.compare.cli import compare
 from cptlab.compare.runs import load_runs, resolve_roles
 from cptlab.compare.table import CSV_FIELDS, build_rows
 from cptlab.errors import CptlabError

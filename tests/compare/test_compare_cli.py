@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cptlab.compare.cli import OUTPUTS, main
+from cptlab.cli.compare import OUTPUTS, main
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -17,7 +17,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def cptlab_compare(*args, cwd=ROOT):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "cptlab.compare.cli", *map(str, args)], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "cptlab.cli.compare", *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=60, env=env)
 
 

@@ -24,7 +24,7 @@ def run(module, *args):
 
 def test_seeds_of_one_configuration_are_one_row_scored_on_the_same_documents(tmp_path):
     sweep = tmp_path / "sweep"
-    train = run("cptlab.train", "-m", *TINY, "seed=0,1,2", f"hydra.sweep.dir={sweep}")
+    train = run("cptlab.cli.train_app", "-m", *TINY, "seed=0,1,2", f"hydra.sweep.dir={sweep}")
     assert train.returncode == 0, train.stderr[-3000:]
     summaries = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/summary.json"))]
     assert len(summaries) == 3 and {s["status"] for s in summaries} == {"completed"}
@@ -44,7 +44,7 @@ def test_seeds_of_one_configuration_are_one_row_scored_on_the_same_documents(tmp
     # ... while the seed did change the initialisation: the step-0 scores differ.
     assert len({s["step0"]["val/en/bpb"] for s in summaries}) == 3
 
-    compare = run("cptlab.compare.cli", sweep)
+    compare = run("cptlab.cli.compare", sweep)
     assert compare.returncode == 0, compare.stderr
     assert "warning" not in compare.stderr
     with open(sweep / "summary.csv", newline="") as f:

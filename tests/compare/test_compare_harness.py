@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cptlab.compare.cli import compare
+from cptlab.cli.compare import compare
 from cptlab.compare.runs import load_runs, resolve_roles
 from cptlab.compare.stats import mean_ci
 

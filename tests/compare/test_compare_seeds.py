@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from cptlab.compare.cli import main
+from cptlab.cli.compare import main
 from cptlab.compare.plots import plot_forgetting_curves, plot_tradeoff
 from cptlab.compare.runs import eval_data_warnings, group_runs, load_runs, resolve_roles
 from cptlab.compare.stats import t_quantile
@@ -207,7 +207,7 @@ def test_a_narrow_terminal_keeps_labels_and_intervals(seeded_sweep, tmp_path):
 
     from rich.console import Console
 
-    from cptlab.compare.cli import compare
+    from cptlab.cli.compare import compare
 
     for width in (80, 100):
         console = Console(file=io.StringIO(), width=width)

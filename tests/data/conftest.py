@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cptlab.data import tokens
 from cptlab.data.tokens import DomainTokens
 
 WORDS = (
@@ -86,3 +87,17 @@ def make_domain(tmp_path):
         )
 
     return make
+
+
+@pytest.fixture
+def encoded_docs(monkeypatch) -> list[int]:
+    """Documents passed to the encoder in this process, batch by batch."""
+    seen: list[int] = []
+    real = tokens.encode_documents
+
+    def counting(tok, docs, eos_id, dtype):
+        seen.append(len(docs))
+        return real(tok, docs, eos_id, dtype)
+
+    monkeypatch.setattr(tokens, "encode_documents", counting)
+    return seen

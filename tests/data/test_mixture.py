@@ -170,7 +170,7 @@ def test_sampler_pickles_without_open_memmaps(make_domain):
 
 def test_configuration_errors(make_domain):
     new, replay = make_domain("zh", "new"), make_domain("en", "replay")
-    # replay_ratio / batch_size / seq_len / seed ranges: refused by cptlab.validate (tests/reliability/test_validation)
+    # replay_ratio / batch_size / seq_len / seed ranges: refused by cptlab.run.validate (tests/reliability/test_validation)
     with pytest.raises(CptlabError, match="data.replay_ratio is 0.2 but no domain has role 'replay'"):
         MixtureSampler([new], 0.2, 4, 8)
     with pytest.raises(CptlabError, match="data.replay_ratio is 0.2 but no domain has role 'new' with weight > 0"):

@@ -9,9 +9,9 @@ import sys
 
 import numpy as np
 
-from cptlab import pipeline
+from cptlab.cli.prepare import prepare
 from cptlab.data import tokens
-from cptlab.prepare import prepare
+from cptlab.run import pipeline
 
 
 def corpus(tmp_path):
@@ -60,7 +60,7 @@ def test_shard_groups_fill_the_cache_and_training_encodes_nothing(tmp_path, comp
 
 def test_console_script_refuses_a_bad_group_in_one_line(tmp_path):
     new, old = corpus(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "cptlab.prepare", *overrides(tmp_path, new, old),
+    proc = subprocess.run([sys.executable, "-m", "cptlab.cli.prepare", *overrides(tmp_path, new, old),
                            "prepare.groups=2", "prepare.group=2"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (

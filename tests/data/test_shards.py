@@ -44,20 +44,6 @@ def expected(tokenizer_dir, docs: list[str]) -> np.ndarray:
     return np.array([i for d in docs for i in tok.encode(d, add_special_tokens=False) + [tok.eos_token_id]])
 
 
-@pytest.fixture
-def encoded_docs(monkeypatch) -> list[int]:
-    """Documents passed to the encoder in this process, batch by batch."""
-    seen: list[int] = []
-    real = tokens.encode_documents
-
-    def counting(tok, docs, eos_id, dtype):
-        seen.append(len(docs))
-        return real(tok, docs, eos_id, dtype)
-
-    monkeypatch.setattr(tokens, "encode_documents", counting)
-    return seen
-
-
 def test_adding_a_file_encodes_only_that_file(tmp_path, tokenizer_dir, encoded_docs):
     corpus = tmp_path / "corpus"
     write_shards(corpus, 3)

@@ -128,25 +128,11 @@ def test_unlisted_sources_weigh_one():
     assert resolve_source_weights("zh", ["a", "b"], {}) == ()
 
 
-@pytest.fixture
-def encoded(monkeypatch) -> list[int]:
-    """Documents passed to the encoder in this process."""
-    seen: list[int] = []
-    real = tokens.encode_documents
-
-    def counting(tok, docs, eos_id, dtype):
-        seen.append(len(docs))
-        return real(tok, docs, eos_id, dtype)
-
-    monkeypatch.setattr(tokens, "encode_documents", counting)
-    return seen
-
-
-def test_a_staged_reweighted_run_reuses_the_unstaged_runs_caches(compose_cfg, tokenizer_dir, tmp_path, encoded):
+def test_a_staged_reweighted_run_reuses_the_unstaged_runs_caches(compose_cfg, tokenizer_dir, tmp_path, encoded_docs):
     """Stages, temperature and source weights are sampler settings: the composed staged run's token caches are the
-    unstaged run's, found by the same keys, and nothing is encoded again (the old cache entry is only relinked)."""
-    from cptlab import pipeline
+    unstaged run's, found by the same keys, and nothing is encoded_docs again (the old cache entry is only relinked)."""
     from cptlab.data.stages import stages_from_config
+    from cptlab.run import pipeline
 
     words = "the a cat dog sat on mat runs fast model data token train test".split()
     for name, seed in (("news", 1), ("web", 2), ("old", 3)):
@@ -165,10 +151,10 @@ def test_a_staged_reweighted_run_reuses_the_unstaged_runs_caches(compose_cfg, to
         return cfg, domains
 
     _, plain = build(base)
-    assert sum(encoded) > 0
-    encoded.clear()
+    assert sum(encoded_docs) > 0
+    encoded_docs.clear()
     cfg, weighted = build(staged)
-    assert encoded == []  # nothing encoded again
+    assert encoded_docs == []  # nothing encoded_docs again
     assert [d.dir for d in weighted] == [d.dir for d in plain]
     assert weighted[0].train_sources == (f"{tmp_path}/news.txt", f"{tmp_path}/web.txt")
     assert dict(weighted[0].source_weights) == {f"{tmp_path}/news.txt": 1.0, f"{tmp_path}/web.txt": 3.0}
@@ -177,13 +163,13 @@ def test_a_staged_reweighted_run_reuses_the_unstaged_runs_caches(compose_cfg, to
     assert [s.ratio for s in sampler.stages] == [Fraction(1, 2), Fraction(1, 4)]
     assert sampler.batch(6)["input_ids"].shape == (8, 16)
 
-    # A cache entry from before per-source records: relinked from its shards, not re-encoded.
+    # A cache entry from before per-source records: relinked from its shards, not re-encoded_docs.
     meta_path = plain[0].dir / "meta.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     del meta["train_sources"]
     meta_path.write_text(json.dumps(meta), encoding="utf-8")
     _, again = build(staged)
-    assert encoded == [] and again[0].train_sources == weighted[0].train_sources
+    assert encoded_docs == [] and again[0].train_sources == weighted[0].train_sources
     assert "train_sources" in json.loads(meta_path.read_text(encoding="utf-8"))
     mix = MixtureSampler(again, 0.25, 8, 16).mix(10)
     assert math.isclose(mix["new"] + mix["old"], 1.0)

@@ -108,7 +108,7 @@ def test_a_run_that_would_score_documents_the_base_trained_on_is_refused():
 
 
 def test_split_seed_keys_the_split_and_seed_does_not(compose_cfg):
-    from cptlab import pipeline
+    from cptlab.run import pipeline
 
     base = ["model=tiny", "tokenizer=train", "data=demo_zh"]
     cfg0, cfg1 = compose_cfg(base + ["seed=0"]), compose_cfg(base + ["seed=1"])
@@ -122,9 +122,9 @@ def test_split_seed_keys_the_split_and_seed_does_not(compose_cfg):
 
 
 def test_continuing_from_a_cptlab_base_checks_its_split(compose_cfg, tmp_path):
-    from cptlab import pipeline
     from cptlab.errors import CptlabError
     from cptlab.model.save import SPLIT_FILE
+    from cptlab.run import pipeline
 
     base_dir = tmp_path / "base"
     base_dir.mkdir()

@@ -161,7 +161,7 @@ def test_multi_frame_zstd_reads_every_frame(tmp_path):
 
 
 def test_max_train_bytes_is_validated(compose_cfg, tmp_path):
-    from cptlab.validate import validate
+    from cptlab.run.validate import validate
 
     (tmp_path / "a.txt").write_text("one\ntwo\n")
     base = ["data=files", f"data.domains.new.sources=[{tmp_path / 'a.txt'}]",

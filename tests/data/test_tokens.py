@@ -154,6 +154,6 @@ def test_errors(corpus, tokenizer_dir, no_eos_tokenizer_dir, tmp_path):
         prepare_domain(spec_for(corpus), tmp_path / "missing_tok", tmp_path)
     with pytest.raises(CptlabError, match=f"data source not found: {tmp_path / 'nope.txt'}"):
         prepare_domain(DomainSpec("x", "new", (str(corpus), str(tmp_path / "nope.txt"))), tokenizer_dir, tmp_path)
-    # role / sources / max_docs / weight: refused by cptlab.validate (tests/reliability/test_validation.py)
+    # role / sources / max_docs / weight: refused by cptlab.run.validate (tests/reliability/test_validation.py)
     with pytest.raises(CptlabError, match=r"data.domains.x.heldout: cannot hold out 400 documents from 320"):
         load_domain_documents(DomainSpec("x", "new", (str(corpus),), heldout=400))

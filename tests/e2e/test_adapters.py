@@ -26,11 +26,11 @@ def run(module, *args, timeout=300):
 def lora_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("adapters")
     base = tmp / "base"
-    proc = run("cptlab.train", "experiment=demo_base", "debug=smoke", "trainer.max_steps=2", f"publish_dir={base}",
+    proc = run("cptlab.cli.train_app", "experiment=demo_base", "debug=smoke", "trainer.max_steps=2", f"publish_dir={base}",
                f"hydra.run.dir={tmp / 'base_run'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = tmp / "lora"
-    proc = run("cptlab.train", "experiment=demo_zh_lora", "debug=smoke", f"model.name_or_path={base}",
+    proc = run("cptlab.cli.train_app", "experiment=demo_zh_lora", "debug=smoke", f"model.name_or_path={base}",
                "model.random_init=false",  # the published base's weights, whose old rows must come out unchanged
                "tokenizer=extend", "tokenizer.vocab_size=2000", "schedule.stage1_steps=4", "schedule.stage1_rows=new",
                f"hydra.run.dir={run_dir}")
@@ -59,7 +59,7 @@ def test_merged_export_keeps_old_rows_bitwise_and_generates(lora_run):
 
     base, run_dir, tmp = lora_run
     out = tmp / "merged"
-    proc = run("cptlab.export", run_dir, "--out", out)
+    proc = run("cptlab.cli.export", run_dir, "--out", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert str(out) in proc.stdout
     model = AutoModelForCausalLM.from_pretrained(out)
@@ -79,12 +79,12 @@ def test_adapter_only_export_loads_on_the_extended_base(lora_run):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from cptlab.export import build_base
+    from cptlab.run.export import build_base
 
     _, run_dir, tmp = lora_run
     merged, adapter = tmp / "merged2", tmp / "adapter"
     for args in ((run_dir, "--out", merged), (run_dir, "--out", adapter, "--adapter-only")):
-        proc = run("cptlab.export", *args)
+        proc = run("cptlab.cli.export", *args)
         assert proc.returncode == 0, proc.stderr[-3000:]
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["trainable_token_indices"] and not config["modules_to_save"]
@@ -105,7 +105,7 @@ def test_two_stage_lora_under_cpu_ddp_matches_one_process(tmp_path):
             "trainer.log_every_n_steps=1", "optim.grad_clip=null", "schedule.stage1_steps=3", "adapter.dropout=0"]
 
     def curve(run_dir, *extra):
-        proc = run("cptlab.train", *args, *extra, f"hydra.run.dir={run_dir}", timeout=600)
+        proc = run("cptlab.cli.train_app", *args, *extra, f"hydra.run.dir={run_dir}", timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         with open(run_dir / "metrics.csv", newline="") as f:
             rows = list(csv.DictReader(f))

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def cptlab_train(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "cptlab.train", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cptlab.cli.train_app", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, "HYDRA_FULL_ERROR": ""})
 
 

@@ -61,7 +61,7 @@ def run(run_dir, *extra, rows_dir=None):
         (rows_dir / "hook" / "sitecustomize.py").write_text(RECORD_ROWS)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(rows_dir / "hook"), env.get("PYTHONPATH")]))
         env["CPTLAB_TEST_ROWS_DIR"] = str(rows_dir)
-    proc = subprocess.run([sys.executable, "-m", "cptlab.train", *ARGS, *extra, f"hydra.run.dir={run_dir}"],
+    proc = subprocess.run([sys.executable, "-m", "cptlab.cli.train_app", *ARGS, *extra, f"hydra.run.dir={run_dir}"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(run_dir / "metrics.csv", newline="") as f:

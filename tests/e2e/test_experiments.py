@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cptlab.errors import CptlabError
-from cptlab.run.summary import read_summary
+from cptlab.rundir.summary import read_summary
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
@@ -26,7 +26,7 @@ def skip_without_base(cfg) -> None:
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_smoke_runs(compose_cfg, tmp_path, experiment):
-    from cptlab.train import train
+    from cptlab.cli.train_app import train
 
     run_dir = tmp_path / experiment
     cfg = compose_cfg([f"experiment={experiment}", "debug=smoke"], output_dir=run_dir)
@@ -60,8 +60,8 @@ def test_experiment_smoke_runs(compose_cfg, tmp_path, experiment):
 def test_smoke_stands_in_for_a_missing_demo_base_with_its_own_tokenizer(compose_cfg, tmp_path):
     """Without the built demo base, debug=smoke runs a random model of the demo base's architecture on the
     tokenizer experiment=demo_base trains, from the same cache entry the real build uses."""
-    from cptlab import pipeline
-    from cptlab.demo import demo_base_config, stands_in
+    from cptlab.run import pipeline
+    from cptlab.run.demo_base import demo_base_config, stands_in
     from cptlab.tokenizer.hf import load_tokenizer
     from cptlab.utils.hashing import hash_file
 

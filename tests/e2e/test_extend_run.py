@@ -13,7 +13,7 @@ def tiny_base(tmp_path_factory):
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
-    from cptlab.train import train
+    from cptlab.cli.train_app import train
 
     conf = Path(__file__).resolve().parents[2] / "conf"
     root = tmp_path_factory.mktemp("base")
@@ -28,7 +28,7 @@ def tiny_base(tmp_path_factory):
 
 
 def test_demo_zh_with_extension_on_a_published_base(compose_cfg, tmp_path, tiny_base):
-    from cptlab.train import train
+    from cptlab.cli.train_app import train
 
     run_dir = tmp_path / "zh"
     cfg = compose_cfg(["experiment=demo_zh", "debug=smoke", "tokenizer=extend", f"model.name_or_path={tiny_base}",
@@ -47,9 +47,9 @@ def test_demo_zh_with_extension_on_a_published_base(compose_cfg, tmp_path, tiny_
     rows = state["model.model.embed_tokens.weight"].shape[0]
     assert rows % 64 == 0 and rows >= vocab["final_tokens"]
     # Step 0 also scores the unextended base on the same English blocks (its rows alone): exactly the base.
-    from cptlab import pipeline
     from cptlab.data.mixture import eval_blocks
-    from cptlab.evaluation import eval_sums, metrics_from_sums
+    from cptlab.evaluation.bpb import eval_sums, metrics_from_sums
+    from cptlab.run import pipeline
     from cptlab.tokenizer.byte_lengths import token_byte_lengths
     from cptlab.tokenizer.hf import load_tokenizer
 

@@ -23,7 +23,7 @@ FSDP = ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer
 
 
 def cptlab_train(run_dir, *args, wait=True):
-    cmd = [sys.executable, "-m", "cptlab.train", *args, f"hydra.run.dir={run_dir}"]
+    cmd = [sys.executable, "-m", "cptlab.cli.train_app", *args, f"hydra.run.dir={run_dir}"]
     if not wait:
         return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
@@ -96,7 +96,7 @@ def tiny_base(tmp_path_factory):
 def test_fsdp_extension_two_stage_lora_matches_and_keeps_base_rows(tmp_path, tiny_base):
     from transformers import AutoModelForCausalLM
 
-    from cptlab.export import export_run
+    from cptlab.run.export import export_run
 
     extend = ["tokenizer=extend", f"model.name_or_path={tiny_base}", "model.config=null", "model.random_init=false",
               "tokenizer.vocab_size=2000",

@@ -2,11 +2,11 @@
 
 import torch
 
-from cptlab.run.metrics import read_series
+from cptlab.rundir.metrics import read_series
 
 
 def test_num_workers_gives_the_same_run_and_num_threads_is_applied(compose_cfg, tmp_path):
-    from cptlab.train import train
+    from cptlab.cli.train_app import train
 
     threads = torch.get_num_threads()
     series = []

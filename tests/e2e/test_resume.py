@@ -18,7 +18,7 @@ ARGS = ["experiment=demo_zh", "debug=smoke", "trainer.max_steps=24", "checkpoint
 
 
 def train(run_dir, wait=True, extra=()):
-    cmd = [sys.executable, "-m", "cptlab.train", *ARGS, *extra, f"hydra.run.dir={run_dir}"]
+    cmd = [sys.executable, "-m", "cptlab.cli.train_app", *ARGS, *extra, f"hydra.run.dir={run_dir}"]
     if wait:
         return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -16,7 +16,7 @@ SMOKE = ["experiment=demo_zh", "debug=smoke", "trainer.max_steps=4", "eval.every
 
 
 def cptlab_train(*args, timeout=600, wait=True):
-    cmd = [sys.executable, "-m", "cptlab.train", *args]
+    cmd = [sys.executable, "-m", "cptlab.cli.train_app", *args]
     if not wait:
         return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
@@ -34,6 +34,9 @@ def statuses(sweep_dir):
     return out
 
 
+# Slow (`make test-all`): a sweep that goes on past a failed job stays in `make test`
+# (test_the_sweep_goes_on_after_a_job_failing_mid_training), and a -m run in tests/e2e/test_cli.py.
+@pytest.mark.slow
 def test_grid_completes_then_resumes_only_missing_work(tmp_path):
     sweep = tmp_path / "sweep"
     args = ["-m", *SMOKE, "data.replay_ratio=0,0.25", "optim.lr=0.001,0.002", f"hydra.sweep.dir={sweep}"]
@@ -127,7 +130,7 @@ def test_slurm_preset_renders_one_task_per_gpu(compose_cfg, tmp_path):
     # The sbatch text submitit writes (its executor itself insists on a real cluster, srun on PATH).
     from submitit.slurm.slurm import _make_sbatch_string
 
-    script = _make_sbatch_string(command="python -m cptlab.train", folder=tmp_path / "submitit", job_name="job",
+    script = _make_sbatch_string(command="python -m cptlab.cli.train_app", folder=tmp_path / "submitit", job_name="job",
                                  gpus_per_node=launcher["gpus_per_node"], ntasks_per_node=launcher["tasks_per_node"],
                                  nodes=launcher["nodes"], time=launcher["timeout_min"],
                                  partition=launcher["partition"], cpus_per_task=launcher["cpus_per_task"],

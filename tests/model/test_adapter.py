@@ -65,5 +65,5 @@ def test_target_matching_nothing_is_named():
     with pytest.raises(CptlabError, match="'qkv_proj' matches no module.*q_proj"):
         apply_adapter(tiny(), adapter(target_modules=["q_proj", "qkv_proj"]), base_rows=64)
 
-# adapter.r / alpha / dropout / name / target_modules are refused by cptlab.validate (their rules live beside
+# adapter.r / alpha / dropout / name / target_modules are refused by cptlab.run.validate (their rules live beside
 # cptlab.config.AdapterConfig's fields): tests/reliability/test_validation.py.

@@ -4,7 +4,7 @@ and exports unchanged), and (slow: inductor builds C++ kernels) the same loss an
 import pytest
 import torch
 
-from cptlab import pipeline
+from cptlab.run import pipeline
 
 
 def wordlevel_tokenizer():

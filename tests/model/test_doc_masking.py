@@ -11,14 +11,14 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from cptlab.errors import CptlabError
-from cptlab.evaluation import eval_sums
+from cptlab.evaluation.bpb import eval_sums
 from cptlab.model.doc_mask import DOC_MASKING_MODEL_TYPES, check_doc_masking, document_position_ids
 from cptlab.model.load import load_model
 from cptlab.model.loss import causal_lm_loss
-from cptlab.module import CPTModule
-from cptlab.optim import LRSchedule
-from cptlab.retention.ema import EMA
-from cptlab.retention.teacher import MeanTeacher
+from cptlab.training.module import CPTModule
+from cptlab.training.optim import LRSchedule
+from cptlab.training.retention.ema import EMA
+from cptlab.training.retention.teacher import MeanTeacher
 
 EOS, VOCAB = 1, 48
 DOCS = [[5, 6, 7, 8, 9], [10, 11, 12], [13, 14, 15, 16, 17, 18, 19]]
@@ -184,7 +184,7 @@ def test_periodic_eval_scores_with_the_modules_masking(spy):
     """The run's evaluation (PeriodicEval, raw and EMA weights alike) reads data.doc_masking from the module."""
     from types import SimpleNamespace
 
-    from cptlab import callbacks
+    from cptlab.training import callbacks
 
     calls = spy(callbacks, "eval_sums")
     block = torch.cat([packed(), torch.tensor([[EOS]])], dim=1)
@@ -206,7 +206,7 @@ def test_merge_scores_like_the_runs_evaluation(monkeypatch):
 
     from omegaconf import OmegaConf
 
-    from cptlab import merge
+    from cptlab.run import merge
 
     monkeypatch.setattr(merge, "_run_tokenizers", lambda run: (None, SimpleNamespace(eos_token_id=EOS), None))
     assert merge._doc_eos(SimpleNamespace(cfg=OmegaConf.create({"data": {"doc_masking": True}}))) == EOS
@@ -234,7 +234,7 @@ def save_config(path, model_type: str):
 
 
 def test_validation_refuses_a_base_of_another_type_before_any_work(compose_cfg, tmp_path):
-    from cptlab.validate import validate, validate_doc_masking
+    from cptlab.run.validate import validate, validate_doc_masking
 
     gpt2 = save_config(tmp_path / "gpt2", "gpt2")
     overrides = ["experiment=demo_zh", "debug=smoke", f"model.name_or_path={gpt2}", "tokenizer.path=null"]
@@ -259,7 +259,7 @@ class Tokenizer:
 
 def test_build_model_refuses_an_unlisted_model_type(compose_cfg, tmp_path, monkeypatch):
     """A hub id's type is first known when it loads: pipeline.build_model checks it before any training."""
-    from cptlab import pipeline
+    from cptlab.run import pipeline
 
     cfg = compose_cfg(["debug=smoke", "data.doc_masking=true"], output_dir=tmp_path)
     model, _ = pipeline.build_model(cfg, Tokenizer())

@@ -67,7 +67,7 @@ def test_impossible_placements_for_the_model_name_the_key():
 
 
 def test_the_composed_config_validates(compose_cfg):
-    from cptlab.validate import validate
+    from cptlab.run.validate import validate
 
     cfg = compose_cfg(["experiment=demo_zh", "debug=smoke", "adapter=block_expansion"])
     assert cfg.adapter.blocks == 2 and cfg.adapter.placement == "interleave"
@@ -142,8 +142,8 @@ class Stream:
 
 def test_two_stage_training_moves_only_new_rows_then_new_blocks():
     from cptlab.data.datamodule import CPTDataModule
-    from cptlab.module import CPTModule
-    from cptlab.optim import LRSchedule
+    from cptlab.training.module import CPTModule
+    from cptlab.training.optim import LRSchedule
 
     model = llama()
     model.train()
@@ -202,9 +202,9 @@ def compose(overrides, output_dir):
 def expanded_run(tmp_path_factory):
     """A smoke base published like the demo base, then continued on Chinese with an extended vocabulary,
     two stages (new rows, then new blocks + new rows) and two new blocks; trained in this process."""
+    from cptlab.cli.train_app import train
     from cptlab.run.build import build_run
-    from cptlab.train import train
-    from cptlab.validate import validate
+    from cptlab.run.validate import validate
 
     root = tmp_path_factory.mktemp("expand")
     cfg = compose(["experiment=demo_base", "debug=smoke", "trainer.max_steps=2"], root / "base_run")
@@ -263,7 +263,7 @@ def test_run_starts_as_the_base_and_keeps_every_original_block(expanded_run):
 def test_export_is_a_plain_model_with_the_extra_layers_and_the_trained_logits(expanded_run, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cptlab.export import export_run
+    from cptlab.run.export import export_run
 
     r = expanded_run
     out = export_run(r.run_dir, tmp_path / "export")
@@ -285,7 +285,7 @@ def test_merge_interpolates_from_the_zero_output_blocks(expanded_run):
     initial new rows), so alpha=0 scores the run's step-0 bpb and alpha=1 its final bpb."""
     import csv
 
-    from cptlab.merge import load_interpolation, merge_run
+    from cptlab.run.merge import load_interpolation, merge_run
 
     r = expanded_run
     with open(r.run_dir / "metrics.csv", newline="") as f:

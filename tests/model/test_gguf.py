@@ -169,7 +169,7 @@ def test_missing_package_or_file_is_one_line(tmp_path, monkeypatch):
 
 
 def test_model_smollm2_without_its_package_fails_validation_in_one_line(compose_cfg):
-    from cptlab.validate import validate
+    from cptlab.run.validate import validate
 
     cfg = compose_cfg(["model=smollm2", "tokenizer=extend", "data=demo_zh", "model.gguf=no_such_pkg_cptlab:x.gguf"])
     with pytest.raises(CptlabError, match="model.gguf=no_such_pkg_cptlab:x.gguf.*make install-real"):
@@ -193,10 +193,10 @@ def test_tied_base_extended_with_lora_exports_and_generates_identically(tiny_ggu
     from omegaconf import OmegaConf
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cptlab.export import export_run, merged_model
     from cptlab.run.build import build_run
+    from cptlab.run.export import export_run, merged_model
+    from cptlab.run.validate import validate
     from cptlab.tokenizer.hf import load_tokenizer
-    from cptlab.validate import validate
 
     run_dir = tmp_path / "run"
     cfg = compose_cfg(["experiment=smollm2_zh", "debug=smoke", f"model.gguf={tiny_gguf}", "model.random_init=false",

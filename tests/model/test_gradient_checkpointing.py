@@ -2,7 +2,7 @@
 
 import torch
 
-from cptlab import pipeline
+from cptlab.run import pipeline
 
 
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(compose_cfg, tmp_path):

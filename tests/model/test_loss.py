@@ -11,13 +11,13 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from cptlab.errors import CptlabError
-from cptlab.evaluation import eval_sums, token_nll
+from cptlab.evaluation.bpb import eval_sums, token_nll
 from cptlab.model.adapter import apply_adapter
 from cptlab.model.freeze import FreezePlan
 from cptlab.model.load import load_model
 from cptlab.model.loss import causal_lm_loss, chunked_nll_sum, decoder_and_head
-from cptlab.module import CPTModule
-from cptlab.optim import LRSchedule
+from cptlab.training.module import CPTModule
+from cptlab.training.optim import LRSchedule
 
 BASE, GROWN, VOCAB_CHUNK = 96, 128, 7  # 7 positions per chunk: chunks that do not divide B*T
 
@@ -243,7 +243,7 @@ def test_heads_that_do_more_than_a_linear_map_are_refused():
 
 @pytest.mark.parametrize("override", ["model.compile=true", "trainer.strategy=fsdp"])
 def test_validate_refuses_what_the_chunked_loss_cannot_wrap(compose_cfg, tmp_path, override):
-    from cptlab.validate import validate_values
+    from cptlab.run.validate import validate_values
 
     base = ["experiment=demo_zh", "debug=smoke", "model.chunked_loss=true"]
     validate_values(compose_cfg(base, output_dir=tmp_path))  # alone it is fine

@@ -38,7 +38,7 @@ def bpe_tokenizer_dir(tmp_path_factory) -> Path:
 
 
 class Train:
-    """`python -m cptlab.train ...` as a user runs it, with its own cache directory and HYDRA_FULL_ERROR unset."""
+    """`python -m cptlab.cli.train_app ...` as a user runs it, with its own cache directory and HYDRA_FULL_ERROR unset."""
 
     def __init__(self, cache_dir: Path):
         self.cache_dir = cache_dir
@@ -47,7 +47,7 @@ class Train:
         env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
         env["CPTLAB_CACHE"] = str(self.cache_dir)
         started = time.monotonic()
-        proc = subprocess.run([sys.executable, "-m", "cptlab.train", *args], cwd=ROOT, capture_output=True,
+        proc = subprocess.run([sys.executable, "-m", "cptlab.cli.train_app", *args], cwd=ROOT, capture_output=True,
                               text=True, timeout=timeout, env=env)
         proc.elapsed = time.monotonic() - started
         return proc

@@ -1,6 +1,6 @@
 """Bad input stops before any heavy work with one clear line naming the culprit, and corrupts nothing.
 
-Every case runs `python -m cptlab.train debug=smoke ...` in a subprocess with HYDRA_FULL_ERROR unset and a fresh
+Every case runs `python -m cptlab.cli.train_app debug=smoke ...` in a subprocess with HYDRA_FULL_ERROR unset and a fresh
 cache: the command must exit non-zero with exactly one stderr line `cptlab-train: error: ...` that names the file
 (and line) or the config key at fault, print no traceback, and leave no tokenizer or token cache, no checkpoint
 and no metrics behind.

@@ -88,7 +88,7 @@ def temporaries(run_dir: Path) -> list[str]:
 
 
 def test_what_cptlab_saves_loads_weights_only_without_an_allow_list(reference):
-    from cptlab.checkpoint import SAFE_GLOBALS
+    from cptlab.training.checkpoint import SAFE_GLOBALS
 
     checkpoint = torch.load(reference[2] / "checkpoints" / "last.ckpt", weights_only=True)  # torch's own defaults
     assert checkpoint["global_step"] == 4 and checkpoint["cptlab"]["rng"]["cpu"].dtype == torch.uint8
@@ -108,9 +108,9 @@ def test_resume_refuses_a_checkpoint_with_a_payload(reference, tmp_path, rel):
 
 
 @pytest.mark.parametrize("command", [
-    ["cptlab.export", "{run}", "--out", "{out}"],
-    ["cptlab.merge", "{run}"],
-    ["cptlab.merge", "{run}", "--alpha", "0.5", "--out", "{out}"],
+    ["cptlab.cli.export", "{run}", "--out", "{out}"],
+    ["cptlab.cli.merge", "{run}"],
+    ["cptlab.cli.merge", "{run}", "--alpha", "0.5", "--out", "{out}"],
 ], ids=["export", "merge", "merge_out"])
 def test_export_and_merge_refuse_a_checkpoint_with_a_payload(reference, tmp_path, rel, command):
     run_dir = copy_run(reference, tmp_path / "downloaded", completed=True)
@@ -119,7 +119,7 @@ def test_export_and_merge_refuse_a_checkpoint_with_a_payload(reference, tmp_path
     out = tmp_path / "out"
     argv = [a.format(run=run_dir, out=out) for a in command]
     proc = subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    line = rel.error_line(proc, prog=command[0].replace(".", "-"))
+    line = rel.error_line(proc, prog="cptlab-" + command[0].rsplit(".", 1)[1])  # cptlab.cli.export: cptlab-export
     assert f"{ckpt} is refused: its pickle names posix.system" in line, line
     assert not sentinel.exists()
     assert not out.exists()
@@ -130,7 +130,7 @@ def test_lightnings_own_restore_is_weights_only(tmp_path):
     whatever `weights_only` Lightning is given."""
     import pytorch_lightning as pl
 
-    from cptlab.checkpoint import AtomicCheckpointIO, UnsafeCheckpoint
+    from cptlab.training.checkpoint import AtomicCheckpointIO, UnsafeCheckpoint
 
     sentinel = tmp_path / "SENTINEL"
     ckpt = tmp_path / "last.ckpt"
@@ -164,7 +164,7 @@ def test_lightnings_own_restore_is_weights_only(tmp_path):
 
 KILLED_SAVE = textwrap.dedent("""
     import sys, time
-    import cptlab.checkpoint as checkpoint
+    import cptlab.training.checkpoint as checkpoint
 
     def stuck(obj, f):  # a save that has written part of the file when SIGKILL arrives
         f.write(b"x" * 65536)
@@ -203,7 +203,7 @@ def _dead_pid() -> int:
 def test_which_temporaries_a_run_removes(tmp_path, lock):
     import socket
 
-    from cptlab.checkpoint import remove_stale_temporaries
+    from cptlab.training.checkpoint import remove_stale_temporaries
 
     ckpts = tmp_path / "checkpoints"
     ckpts.mkdir()
@@ -226,7 +226,7 @@ def test_which_temporaries_a_run_removes(tmp_path, lock):
 
 FULL_DISK = textwrap.dedent("""
     import errno, io, os, sys
-    import cptlab.checkpoint as checkpoint
+    import cptlab.training.checkpoint as checkpoint
 
     left = [int(os.environ["SAVES_BEFORE_FULL"])]
 
@@ -247,7 +247,7 @@ FULL_DISK = textwrap.dedent("""
 
     checkpoint._create = filling_disk
     sys.argv = ["cptlab-train", *sys.argv[1:]]
-    from cptlab.cli import train_main
+    from cptlab.cli.train import train_main
 
     train_main()
 """)
@@ -255,7 +255,7 @@ FULL_DISK = textwrap.dedent("""
 
 def check_full_disk_failure(line: str, run_dir: Path) -> None:
     """One line naming the path; the step-2 checkpoint intact and loadable; no temporary file left."""
-    from cptlab.checkpoint import load_checkpoint_file
+    from cptlab.training.checkpoint import load_checkpoint_file
 
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     assert f"no space left on device writing {ckpt}" in line and f"the previous {ckpt.name} is intact" in line, line
@@ -305,7 +305,7 @@ def test_a_real_full_tmpfs_at_a_checkpoint(reference, tmp_path, rel):
     train, args, ref_dir = reference
     size = int((ref_dir / "checkpoints" / "last.ckpt").stat().st_size * 1.5) + 512 * 1024
     run_dir = disk / "run"
-    cmd = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "cptlab.train", *args, f"hydra.run.dir={run_dir}"])
+    cmd = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "cptlab.cli.train_app", *args, f"hydra.run.dir={run_dir}"])
     script = (f"mount -t tmpfs -o size={size} tmpfs {shlex.quote(str(disk))} || exit 99; cd {shlex.quote(str(ROOT))}; "
               f"{cmd}; rc=$?; cp -a {shlex.quote(str(run_dir))} {shlex.quote(str(kept))}; exit $rc")
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
@@ -321,7 +321,7 @@ def test_a_real_full_tmpfs_at_a_checkpoint(reference, tmp_path, rel):
 def test_a_save_never_writes_through_a_link_planted_at_its_temporary_name(tmp_path):
     """The temporary name is easy to guess: in a shared run directory a link planted there must not have the
     checkpoint written over the file it points to."""
-    from cptlab.checkpoint import AtomicCheckpointIO, load_checkpoint_file, temporary_path
+    from cptlab.training.checkpoint import AtomicCheckpointIO, load_checkpoint_file, temporary_path
 
     victim = tmp_path / "victim.txt"
     victim.write_text("the user's file")
@@ -351,7 +351,7 @@ def _wrapped_enospc(obj, f):
 ], ids=["enospc", "quota", "eio", "writer"])
 def test_a_failed_save_is_one_line_naming_the_path_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, failure,
                                                                                       expected):
-    import cptlab.checkpoint as checkpoint
+    import cptlab.training.checkpoint as checkpoint
 
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
     checkpoint.AtomicCheckpointIO().save_checkpoint({"global_step": 2}, ckpt)
@@ -372,7 +372,7 @@ def test_a_failed_save_is_one_line_naming_the_path_and_keeps_the_previous_checkp
 
 
 def test_a_save_failing_for_another_reason_keeps_its_traceback(tmp_path, monkeypatch):
-    import cptlab.checkpoint as checkpoint
+    import cptlab.training.checkpoint as checkpoint
 
     def save(obj, f):
         raise RuntimeError("a bug")

@@ -101,7 +101,7 @@ def test_publish_dir_equal_to_the_base_model_is_refused_at_validation(cptlab_tra
 
 
 def extend(*args: str):
-    from cptlab.tokenizer.cli import main
+    from cptlab.cli.tokenizer import main
 
     with pytest.raises(SystemExit) as info:
         main(["extend", *args])
@@ -132,7 +132,7 @@ def test_extend_out_on_its_own_base_is_refused_before_any_work(bpe_tokenizer_dir
                                                                spy, where):
     """Issue 26 case 3: --out equal to --base overwrote the base (and printed the new tokenizer's figures as
     "before"); even a base that is an earlier extend output (marked) is refused."""
-    import cptlab.tokenizer.cli as cli
+    import cptlab.cli.tokenizer as cli
 
     base = tmp_path / "base"
     shutil.copytree(bpe_tokenizer_dir, base)
@@ -203,7 +203,7 @@ def test_extend_removes_what_a_killed_extend_left(bpe_tokenizer_dir, zh_corpus, 
     (tmp_path / ".tok.q1w2e3r4.tmp").mkdir()
     (tmp_path / ".tok.z9x8c7v6.old").mkdir()
     assert leftovers(out)
-    from cptlab.tokenizer.cli import main
+    from cptlab.cli.tokenizer import main
 
     main(["extend", "--base", str(bpe_tokenizer_dir), "--corpus", str(zh_corpus), "--vocab-size", "300", "--out",
           str(out)])
@@ -285,7 +285,7 @@ def test_a_run_name_outside_cptlab_runs_is_refused(cptlab_train, tmp_path, monke
 def test_cptlab_prepare_refuses_such_a_name_too(tmp_path, monkeypatch, rel):
     monkeypatch.setenv("CPTLAB_RUNS", str(tmp_path / "runs"))
     new, old = rel.write_corpus(tmp_path / "new.txt", 200, 0), rel.write_corpus(tmp_path / "old.txt", 200, 1, " old")
-    proc = cli("cptlab.prepare", "name=../../escape", "data=files", f"data.domains.new.sources=[{new}]",
+    proc = cli("cptlab.cli.prepare", "name=../../escape", "data=files", f"data.domains.new.sources=[{new}]",
                f"data.domains.old.sources=[{old}]", "tokenizer=train", "prepare.tokenizer_only=true")
     line = rel.error_line(proc, "cptlab-prepare")
     assert "name=../../escape" in line and "paths.runs_dir" in line, line
@@ -395,14 +395,14 @@ def test_export_out_on_a_git_checkout_or_inside_the_run_is_refused(finished, tmp
     checkout = files(tmp_path / "repo", {"README.md": "# mine\n", "config.json": "{}",
                                          ".git/HEAD": "ref: refs/heads/main"})
     before, run_before = rel.snapshot(checkout), rel.snapshot(finished)
-    line = rel.error_line(cli("cptlab.export", str(finished), "--out", str(checkout)), "cptlab-export")
+    line = rel.error_line(cli("cptlab.cli.export", str(finished), "--out", str(checkout)), "cptlab-export")
     assert f"--out {checkout}" in line and "not a model export written by cptlab" in line, line
-    line = rel.error_line(cli("cptlab.export", str(finished), "--out", str(finished / "export")), "cptlab-export")
+    line = rel.error_line(cli("cptlab.cli.export", str(finished), "--out", str(finished / "export")), "cptlab-export")
     assert "lies inside the run directory" in line, line
     assert rel.snapshot(checkout) == before and rel.snapshot(finished) == run_before
 
 
-@pytest.mark.parametrize("command", [["cptlab.export"], ["cptlab.merge", "--alpha", "0.5"]], ids=["export", "merge"])
+@pytest.mark.parametrize("command", [["cptlab.cli.export"], ["cptlab.cli.merge", "--alpha", "0.5"]], ids=["export", "merge"])
 def test_export_and_merge_out_remove_what_a_killed_one_left(finished, tmp_path, command):
     out = tmp_path / "model"
     killed_writer(out)

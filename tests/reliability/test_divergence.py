@@ -53,7 +53,7 @@ def test_export_refuses_non_finite_weights(corpora, cptlab_train, tmp_path, rel)
     state["state_dict"][key][0, 0] = float("nan")
     torch.save(state, ckpt)
     out = tmp_path / "export"
-    export = subprocess.run([sys.executable, "-m", "cptlab.export", str(run_dir), "--out", str(out)],
+    export = subprocess.run([sys.executable, "-m", "cptlab.cli.export", str(run_dir), "--out", str(out)],
                             capture_output=True, text=True, timeout=300)
     line = rel.error_line(export, prog="cptlab-export")
     assert "non-finite weights" in line and str(ckpt) in line
@@ -65,8 +65,8 @@ def test_skip_limits_count_consecutive_and_total_skips():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from cptlab.errors import CptlabError
-    from cptlab.module import CPTModule
-    from cptlab.optim import LRSchedule
+    from cptlab.training.module import CPTModule
+    from cptlab.training.optim import LRSchedule
 
     class Trainer:
         global_step, world_size, checkpoint_callback = 0, 1, None

@@ -37,7 +37,7 @@ def fabricated_run(run_dir, overrides, zh_end: float):
 
 
 def test_compare_prints_bracketed_overrides_verbatim(tmp_path):
-    from cptlab.compare.cli import compare
+    from cptlab.cli.compare import compare
 
     sweep = tmp_path / "sweep"
     for i, name in enumerate(("x", "y")):  # the runs differ in a bracketed override: it labels their rows
@@ -50,7 +50,7 @@ def test_compare_prints_bracketed_overrides_verbatim(tmp_path):
 
 
 def test_end_of_run_table_prints_names_and_paths_verbatim(tmp_path):
-    from cptlab.run.summary import render_table
+    from cptlab.rundir.summary import render_table
 
     run_dir = tmp_path / "[x]" / "run"
     summary = fabricated_run(run_dir, [BRACKETED], 2.0)

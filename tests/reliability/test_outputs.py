@@ -23,7 +23,7 @@ def user_dir(tmp_path):
 
 
 def extend(*args: str):
-    from cptlab.tokenizer.cli import main
+    from cptlab.cli.tokenizer import main
 
     with pytest.raises(SystemExit) as info:
         main(["extend", *args])
@@ -37,7 +37,7 @@ def corpus(tmp_path_factory, rel):
 
 def test_tokenizer_extend_refuses_a_user_directory_before_any_work(bpe_tokenizer_dir, corpus, user_dir, capsys,
                                                                    spy, rel):
-    import cptlab.tokenizer.cli as cli
+    import cptlab.cli.tokenizer as cli
 
     reads = spy(cli, "read_texts")
     before = rel.snapshot(user_dir)
@@ -69,7 +69,7 @@ def test_tokenizer_extend_refuses_its_own_corpus_as_out(bpe_tokenizer_dir, corpu
 
 
 def test_tokenizer_extend_replaces_its_own_earlier_output(bpe_tokenizer_dir, tmp_path, capsys):
-    from cptlab.tokenizer.cli import main
+    from cptlab.cli.tokenizer import main
 
     # New-domain text: characters the base tokenizer lacks, so the extension adds pieces.
     hanzi = "猫狗坐在垫子上跑得快慢模型数据训练测试"

@@ -139,7 +139,7 @@ def failed_copy(run_dir: Path, dest: Path) -> Path:
 
 @pytest.mark.parametrize("prog", ["cptlab-export", "cptlab-merge"])
 def test_export_and_merge_refuse_a_failed_run_in_one_line(trained, tmp_path, capsys, prog):
-    from cptlab import export, merge
+    from cptlab.cli import export, merge
 
     run_dir = failed_copy(trained[0], tmp_path / "failed")
     out = tmp_path / "out"
@@ -155,9 +155,9 @@ def test_export_and_merge_refuse_a_failed_run_in_one_line(trained, tmp_path, cap
 
 
 def test_allow_incomplete_exports_a_failed_run_and_merge_out_writes_the_split(trained, tmp_path, capsys):
-    from cptlab import export
-    from cptlab.merge import export_merge
+    from cptlab.cli import export
     from cptlab.model.save import SPLIT_FILE
+    from cptlab.run.merge import export_merge
 
     run_dir = failed_copy(trained[0], tmp_path / "failed")
     export.main([str(run_dir), "--out", str(tmp_path / "forced"), "--allow-incomplete"])
@@ -178,7 +178,7 @@ def test_allow_incomplete_exports_a_failed_run_and_merge_out_writes_the_split(tr
 
 
 def test_lr_scale_new_rows_without_extension_is_refused(compose_cfg, corpora, rel):
-    from cptlab.validate import validate
+    from cptlab.run.validate import validate
 
     overrides = [a for a in rel.tiny_run(*corpora, "unused") if not a.startswith("hydra.")]
     with pytest.raises(CptlabError, match=r"optim.lr_scale.new_rows=10 scales the new token rows, which only "
@@ -190,7 +190,7 @@ def test_lr_scale_new_rows_without_extension_is_refused(compose_cfg, corpora, re
 # -- 11: one line instead of a traceback ------------------------------------------------------------------------
 
 def test_data_files_without_replay_sources_says_how_to_drop_the_domain(compose_cfg, corpora):
-    from cptlab.validate import validate
+    from cptlab.run.validate import validate
 
     with pytest.raises(CptlabError) as info:
         validate(compose_cfg(["data=files", f"data.domains.new.sources=[{corpora[0]}]"]))
@@ -217,7 +217,7 @@ def write_gguf(path: Path) -> Path:
 @pytest.mark.parametrize("keep", [0.9, 0.3, 0.001])
 def test_a_truncated_gguf_is_refused_at_validation(compose_cfg, tmp_path, keep):
     from cptlab.model.gguf import check_gguf
-    from cptlab.validate import validate
+    from cptlab.run.validate import validate
 
     whole = write_gguf(tmp_path / "whole.gguf")
     check_gguf(str(whole))
@@ -230,7 +230,7 @@ def test_a_truncated_gguf_is_refused_at_validation(compose_cfg, tmp_path, keep):
 
 
 def test_prepare_with_a_bad_override_is_one_line(tmp_path):
-    proc = run_python("-m", "cptlab.prepare", "debug=smoke", "prepare.tokenizer_only=maybe",
+    proc = run_python("-m", "cptlab.cli.prepare", "debug=smoke", "prepare.tokenizer_only=maybe",
                       env={"CPTLAB_RUNS": str(tmp_path / "runs"), "CPTLAB_CACHE": str(tmp_path / "cache")})
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == ("cptlab-prepare: error: Error merging override prepare.tokenizer_only=maybe: "
@@ -273,7 +273,7 @@ def test_cli_full_disk_writing_metrics_is_one_line_naming_the_file(corpora, rel,
             "        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
             "    return real(fd)\n"
             "os.fsync = fsync\n"
-            "from cptlab.cli import train_main\n"
+            "from cptlab.cli.train import train_main\n"
             "sys.argv = ['cptlab-train', *sys.argv[1:]]\n"
             "train_main()\n")
     proc = run_python("-c", code, *rel.tiny_run(*corpora, run_dir), env={"CPTLAB_CACHE": str(tmp_path / "cache")})
@@ -290,7 +290,7 @@ def test_sigterm_outside_training_is_one_line_and_records_the_run(corpora, rel, 
     run_dir = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     env["CPTLAB_CACHE"] = str(tmp_path / "cache")
-    proc = subprocess.Popen([sys.executable, "-m", "cptlab.train", *rel.tiny_run(fifo, corpora[1], run_dir)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "cptlab.cli.train_app", *rel.tiny_run(fifo, corpora[1], run_dir)], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from cptlab.errors import CptlabError
-from cptlab.validate import config_warnings, validate
+from cptlab.run.validate import config_warnings, validate
 
 C = pytest.param
 CASES = [

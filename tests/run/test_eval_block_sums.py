@@ -10,9 +10,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from cptlab.callbacks import PeriodicEval, all_blocks, interleave_ranks
-from cptlab.evaluation import eval_sums, metrics_from_sums
-from cptlab.run.summary import block_sums_record
+from cptlab.evaluation.bpb import eval_sums, metrics_from_sums
+from cptlab.rundir.summary import block_sums_record
+from cptlab.training.callbacks import PeriodicEval, all_blocks, interleave_ranks
 
 
 class FixedLM(torch.nn.Module):

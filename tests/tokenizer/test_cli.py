@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from cptlab.tokenizer.cli import main
+from cptlab.cli.tokenizer import main
 from cptlab.tokenizer.prepare import extension_stats
 
 CHARS = (
@@ -22,7 +22,7 @@ CHARS = (
 
 def run_cli(*args):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "cptlab.tokenizer.cli", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cptlab.cli.tokenizer", *map(str, args)], capture_output=True,
                           text=True, env=env, timeout=300)  # fmt: skip
 
 

@@ -7,12 +7,12 @@ import random
 
 import pytest
 
-import cptlab.pipeline as pipeline
+import cptlab.run.pipeline as pipeline
 import cptlab.tokenizer.prepare as prepare
 from cptlab.errors import CptlabError
+from cptlab.run.validate import validate
 from cptlab.tokenizer.hf import load_tokenizer
 from cptlab.tokenizer.prepare import extension_stats
-from cptlab.validate import validate
 
 CHARS = "的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说产种面而方后多定"
 

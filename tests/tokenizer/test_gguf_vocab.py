@@ -198,7 +198,7 @@ def test_prepare_tokenizer_extends_a_gguf_base_through_one_cached_rebuild(llama_
 
 
 def test_the_cli_extends_a_gguf_file(llama_like, tmp_path):
-    from cptlab.tokenizer.cli import main
+    from cptlab.cli.tokenizer import main
     from cptlab.tokenizer.prepare import extension_stats
 
     (tmp_path / "zh.txt").write_text("\n".join(_chinese()) + "\n", encoding="utf-8")
@@ -208,7 +208,7 @@ def test_the_cli_extends_a_gguf_file(llama_like, tmp_path):
 
 
 def test_tokenizer_extend_on_a_gguf_model_reads_its_vocabulary(compose_cfg, llama_like):
-    from cptlab.pipeline import base_tokenizer_source
+    from cptlab.run.pipeline import base_tokenizer_source
 
     cfg = compose_cfg(["model=smollm2", "tokenizer=extend", "data=demo_zh", f"model.gguf={llama_like[1]}"])
     assert base_tokenizer_source(cfg) == str(llama_like[1])

@@ -100,11 +100,11 @@ def test_the_seeds_run_on_llama2_trains_exports_and_reloads(compose_cfg, tmp_pat
     from omegaconf import OmegaConf
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cptlab.export import export_run
+    from cptlab.cli.train_app import train
+    from cptlab.run.export import export_run
     from cptlab.tokenizer.extend import CJK_CHECK_TEXTS
     from cptlab.tokenizer.gguf import read_vocab
     from cptlab.tokenizer.hf import TRICKY_TEXTS
-    from cptlab.train import train
 
     gguf = DIRECTORY / "ggml-vocab-llama-spm.gguf"
     run_dir = tmp_path / "run"

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cptlab.run.layout import REPORT, SUMMARY
+from cptlab.rundir.layout import REPORT, SUMMARY
 from cptlab.utils.io import atomic_write_json, atomic_write_text
 
 # summary.json's per-block record of the final evaluation: {domain: {"nll_bits": [...], "bytes": [...],
@@ -27,7 +27,7 @@ NLL_BITS_DECIMALS = 4  # a block holds thousands of bits: 1e-4 of a bit keeps bp
 
 def block_sums_record(rows, available: int | None = None) -> dict:
     """One domain's EVAL_BLOCK_SUMS entry from its per-block [nll (nats), n_tokens, n_bytes] rows
-    (cptlab.evaluation.eval_sums(per_block=True), every rank's blocks in block order)."""
+    (cptlab.evaluation.bpb.eval_sums(per_block=True), every rank's blocks in block order)."""
     rows = rows.tolist() if hasattr(rows, "tolist") else list(rows)
     return {"nll_bits": [round(nll / math.log(2), NLL_BITS_DECIMALS) for nll, _, _ in rows],
             "bytes": [int(round(n_bytes)) for _, _, n_bytes in rows], "available": available}
@@ -52,7 +52,7 @@ def domain_rows(first: dict, latest: dict, roles: dict[str, str], unigram: dict[
     """Per domain: bpb at step 0 and at the end, their difference, and a unigram model's bpb on the
     same held-out blocks (the floor a language model must beat). After a vocabulary extension, for the
     domains held in base tokens: the unextended base's bpb on the same blocks and what the new rows'
-    initialisation costs it at step 0 (cptlab.callbacks.PeriodicEval)."""
+    initialisation costs it at step 0 (cptlab.training.callbacks.PeriodicEval)."""
     rows = {}
     for name, role in roles.items():
         b0, b1 = first.get(f"val/{name}/bpb"), latest.get(f"val/{name}/bpb")

@@ -18,7 +18,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from cptlab.errors import CptlabError
-from cptlab.run.layout import LOCK, checkpoints_dir, last_checkpoint
+from cptlab.rundir.layout import LOCK, checkpoints_dir, last_checkpoint
 
 # The types beyond tensors, plain containers, numbers, strings and None that cptlab's checkpoints hold, admitted
 # by the weights-only unpickler (torch.serialization.safe_globals). None: cptlab and Lightning save only those

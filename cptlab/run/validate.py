@@ -20,16 +20,16 @@ from cptlab.config import Rule, TrainConfig, field_types, nested_schema
 from cptlab.data.source_weights import resolve_source_weights
 from cptlab.data.split import check_eval_sources, heldout_kind
 from cptlab.data.stages import stages_from_config
-from cptlab.demo import stands_in
 from cptlab.errors import CptlabError
-from cptlab.harness import check_harness
+from cptlab.evaluation.harness import check_harness
 from cptlab.model.adapter import check_targets
 from cptlab.model.doc_mask import check_doc_masking
 from cptlab.model.freeze import phases_from_config
 from cptlab.model.gguf import check_gguf
 from cptlab.model.load import check_model_source, random_llama_config
-from cptlab.optim import LRScale, LRSchedule
-from cptlab.run.layout import INPUT_KEYS
+from cptlab.run.demo_base import stands_in
+from cptlab.rundir.layout import INPUT_KEYS
+from cptlab.training.optim import LRScale, LRSchedule
 from cptlab.utils.io import check_replaceable
 
 

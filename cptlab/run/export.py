@@ -2,7 +2,7 @@
 
     cptlab-export RUN_DIR --out DIR                   adapters merged: AutoModelForCausalLM + AutoTokenizer
     cptlab-export RUN_DIR --out DIR --adapter-only    the peft adapter (PeftModel.from_pretrained on the base)
-    python -m cptlab.export ...                       the same
+    python -m cptlab.run.export ...                       the same
 
 The model is rebuilt the way the run built it -- from RUN_DIR/.hydra/config.yaml and the run's tokenizer
 (RUN_DIR/tokenizer) through `pipeline.build_model` (base weights, vocabulary growth, adapter) -- and the
@@ -18,10 +18,7 @@ retention=ema keeps; see `select_weights`).
 
 from __future__ import annotations
 
-import argparse
 import copy
-import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cptlab.errors import CptlabError
 from cptlab.model.save import copy_tokenizer_files, save_hf_model
-from cptlab.run import layout
+from cptlab.rundir import layout
 from cptlab.utils.io import check_replaceable, replace_dir
 
 WEIGHTS = ("raw", "ema")
@@ -73,7 +70,7 @@ def _tokenizers(cfg: DictConfig, run_dir: Path):
         raise CptlabError(f"{tokenizer_dir} not found: the run has no tokenizer (did it start training?)")
     base_tokenizer = None
     if cfg.tokenizer.kind == "extend":
-        from cptlab import pipeline
+        from cptlab.run import pipeline
 
         base_dir = run_dir / layout.TOKENIZER_BASE
         base_tokenizer = load_tokenizer(base_dir if base_dir.is_dir() else pipeline.build_base_tokenizer(cfg, run_dir))
@@ -83,7 +80,7 @@ def _tokenizers(cfg: DictConfig, run_dir: Path):
 def build_base(run_dir: Path | str, *, adapter: bool = False):
     """The run's model before training: the base (grown for an extended tokenizer), without the adapter
     unless `adapter`. The base an `--adapter-only` export loads onto."""
-    from cptlab import pipeline
+    from cptlab.run import pipeline
 
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
@@ -117,7 +114,7 @@ def check_finished(run_dir: Path, *, allow_incomplete: bool = False) -> str | No
     complete (failed, interrupted): its last checkpoint is some step short of the configured run, and an export
     or a merge of it would pass for the trained model. `allow_incomplete` takes it anyway. Returns a warning for
     a run without summary.json (killed before it wrote one, or still running), which is exported as it is."""
-    from cptlab.run.summary import read_summary
+    from cptlab.rundir.summary import read_summary
 
     summary = read_summary(run_dir)
     if summary is None:
@@ -134,8 +131,8 @@ def check_finished(run_dir: Path, *, allow_incomplete: bool = False) -> str | No
 
 def load_trained(run_dir: Path | str, *, weights: str = "raw") -> TrainedRun:
     """The run's model with its checkpoint's weights."""
-    from cptlab import pipeline
-    from cptlab.module import load_trained_weights
+    from cptlab.run import pipeline
+    from cptlab.training.module import load_trained_weights
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -145,7 +142,7 @@ def load_trained(run_dir: Path | str, *, weights: str = "raw") -> TrainedRun:
     if not ckpt_path.is_file():
         raise CptlabError(f"{ckpt_path} not found: the run has no checkpoint yet")
     tokenizer_dir, tokenizer, base_tokenizer = _tokenizers(cfg, run_dir)
-    from cptlab.checkpoint import load_checkpoint_file
+    from cptlab.training.checkpoint import load_checkpoint_file
 
     checkpoint = load_checkpoint_file(ckpt_path)  # weights only: a foreign pickle is refused, never run
     model, base_rows = pipeline.build_model(cfg, tokenizer, base_tokenizer)
@@ -259,7 +256,7 @@ def export_run(run_dir: Path | str, out: Path | str, *, adapter_only: bool = Fal
     else:
         model = merged_model(run.model)
 
-        from cptlab.run.summary import read_summary
+        from cptlab.rundir.summary import read_summary
 
         if split is None:  # the split travels with the weights (cptlab_split.json)
             split = (read_summary(Path(run_dir)) or {}).get("split")
@@ -267,37 +264,3 @@ def export_run(run_dir: Path | str, out: Path | str, *, adapter_only: bool = Fal
         def write(tmp: Path) -> None:
             save_hf_model(model, run.tokenizer_dir, tmp, split)
     return _write_atomically(Path(out), write)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="cptlab-export", description="Export a cptlab run as a Hugging Face model "
-                                     "directory (adapters merged) with its tokenizer.")
-    parser.add_argument("run_dir", type=Path, help="the run directory (the one holding .hydra/ and checkpoints/)")
-    parser.add_argument("--out", type=Path, required=True, help="the directory to write")
-    parser.add_argument("--adapter-only", action="store_true",
-                        help="write the peft adapter (load with PeftModel.from_pretrained on the extended base)")
-    parser.add_argument("--weights", choices=WEIGHTS, default="raw", help="trained weights (raw) or the EMA copy")
-    parser.add_argument("--allow-incomplete", action="store_true",
-                        help="export a run that did not complete (failed, interrupted): its last checkpoint")
-    args = parser.parse_args(argv)
-    try:
-        if not args.run_dir.is_dir():  # before the heavy imports
-            raise CptlabError(f"run directory not found: {args.run_dir}")
-        warning = check_finished(args.run_dir, allow_incomplete=args.allow_incomplete)
-        from cptlab.utils.console import quiet_libraries
-
-        quiet_libraries()
-        out = export_run(args.run_dir, args.out, adapter_only=args.adapter_only, weights=args.weights)
-    except CptlabError as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"cptlab-export: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    kind = "adapter" if args.adapter_only else "model"
-    print(f"cptlab-export: wrote the {kind} of {args.run_dir} to {out}")
-    if warning:  # said once it worked: a refusal stays one line
-        print(f"cptlab-export: warning: {warning}", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    main()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 
+from cptlab.cli import exit_if_jobs_failed
 from cptlab.run.sweep import check_command, first_sweep_point, plain_overrides
 from cptlab.utils.console import one_line
 
@@ -47,11 +48,7 @@ def train_main() -> None:
 
     interrupt_on_signals("cptlab-train")  # before the precheck: it may take the run directory's lock
     precheck_overrides(sys.argv[1:])
-    from cptlab.train import FAILED_RUNS, hydra_main
+    from cptlab.cli.train_app import FAILED_RUNS, hydra_main
 
     hydra_main()
-    if FAILED_RUNS:
-        print(f"cptlab-train: {len(FAILED_RUNS)} job(s) of the sweep failed:", file=sys.stderr)
-        for line in FAILED_RUNS:
-            print(f"  {line}", file=sys.stderr)
-        sys.exit(1)
+    exit_if_jobs_failed("cptlab-train", FAILED_RUNS, "job(s) of the sweep")

@@ -22,12 +22,12 @@ import torch.nn.functional as F
 from pytorch_lightning.utilities.types import LRSchedulerConfig
 
 from cptlab.errors import CptlabError
-from cptlab.fsdp import STATE_DICT_KEYS, average_gradients, is_fsdp
 from cptlab.model.doc_mask import document_position_ids
 from cptlab.model.freeze import FreezePlan, clean_name
 from cptlab.model.loss import causal_lm_loss
-from cptlab.optim import LRScale, LRSchedule, base_lr, build_optimizer, build_scheduler, lr_groups
-from cptlab.run.layout import LAST_CHECKPOINT
+from cptlab.rundir.layout import LAST_CHECKPOINT
+from cptlab.training.fsdp import STATE_DICT_KEYS, average_gradients, is_fsdp
+from cptlab.training.optim import LRScale, LRSchedule, base_lr, build_optimizer, build_scheduler, lr_groups
 
 PREFIX = "model."
 
@@ -44,7 +44,7 @@ class CPTModule(pl.LightningModule):
         self.lr_scale = lr_scale if lr_scale is not None else LRScale()
         self.plan = freeze if freeze is not None else FreezePlan.from_config(model)
         self.base_rows = self.plan.base_rows
-        # optim.lr_scale: the learning-rate group of every parameter each phase trains (cptlab.optim.lr_groups)
+        # optim.lr_scale: the learning-rate group of every parameter each phase trains (cptlab.training.optim.lr_groups)
         self.lr_plans = [self._lr_plan(i) for i in range(len(self.plan.phases))]
         # Micro-batches consumed and replay rows among them, over all ranks (same on every rank).
         self.batches_done = 0
@@ -77,7 +77,7 @@ class CPTModule(pl.LightningModule):
         self._keep_requires_grad = False
         self._pending_rng = None
         # trainer.strategy=fsdp: the parameters FSDP leaves whole on every rank, whose gradients this module
-        # averages (cptlab.fsdp); empty otherwise.
+        # averages (cptlab.training.fsdp); empty otherwise.
         self.replicated: list[torch.nn.Parameter] = []
         # Checkpoints hold only what training can have changed; the rest comes from the base model.
         self.strict_loading = False

@@ -1,4 +1,4 @@
-"""The built-in offline probes' data (the task YAMLs in cptlab/tasks read it through `dataset`): multiple-choice
+"""The built-in offline probes' data (the task YAMLs in cptlab/evaluation/tasks read it through `dataset`): multiple-choice
 items built at run time from what the demo extra installs, never downloaded.
 
 - cptlab_en_next_sentence (4 choices, chance 25%): a paragraph of demo:en_eval's English prose without its last

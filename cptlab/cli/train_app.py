@@ -20,14 +20,14 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import cptlab.config  # noqa: F401  (registers the schema and resolvers before Hydra composes)
-from cptlab.checkpoint import resume_checkpoint
 from cptlab.errors import CptlabError, Interrupted, RunDirRefused, in_job, no_space
 from cptlab.run.build import build_run
 from cptlab.run.guard import RunLock, check_inputs, claim_run_dir, is_rank_zero, record_inputs
 from cptlab.run.record import RunRecord
-from cptlab.run.summary import read_summary, render_table, write_summary
+from cptlab.run.validate import config_warnings, validate
+from cptlab.rundir.summary import read_summary, render_table, write_summary
+from cptlab.training.checkpoint import resume_checkpoint
 from cptlab.utils.console import CONF_DIR, one_line, quiet_libraries
-from cptlab.validate import config_warnings, validate
 
 
 def train(cfg: DictConfig, run_dir: Path, *, validated: bool = False, inputs: dict | None = None) -> tuple[dict, bool]:
@@ -127,6 +127,6 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    from cptlab.cli import train_main  # the front end: config errors in one line
+    from cptlab.cli.train import train_main  # the front end: config errors in one line
 
     train_main()

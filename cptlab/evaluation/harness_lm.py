@@ -3,7 +3,7 @@ are, with the run's own tokenizer, the way cptlab's held-out evaluation scores t
 
 Why not lm-eval's HFLM with `pretrained=model`: it sizes what it scores by `tokenizer.vocab_size`, which leaves
 out added tokens, and it re-resizes embeddings and moves the model about. Here the softmax is over every row of
-the output matrix (as `cptlab.evaluation.token_nll`'s), so the new rows of an extended vocabulary are scored like
+the output matrix (as `cptlab.evaluation.bpb.token_nll`'s), so the new rows of an extended vocabulary are scored like
 any other, and a tokenizer with more tokens than the model has rows is refused. Documents in cptlab's token
 stream follow an EOS and carry no BOS, so the harness's empty context (and a rolling window's first token) is
 conditioned on EOS, and text is encoded without special tokens, as the token caches encode it.

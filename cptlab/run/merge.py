@@ -21,20 +21,17 @@ alphas to those already there) and onto a trade-off plot with the run's training
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 import math
-import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from cptlab.errors import CptlabError
-from cptlab.run import layout
+from cptlab.rundir import layout
 
 DEFAULT_ALPHAS = "0,0.25,0.5,0.75,1"
 LORA_WEIGHTS = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B")
@@ -64,7 +61,7 @@ def _is_lora_weight(name: str) -> bool:
 @dataclass
 class Interpolation:
     """A run's model whose trained weights can be set to theta(alpha) (`set`)."""
-    run: object  # cptlab.export.TrainedRun
+    run: object  # cptlab.run.export.TrainedRun
     start: dict[str, torch.Tensor]  # theta_0 of every parameter the run trained (LoRA A/B left out)
     end: dict[str, torch.Tensor]  # theta_1 of the same
     scalings: list[tuple[dict, str, float]]  # (a LoRA layer's `scaling` dict, adapter name, trained scale)
@@ -94,9 +91,9 @@ def _named(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
 def load_interpolation(run_dir: Path | str, *, weights: str = "raw") -> Interpolation:
     """The run's trained model (`export.load_trained`) with theta_0 of every weight it trained, taken from the
     model rebuilt as the run built it before training."""
-    from cptlab import pipeline
-    from cptlab.export import load_trained, select_weights
-    from cptlab.module import PREFIX
+    from cptlab.run import pipeline
+    from cptlab.run.export import load_trained, select_weights
+    from cptlab.training.module import PREFIX
 
     run = load_trained(run_dir, weights=weights)
     saved = select_weights(run.checkpoint, weights)
@@ -123,7 +120,7 @@ def load_interpolation(run_dir: Path | str, *, weights: str = "raw") -> Interpol
 
 
 def _run_tokenizers(run):
-    from cptlab.export import _tokenizers
+    from cptlab.run.export import _tokenizers
 
     return _tokenizers(run.cfg, run.run_dir)
 
@@ -134,8 +131,8 @@ def _run_tokenizers(run):
 def eval_sets(run) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, str]]:
     """The run's held-out blocks per domain, the bytes of each token, and each domain's role: built as the run
     built them (pipeline.build_data, eval_blocks with data.seq_len and eval.max_blocks)."""
-    from cptlab import pipeline
     from cptlab.data.mixture import eval_blocks
+    from cptlab.run import pipeline
     from cptlab.tokenizer.byte_lengths import token_byte_lengths
 
     cfg = run.cfg
@@ -156,7 +153,7 @@ def _doc_eos(run) -> int | None:
 def score(interp: Interpolation, alphas: list[float], blocks: dict[str, torch.Tensor], token_bytes: torch.Tensor,
           *, batch_size: int) -> list[dict]:
     """[{alpha, bpb: {domain: ...}, loss: {domain: ...}}] for each alpha; the model is left at theta(1)."""
-    from cptlab.evaluation import eval_sums, metrics_from_sums
+    from cptlab.evaluation.bpb import eval_sums, metrics_from_sums
 
     points, doc_eos = [], _doc_eos(interp.run)
     try:
@@ -308,10 +305,10 @@ def merge_run(run_dir: Path | str, alphas: list[float], *, weights: str = "raw")
 def export_merge(run_dir: Path | str, alpha: float, out: Path | str, *, weights: str = "raw") -> Path:
     """Write theta(alpha) to `out` as a plain Hugging Face model with the run's tokenizer (the export code path:
     adapters merged, written atomically; a non-empty directory that is not a cptlab model export is refused)."""
-    from cptlab.export import _write_atomically, merged_model
     from cptlab.model.save import save_hf_model
-    from cptlab.run.layout import input_paths
-    from cptlab.run.summary import read_summary
+    from cptlab.run.export import _write_atomically, merged_model
+    from cptlab.rundir.layout import input_paths
+    from cptlab.rundir.summary import read_summary
     from cptlab.utils.io import check_replaceable
 
     check_replaceable(out, "model", "--out", inputs=input_paths(run_dir))  # before the model is built
@@ -321,56 +318,3 @@ def export_merge(run_dir: Path | str, alpha: float, out: Path | str, *, weights:
     tokenizer_dir = interp.run.tokenizer_dir
     split = (read_summary(Path(run_dir)) or {}).get("split")  # as cptlab-export: the split travels with the weights
     return _write_atomically(Path(out), lambda tmp: save_hf_model(model, tokenizer_dir, tmp, split))
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="cptlab-merge", description="Interpolate between a run's starting and "
-                                     "trained weights: score each point per domain, or export one.")
-    parser.add_argument("run_dir", type=Path, help="the run directory (the one holding .hydra/ and checkpoints/)")
-    parser.add_argument("--alpha", default=DEFAULT_ALPHAS,
-                        help=f"comma-separated interpolation weights, 0 = the start, 1 = trained (default {DEFAULT_ALPHAS})")
-    parser.add_argument("--ema", action="store_true", help="interpolate towards the EMA weights (retention=ema)")
-    parser.add_argument("--out", type=Path, help="export theta(alpha) (one --alpha) to this directory instead")
-    parser.add_argument("--allow-incomplete", action="store_true",
-                        help="use a run that did not complete (failed, interrupted): its last checkpoint")
-    args = parser.parse_args(argv)
-    weights = "ema" if args.ema else "raw"
-    try:
-        if not args.run_dir.is_dir():  # before the heavy imports
-            raise CptlabError(f"run directory not found: {args.run_dir}")
-        alphas = parse_alphas(args.alpha)
-        if args.out is not None and len(alphas) != 1:
-            raise CptlabError(f"--out exports one model: give one --alpha (got {args.alpha})")
-        from cptlab.export import check_finished
-
-        warning = check_finished(args.run_dir, allow_incomplete=args.allow_incomplete)
-        from cptlab.utils.console import quiet_libraries
-
-        quiet_libraries()
-        if args.out is not None:
-            out = export_merge(args.run_dir, alphas[0], args.out, weights=weights)
-            print(f"cptlab-merge: wrote theta({alphas[0]:g}) of {args.run_dir} to {out}")
-            if warning:  # said once it worked: a refusal stays one line
-                print(f"cptlab-merge: warning: {warning}", file=sys.stderr)
-            return
-        record = merge_run(args.run_dir, alphas, weights=weights)
-    except CptlabError as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"cptlab-merge: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    domains = sorted(record["roles"])
-    print("alpha  " + "  ".join(f"{d + ' bpb':>10}" for d in domains) + "  forgetting    learning")
-    for p in record["points"]:
-        cells = "  ".join(f"{p['bpb'][d]:>10.4f}" for d in domains)
-        f = "" if p["forgetting"] is None else f"{p['forgetting']:+.4f}"
-        lr = "" if p["learning"] is None else f"{p['learning']:+.4f}"
-        print(f"{p['alpha']:<5g}  {cells}  {f:>10}  {lr:>10}")
-    json_path, csv_path, png_path = merge_files(args.run_dir, weights)
-    print(f"cptlab-merge: wrote {json_path}, {csv_path}" + (f", {png_path}" if png_path.is_file() else ""))
-    if warning:
-        print(f"cptlab-merge: warning: {warning}", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    main()

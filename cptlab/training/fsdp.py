@@ -5,7 +5,7 @@ The decoder layers are sharded: FSDP auto-wraps every module whose class the mod
 them, `use_orig_params=True` lets frozen and trainable weights share a shard). What lies outside the
 layers (input embedding, output matrix, final norm) stays whole on every rank, as under DDP, and cptlab
 averages its gradients itself. That keeps the row-masked new-token rows of a vocabulary extension
-(cptlab.optim.RowMaskedAdamW) exact: a sharded matrix is a flat slice on each rank and has no rows.
+(cptlab.training.optim.RowMaskedAdamW) exact: a sharded matrix is a flat slice on each rank and has no rows.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from pytorch_lightning.strategies import FSDPStrategy
 
-from cptlab.checkpoint import load_checkpoint_file
 from cptlab.config import check_value
 from cptlab.errors import CptlabError
 from cptlab.model.adapter import unwrap
+from cptlab.training.checkpoint import load_checkpoint_file
 
 # Where a checkpoint loaded under FSDP keeps the names of the weights Lightning already loaded.
 STATE_DICT_KEYS = "cptlab_state_dict_keys"
@@ -72,7 +72,7 @@ class CPTFSDPStrategy(FSDPStrategy):
 
     def load_checkpoint(self, checkpoint_path, weights_only=None):
         # Lightning reads a full checkpoint with its own lazy unpickler, which runs whatever the file names: it
-        # is handed the checkpoint read by the weights-only one instead (cptlab.checkpoint.load_checkpoint_file).
+        # is handed the checkpoint read by the weights-only one instead (cptlab.training.checkpoint.load_checkpoint_file).
         # A sharded checkpoint (a directory, whose metadata Lightning unpickles too) cptlab never writes: refused.
         if not Path(checkpoint_path).is_file():
             raise CptlabError(f"{checkpoint_path} is not a checkpoint file (cptlab writes full FSDP checkpoints); "

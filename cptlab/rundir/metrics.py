@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from cptlab.run.layout import METRICS
+from cptlab.rundir.layout import METRICS
 
 
 def read_series(run_dir: Path) -> dict[str, list[tuple[int, float]]]:

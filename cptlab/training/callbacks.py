@@ -13,8 +13,8 @@ import pytorch_lightning as pl
 import torch
 
 from cptlab.errors import Interrupted
-from cptlab.evaluation import eval_sums, metrics_from_sums
-from cptlab.fsdp import full_parameters, is_fsdp
+from cptlab.evaluation.bpb import eval_sums, metrics_from_sums
+from cptlab.training.fsdp import full_parameters, is_fsdp
 
 
 def log_metrics(trainer: pl.Trainer, metrics: dict[str, float], step: int) -> None:

@@ -1,6 +1,6 @@
 """The built-in probes' `custom_dataset` functions (lm-eval imports this file by path from the task YAMLs)."""
 
-from cptlab.probes import dataset
+from cptlab.evaluation.probes import dataset
 
 
 def en_next_sentence(**kwargs):

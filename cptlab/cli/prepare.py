@@ -21,20 +21,22 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import cptlab.config  # noqa: F401  (registers the schema and resolvers before Hydra composes)
+from cptlab.cli import exit_if_jobs_failed
 from cptlab.errors import CptlabError, Interrupted, in_job, interrupt_on_signals, no_space
 from cptlab.utils.console import CONF_DIR, one_line, quiet_libraries
 
 # Where a prepare job's own Hydra output (.hydra/, the tokenizer copy) goes: never a training run's directory.
 RUN_DIR = "hydra.run.dir='${paths.runs_dir}/prepare/${name}/${run_name:${hydra:job.override_dirname}}'"
 SWEEP_DIR = "hydra.sweep.dir='${paths.runs_dir}/prepare/${name}/multirun'"
+JOB_NAME = "hydra.job.name=prepare"  # its log is prepare.log (conf/train.yaml names cptlab-train's job "train")
 FAILED: list[str] = []
 
 
 def prepare(cfg: DictConfig, run_dir: Path, log=print) -> dict:
     """Build the run's tokenizer and, per domain, its token cache (prepare.groups=1) or shard group
     prepare.group of prepare.groups; returns what was built, per domain."""
-    from cptlab import pipeline
     from cptlab.data.tokens import prepare_shards
+    from cptlab.run import pipeline
 
     started = time.perf_counter()
     tokenizer_dir = pipeline.build_tokenizer(cfg, run_dir)
@@ -69,7 +71,7 @@ def hydra_main(cfg: DictConfig) -> None:
         if groups < 1 or not 0 <= group < groups:  # before the heavy imports below
             raise CptlabError(f"prepare.group={group} of prepare.groups={groups}: need groups >= 1 and "
                               "0 <= group < groups")
-        from cptlab.validate import validate
+        from cptlab.run.validate import validate
 
         quiet_libraries()
         validate(cfg)
@@ -112,14 +114,10 @@ def main() -> None:
     interrupt_on_signals("cptlab-prepare")  # SIGTERM: one line, exit status 143 (cptlab.errors)
     argv = sys.argv[1:]
     given = {a.split("=")[0] for a in argv}
-    sys.argv[1:] = argv + [d for d in (RUN_DIR, SWEEP_DIR) if d.split("=")[0] not in given]
+    sys.argv[1:] = argv + [d for d in (RUN_DIR, SWEEP_DIR, JOB_NAME) if d.split("=")[0] not in given]
     precheck(sys.argv[1:])
     hydra_main()
-    if FAILED:
-        print(f"cptlab-prepare: {len(FAILED)} job(s) failed:", file=sys.stderr)
-        for line in FAILED:
-            print(f"  {line}", file=sys.stderr)
-        sys.exit(1)
+    exit_if_jobs_failed("cptlab-prepare", FAILED)
 
 
 if __name__ == "__main__":

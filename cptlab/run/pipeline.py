@@ -18,8 +18,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from cptlab.callbacks import PeriodicEval, PreemptionCheckpoint, TrainMetrics
-from cptlab.checkpoint import AtomicCheckpointIO
 from cptlab.data.datamodule import CPTDataModule
 from cptlab.data.mixture import MixtureSampler, eval_blocks
 from cptlab.data.source_weights import resolve_source_weights
@@ -27,10 +25,7 @@ from cptlab.data.sources import MAX_DOC_BYTES
 from cptlab.data.split import check_eval_overlap, leaks_from_base
 from cptlab.data.stages import stages_from_config
 from cptlab.data.tokens import DomainSpec, DomainTokens, documents_key, prepare_domain, train_documents
-from cptlab.demo import demo_base_config, stands_in
 from cptlab.errors import CptlabError
-from cptlab.fsdp import fsdp_strategy, replicated_params
-from cptlab.harness import HarnessEval, build_harness_eval
 from cptlab.model.adapter import apply_adapter
 from cptlab.model.doc_mask import check_doc_masking
 from cptlab.model.freeze import FreezePlan
@@ -38,15 +33,20 @@ from cptlab.model.gguf import converted_dir, locate
 from cptlab.model.load import load_model, max_positions
 from cptlab.model.resize import grow_embeddings
 from cptlab.model.save import SPLIT_FILE
-from cptlab.module import CPTModule
-from cptlab.optim import LRScale, LRSchedule
-from cptlab.retention.ema import EMA
-from cptlab.retention.teacher import MeanTeacher
-from cptlab.run import layout
+from cptlab.run.demo_base import demo_base_config, stands_in
+from cptlab.rundir import layout
 from cptlab.tokenizer.byte_lengths import token_byte_lengths
 from cptlab.tokenizer.hf import load_tokenizer
 from cptlab.tokenizer.prepare import prepare_tokenizer
 from cptlab.tokenizer.report import tokens_per_char
+from cptlab.training.callbacks import PeriodicEval, PreemptionCheckpoint, TrainMetrics
+from cptlab.training.checkpoint import AtomicCheckpointIO
+from cptlab.training.fsdp import fsdp_strategy, replicated_params
+from cptlab.training.harness_eval import HarnessEval, build_harness_eval
+from cptlab.training.module import CPTModule
+from cptlab.training.optim import LRScale, LRSchedule
+from cptlab.training.retention.ema import EMA
+from cptlab.training.retention.teacher import MeanTeacher
 from cptlab.utils.hashing import hash_dir, hash_obj
 from cptlab.utils.io import atomic_write_json, build_once
 
@@ -91,7 +91,7 @@ def _specs(cfg: DictConfig, role: str | None) -> list[DomainSpec]:
 
 def base_tokenizer_source(cfg: DictConfig, run_dir: Path | None = None) -> str | None:
     """The base tokenizer: tokenizer.path, else the base model's directory (model.gguf's converted one). A
-    smoke run's stand-in for a demo base not built yet (cptlab.demo.stands_in) uses the tokenizer that
+    smoke run's stand-in for a demo base not built yet (cptlab.run.demo_base.stands_in) uses the tokenizer that
     experiment=demo_base trains, through the same cached build (into run_dir/demo_base/tokenizer)."""
     if cfg.tokenizer.path:
         return cfg.tokenizer.path
@@ -249,7 +249,7 @@ def build_loggers(cfg: DictConfig) -> list:
 def build_retention(retention: DictConfig, module: CPTModule, plan: FreezePlan) -> EMA | None:
     """The EMA callback (retention=ema or mean_teacher), averaging every parameter some phase trains;
     for mean_teacher also the KL loss against it, installed on the module. The values were checked by
-    cptlab.validate (the rules beside cptlab.config.RetentionConfig), before any tokenizer or cache."""
+    cptlab.run.validate (the rules beside cptlab.config.RetentionConfig), before any tokenizer or cache."""
     if retention.name == "none":
         return None
     names = sorted(set().union(*(plan.trainable(i) for i in range(len(plan.phases)))))
@@ -266,7 +266,7 @@ class Lightning:
     trainer: pl.Trainer
     train_metrics: TrainMetrics
     evaluator: PeriodicEval
-    harness: HarnessEval | None = None  # eval.harness.tasks (cptlab.harness)
+    harness: HarnessEval | None = None  # eval.harness.tasks (cptlab.training.harness_eval)
 
 
 def build_lightning(cfg: DictConfig, model, domains: list[DomainTokens], tokenizer, run_dir: Path,
