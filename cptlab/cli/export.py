@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
+from cptlab.cli import exit_with_error
 from cptlab.errors import CptlabError
 from cptlab.run.export import WEIGHTS, check_finished, export_run
 
@@ -31,10 +31,7 @@ def main(argv: list[str] | None = None) -> None:
         quiet_libraries()
         out = export_run(args.run_dir, args.out, adapter_only=args.adapter_only, weights=args.weights)
     except CptlabError as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"cptlab-export: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        exit_with_error("cptlab-export", err, str(err), 2)
     kind = "adapter" if args.adapter_only else "model"
     print(f"cptlab-export: wrote the {kind} of {args.run_dir} to {out}")
     if warning:  # said once it worked: a refusal stays one line

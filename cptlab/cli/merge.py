@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
+from cptlab.cli import exit_with_error
 from cptlab.errors import CptlabError
 from cptlab.run.merge import DEFAULT_ALPHAS, export_merge, merge_files, merge_run, parse_alphas
 
@@ -43,10 +43,7 @@ def main(argv: list[str] | None = None) -> None:
             return
         record = merge_run(args.run_dir, alphas, weights=weights)
     except CptlabError as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"cptlab-merge: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        exit_with_error("cptlab-merge", err, str(err), 2)
     domains = sorted(record["roles"])
     print("alpha  " + "  ".join(f"{d + ' bpb':>10}" for d in domains) + "  forgetting    learning")
     for p in record["points"]:

@@ -10,7 +10,6 @@ the training jobs start; each training job then finds every tokenizer and shard 
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import cptlab.config  # noqa: F401  (registers the schema and resolvers before Hydra composes)
-from cptlab.cli import exit_if_jobs_failed
+from cptlab.cli import exit_if_jobs_failed, exit_with_error, full_error
 from cptlab.errors import CptlabError, Interrupted, in_job, interrupt_on_signals, no_space
 from cptlab.utils.console import CONF_DIR, one_line, quiet_libraries
 
@@ -79,7 +78,7 @@ def hydra_main(cfg: DictConfig) -> None:
     except Exception as err:
         err = no_space(err) or err  # a full disk: one line naming the path
         message = str(err) if isinstance(err, CptlabError) else one_line(err)
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if full_error():
             raise
         print(f"cptlab-prepare: error: {message}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN and not isinstance(err, Interrupted):  # a signal stops all
@@ -102,10 +101,7 @@ def precheck(argv: list[str]) -> None:
 
         check_command(argv, then=lambda cfg, _: check_run_name(cfg))  # a name leading outside CPTLAB_RUNS: refused
     except Exception as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"cptlab-prepare: error: {one_line(err)}", file=sys.stderr)
-        sys.exit(getattr(err, "exit_status", 2))
+        exit_with_error("cptlab-prepare", err)
 
 
 def main() -> None:

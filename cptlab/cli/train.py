@@ -3,12 +3,10 @@ every job of a sweep validated before the first one trains, and SIGTERM outside 
 
 from __future__ import annotations
 
-import os
 import sys
 
-from cptlab.cli import exit_if_jobs_failed
+from cptlab.cli import exit_if_jobs_failed, exit_with_error
 from cptlab.run.sweep import check_command, first_sweep_point, plain_overrides
-from cptlab.utils.console import one_line
 
 __all__ = ["first_sweep_point", "precheck_overrides", "precheck_run_dir", "train_main"]
 
@@ -22,10 +20,7 @@ def precheck_overrides(argv: list[str], prog: str = "cptlab-train") -> None:
     try:
         check_command(argv, validate_jobs=True, then=precheck_run_dir)
     except Exception as err:  # Hydra/OmegaConf errors: the message is what the user needs
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
-        sys.exit(getattr(err, "exit_status", 2))  # Interrupted: 128 + the signal's number
+        exit_with_error(prog, err)  # Interrupted: 128 + the signal's number
 
 
 def precheck_run_dir(cfg, multirun: bool) -> None:

@@ -20,6 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import cptlab.config  # noqa: F401  (registers the schema and resolvers before Hydra composes)
+from cptlab.cli import full_error
 from cptlab.errors import CptlabError, Interrupted, RunDirRefused, in_job, no_space
 from cptlab.run.build import build_run
 from cptlab.run.guard import RunLock, check_inputs, claim_run_dir, is_rank_zero, record_inputs
@@ -112,7 +113,7 @@ def hydra_main(cfg: DictConfig) -> None:
             with contextlib.suppress(OSError, CptlabError):  # a full disk refuses the record too: the line still says
                 write_summary(run_dir, {"status": "failed", "error": message, "name": cfg.name,
                                         "overrides": task_overrides()})
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not isinstance(err, CptlabError):
+        if full_error() or not isinstance(err, CptlabError):
             traceback.print_exc()
         print(f"cptlab-train: error: {message}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN and not isinstance(err, Interrupted):  # a signal stops the sweep
