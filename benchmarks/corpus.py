@@ -143,9 +143,10 @@ def run(ctx: Context) -> BenchResult:
 # -- a whole short run under /usr/bin/time -v -------------------------------------------------------------------
 
 
-def train_peak_rss(corpus: Path, replay: Path, work: Path, *, max_train_bytes: int) -> dict:
-    """Peak RSS and wall time of `cptlab.cli.train_app` on `corpus` (new) + `replay`, one training step."""
-    run_dir, cache = work / "run", work / "cache"
+def train_peak_rss(corpus: Path, replay: Path, work: Path, *, max_train_bytes: int, cache: Path | None = None) -> dict:
+    """Peak RSS and wall time of `cptlab.cli.train_app` on `corpus` (new) + `replay`, one training step; `cache`:
+    the token caches' directory (default: work/cache)."""
+    run_dir, cache = work / "run", cache or work / "cache"
     cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "cptlab.cli.train_app", "data=files",
            f"data.domains.new.sources=[{corpus}]", f"data.domains.old.sources=[{replay}]",
            "tokenizer=train", "tokenizer.vocab_size=2000", f"tokenizer.max_train_bytes={max_train_bytes}",
@@ -169,11 +170,17 @@ def _train(args) -> None:
     replay = generate_corpus(work / "replay", 2_000_000, shards=1, seed=1)
     out = {}
     for label, corpus, size in (("small", "small", small), ("large", "large", large)):
-        out[label] = {"bytes": size, **train_peak_rss(work / corpus, work / "replay", work / f"run-{label}",
-                                                     max_train_bytes=args.max_train_bytes)}
+        # Twice per size: the first run builds the token caches (cold), the second trains on them (warm), as every
+        # job of a sweep after the first does; each in a run directory of its own.
+        cache = work / f"cache-{label}"
+        cold, warm = (train_peak_rss(work / corpus, work / "replay", work / f"run-{label}-{kind}", cache=cache,
+                                     max_train_bytes=args.max_train_bytes) for kind in ("cold", "warm"))
+        out[label] = {"bytes": size, "cold": cold, "warm": warm}
         print(json.dumps({label: out[label]}), flush=True)
     out["replay_bytes"] = replay
-    out["rss_growth_per_corpus_byte"] = (out["large"]["peak_rss"] - out["small"]["peak_rss"]) / (large - small)
+    for kind in ("cold", "warm"):
+        out[f"rss_growth_per_corpus_byte_{kind}"] = (
+            (out["large"][kind]["peak_rss"] - out["small"][kind]["peak_rss"]) / (large - small))
     print(json.dumps(out))
 
 
