@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import matplotlib
@@ -16,7 +15,7 @@ from matplotlib.transforms import Bbox  # noqa: E402
 
 from cptlab.compare.runs import Group, Roles, Run, group_runs  # noqa: E402
 from cptlab.compare.stats import mean_ci  # noqa: E402
-from cptlab.utils.io import atomic_write_bytes  # noqa: E402
+from cptlab.utils.io import save_figure  # noqa: E402
 
 
 def run_colors(n: int) -> list:
@@ -29,12 +28,7 @@ def run_colors(n: int) -> list:
 
 
 def _save(fig, path: Path) -> Path:
-    buf = io.BytesIO()
-    # "tight" grows the canvas to take in the legend placed outside the axes.
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return Path(path)
+    return save_figure(fig, path, bbox_inches="tight")  # "tight": the canvas takes in the legend outside the axes
 
 
 def _group_curve(group: Group, domain: str, metric: str) -> tuple[list[float], list[float], list[float] | None]:

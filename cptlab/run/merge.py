@@ -251,7 +251,6 @@ def plot_merge(run_dir: Path, record: dict, path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from cptlab.utils.io import atomic_write_bytes
 
     roles, start = record["roles"], record["step0_bpb"]
     prefix = "val" if record["weights"] == "raw" else "val_ema"
@@ -281,11 +280,9 @@ def plot_merge(run_dir: Path, record: dict, path: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    from cptlab.utils.io import save_figure
+
+    return save_figure(fig, path)
 
 
 def merge_run(run_dir: Path | str, alphas: list[float], *, weights: str = "raw") -> dict:

@@ -3,7 +3,6 @@ run scored downstream tasks (eval.harness), a second panel with each task metric
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import matplotlib
@@ -13,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from cptlab.rundir.layout import PLOT  # noqa: E402
 from cptlab.rundir.metrics import eval_curve, read_series  # noqa: E402
-from cptlab.utils.io import atomic_write_bytes  # noqa: E402
+from cptlab.utils.io import save_figure  # noqa: E402
 
 HARNESS = "val/harness/"
 
@@ -44,12 +43,7 @@ def plot_forgetting_curve(run_dir: Path, roles: dict[str, str], title: str = "")
     if tasks:
         _harness_panel(axes[0][1], series, tasks)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    out = run_dir / PLOT
-    atomic_write_bytes(out, buf.getvalue())
-    return out
+    return save_figure(fig, run_dir / PLOT)
 
 
 def _harness_panel(ax, series: dict, tasks: list[str]) -> None:

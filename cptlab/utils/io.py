@@ -53,6 +53,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def save_figure(fig, path: str | os.PathLike, **savefig) -> Path:
+    """A matplotlib figure as a PNG at `path`, written atomically (a reader never sees half a picture), and
+    closed (pyplot keeps every open figure alive)."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", **savefig)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
