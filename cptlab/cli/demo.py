@@ -18,7 +18,8 @@ from cptlab.rundir import layout
 
 
 def run(module: str, *args: str, check: bool = True) -> int:
-    print(f"$ {module.replace('cptlab.', 'cptlab-').replace('.cli', '')} " + " ".join(args), flush=True)
+    command = "cptlab-" + module.rsplit(".", 1)[1].removesuffix("_app")  # cptlab.cli.train_app: cptlab-train
+    print(f"$ {command} " + " ".join(args), flush=True)
     code = subprocess.call([sys.executable, "-m", module, *args])
     if check and code != 0:
         sys.exit(f"cptlab demo: `{module} {' '.join(args)}` failed")
