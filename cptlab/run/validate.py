@@ -309,7 +309,22 @@ def config_warnings(cfg: DictConfig) -> list[str]:
     if cfg.optim.warmup_steps >= cfg.trainer.max_steps:
         out.append(f"optim.warmup_steps={cfg.optim.warmup_steps} >= trainer.max_steps={cfg.trainer.max_steps}: the "
                    "learning rate never reaches optim.lr (the whole run is warm-up)")
+    out += _unreached_stages(cfg)
     return out
+
+
+def _unreached_stages(cfg: DictConfig) -> list[str]:
+    """data.stages after one that ends at or past trainer.max_steps never run: legal (a run may be extended), said."""
+    stages = cfg.data.get("stages") or []
+    per_step = int(cfg.data.batch_size) * int(cfg.data.seq_len) * int(cfg.trainer.accumulate_grad_batches)
+    for i, stage in enumerate(stages[:-1]):
+        end = stage.get("until_step")
+        if end is None and stage.get("until_tokens") is not None:
+            end = int(stage.until_tokens) // per_step
+        if end is not None and int(end) >= cfg.trainer.max_steps:
+            return [f"data.stages[{i}] ends at step {int(end)} >= trainer.max_steps={cfg.trainer.max_steps}: "
+                    f"data.stages[{i + 1}:] never run{'' if i + 2 == len(stages) else ' (any of them)'}"]
+    return []
 
 
 def validate_strategy(cfg: DictConfig) -> None:

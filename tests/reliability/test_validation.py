@@ -99,6 +99,17 @@ def test_valid_config_passes_and_warmup_covering_the_run_warns(compose_cfg, file
     assert "optim.warmup_steps=2 >= trainer.max_steps=2" in warning
 
 
+def test_a_stage_after_the_last_step_is_said(compose_cfg, files, rel):
+    """trainer.max_steps=2 here: a stage ending at step 5 leaves the next one unreached (legal, said once)."""
+    stages = "data.stages=[{until_step: 5, replay_ratio: 0}, {replay_ratio: 0.5}]"
+    cfg = compose_cfg(overrides(files, rel, stages))
+    validate(cfg)
+    [warning] = config_warnings(cfg)
+    assert warning.startswith("data.stages[0] ends at step 5 >= trainer.max_steps=2: data.stages[1:] never run")
+    cfg = compose_cfg(overrides(files, rel, "data.stages=[{until_step: 1, replay_ratio: 0}, {replay_ratio: 0.5}]"))
+    assert config_warnings(cfg) == []
+
+
 def test_cli_refuses_before_any_tokenizer_or_cache(cptlab_train, files, rel, tmp_path):
     new, old = files
     run_dir = tmp_path / "run"
