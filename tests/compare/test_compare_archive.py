@@ -15,6 +15,7 @@ import pytest
 from cptlab.cli.compare import compare, main
 from cptlab.compare.archive import OPTIONS, read_options
 from cptlab.errors import CptlabError
+from cptlab.utils.io import OUTPUT_MARKER
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,7 +55,7 @@ def test_archive_keeps_each_runs_record_and_the_options(seeded_sweep, study):
     kept = sorted(p.relative_to(archive).as_posix() for p in archive.rglob("*") if p.is_file())
     runs = sorted(p.name for p in seeded_sweep.iterdir())
     assert len(runs) == 12
-    assert kept == sorted([OPTIONS] + [f"{r}/{f}" for r in runs for f in
+    assert kept == sorted([OPTIONS, OUTPUT_MARKER] + [f"{r}/{f}" for r in runs for f in
                                        ("summary.json", "metrics.csv", ".hydra/config.yaml", ".hydra/overrides.yaml")])
     for run in runs:  # byte for byte
         assert (archive / run / "metrics.csv").read_bytes() == (seeded_sweep / run / "metrics.csv").read_bytes()
@@ -76,6 +77,20 @@ def test_archive_refuses_to_copy_a_run_into_itself(seeded_sweep):
     run = next(seeded_sweep.iterdir())
     with pytest.raises(CptlabError, match="lies inside the compared run"):
         compare([run], out=run / "cmp", archive=True, plots=False)
+
+
+def test_a_second_archive_replaces_the_first_and_a_users_directory_is_refused(seeded_sweep, tmp_path):
+    out = tmp_path / "cmp"
+    compare([seeded_sweep], out=out, archive=True, plots=False)
+    one_ratio = [p for p in seeded_sweep.iterdir() if p.name.startswith("data.replay_ratio=0.5,")]
+    compare(one_ratio, out=out, archive=True, plots=False)  # fewer runs: none of the first archive's left over
+    assert sorted(p.parent.name for p in (out / "runs").glob("*/summary.json")) == sorted(p.name for p in one_ratio)
+    users = tmp_path / "users"
+    (users / "runs").mkdir(parents=True)
+    (users / "runs" / "notes.txt").write_text("mine")
+    with pytest.raises(CptlabError, match="--archive"):
+        compare([seeded_sweep], out=users, archive=True, plots=False)
+    assert (users / "runs" / "notes.txt").read_text() == "mine"
 
 
 def test_check_passes_on_a_consistent_study(study, capsys):
