@@ -65,3 +65,24 @@ def spy(monkeypatch):
         return calls
 
     return install
+
+
+@pytest.fixture
+def sigkill_at_first_checkpoint():
+    """sigkill_at_first_checkpoint(proc, run_dir, timeout) (kill_at_first_checkpoint below)."""
+    return kill_at_first_checkpoint
+
+
+def kill_at_first_checkpoint(proc, run_dir: Path, timeout: float) -> None:
+    """Wait for `proc` (a cptlab-train subprocess) to write run_dir's last.ckpt, then SIGKILL it (no handler runs):
+    the crash an exact resume must survive. Fails if the run ended first."""
+    import signal
+    import time
+
+    ckpt = Path(run_dir) / "checkpoints" / "last.ckpt"
+    deadline = time.time() + timeout
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()

@@ -381,27 +381,17 @@ def _series(run_dir) -> dict:
 
 
 @pytest.mark.slow
-def test_kill_and_resume_with_the_harness_on_matches_an_uninterrupted_run(tmp_path):
+def test_kill_and_resume_with_the_harness_on_matches_an_uninterrupted_run(tmp_path, sigkill_at_first_checkpoint):
     """tests/e2e/test_resume.py's check with the probes scored every 3 steps (not with the bpb evaluation, every 4)
     on the raw and the EMA weights: killed after its first checkpoint (step 4, the harness last ran at step 3), the
     resumed run ends with the very metrics of an uninterrupted one: the harness drew no training randomness, and
     no step is scored twice or skipped."""
-    import os
-    import signal
-    import time
 
     reference = tmp_path / "reference"
     done = _train(reference)
     assert done.returncode == 0, done.stderr[-2000:]
     killed = tmp_path / "killed"
-    proc = _train(killed, wait=False)
-    ckpt = killed / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 900
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    sigkill_at_first_checkpoint(_train(killed, wait=False), killed, timeout=900)
     resumed = _train(killed)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     ref, got = _series(reference), _series(killed)

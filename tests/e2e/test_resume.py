@@ -45,19 +45,12 @@ def series(run_dir):
     pytest.param(("data.stages=[{until_step: 3, replay_ratio: 0}, {until_step: 15}, {replay_ratio: 0.5}]",),
                  marks=pytest.mark.slow),
 ], ids=["plain", "mean_teacher_two_stage_lora", "mixture_stages"])
-def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path, extra):
+def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path, extra, sigkill_at_first_checkpoint):
     reference = tmp_path / "reference"
     assert train(reference, extra=extra).returncode == 0
 
     killed = tmp_path / "killed"
-    proc = train(killed, wait=False, extra=extra)
-    ckpt = killed / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 240
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    sigkill_at_first_checkpoint(train(killed, wait=False, extra=extra), killed, timeout=240)
     assert not (killed / "summary.json").exists()
     resumed = train(killed, extra=extra)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
