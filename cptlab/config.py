@@ -20,6 +20,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from cptlab.errors import CptlabError
+from cptlab.utils.limits import MAX_DOC_BYTES
+from cptlab.utils.lr import wsd_decay_start
 
 # -- what a field admits, declared beside it --------------------------------------------------------------
 
@@ -27,7 +29,8 @@ from cptlab.errors import CptlabError
 @dataclass(frozen=True)
 class Rule:
     """The values a config field admits, kept beside the field so every check of it (cptlab.run.validate's pass
-    over a composed config, a library entry point's check of its argument) reads this one declaration.
+    over a composed config, a front end's check of a value it passes on outside a run) reads this one
+    declaration. Library modules never import this module: they take values already checked.
 
     `choices`: the allowed values; `span`: a number range as the message spells it: "> 0", ">= 1", "(0, 1)",
     "[0, 1)", "[0.98, 1]". `when(cfg)`: only configs that read the field are checked (its value is unused
@@ -101,7 +104,8 @@ def rule_of(schema: type, name: str) -> Rule | None:
 
 def check_value(key: str, value, *, required: bool = False) -> None:
     """Check one value against the rule of its dotted `key` ("tokenizer.kind", "data.domains.NAME.weight"):
-    for library entry points that are called outside a validated run but must refuse what a run refuses.
+    for front ends (cptlab.cli, cptlab.run, benchmarks) that hand a user's value to a library function outside a
+    validated run, so it is refused as a run refuses it, in one line naming the key.
     `required`: refuse null even where the config admits it (a null there is resolved before this caller)."""
     *path, name = key.split(".")
     schema, parts = TrainConfig, iter(path)
@@ -131,7 +135,8 @@ def nested_schema(hint) -> type | None:
     return next((s for arg in typing.get_args(hint) if (s := nested_schema(arg)) is not None), None)
 
 
-# The allowed values, each tuple once: modules that dispatch on a value import it from here.
+# The allowed values, each tuple once: front ends that offer a value's choices (cptlab.cli) import it from here;
+# library modules dispatch on the values they implement and refuse any other (a ValueError), never this list.
 TOKENIZER_KINDS = ("base", "train", "extend")
 INITS = ("random", "mean", "subword_mean")
 ROLES = ("new", "replay", "eval")  # eval: never trained on or replayed, every document held out
@@ -242,7 +247,7 @@ class DataConfig:
     on_bad_text: str = choice("replace", BAD_TEXT)
     # The longest document in UTF-8 bytes (a .txt/.jsonl line, a parquet/dataset row, a directory's .txt file): a
     # longer one is refused, naming its file and line, once that many bytes of it are read (never split).
-    max_doc_bytes: Optional[int] = bounded(8 << 20, ">= 1", note="bytes; null: no cap")
+    max_doc_bytes: Optional[int] = bounded(MAX_DOC_BYTES, ">= 1", note="bytes; null: no cap")
     # Keys the train/held-out document split (and the tokenizer trained on the train side); `seed` never
     # changes it, so runs that differ only in seed are scored on the same held-out documents.
     split_seed: int = 0
@@ -434,15 +439,10 @@ def run_tags(tags, *choices: str) -> list[str]:
     return list(dict.fromkeys([*(str(t) for t in tags or ()), *choices]))
 
 
-def wsd_decay_start(total_steps: int, warmup_steps: int, decay_fraction: float) -> int:
-    """The first step of the linear decay of optim.schedule=wsd: its last `decay_fraction` of `total_steps` (at
-    least one step), never before the warm-up ends (cptlab.training.optim.LRSchedule reads it from here)."""
-    return max(warmup_steps, total_steps - max(1, round(decay_fraction * total_steps)))
-
-
 def lr_decay_start(*, _root_) -> int:
     """`${lr_decay_start:}`: the first optimizer step of the decay phase of optim.schedule=wsd over
-    trainer.max_steps, e.g. where a data.stages entry starts annealing (conf/experiment/demo_zh_anneal.yaml)."""
+    trainer.max_steps, e.g. where a data.stages entry starts annealing (conf/experiment/demo_zh_anneal.yaml);
+    the arithmetic is cptlab.utils.lr's, which the schedule itself (cptlab.training.optim.LRSchedule) runs too."""
     return wsd_decay_start(int(_root_.trainer.max_steps), int(_root_.optim.warmup_steps),
                            float(_root_.optim.decay_fraction))
 

@@ -1,5 +1,6 @@
 """Test-wide settings: caches and runs in a temporary directory, CPU only, quiet, offline."""
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -31,23 +32,47 @@ def pytest_unconfigure(config):
         shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.fixture
-def compose_cfg():
-    """compose_cfg(overrides, output_dir) -> the composed config, as a test would see the CLI's."""
-    from hydra import compose, initialize_config_dir
+@contextlib.contextmanager
+def hydra_initialized(config_dir: Path = CONF_DIR):
+    """Hydra initialised on `config_dir` (the checkout's conf/ by default) for the block, as cptlab-train
+    initialises it: what Hydra's own `compose` needs (compose_train; cptlab.run.sweep.check_jobs).
+    The one place the tests initialise Hydra."""
+    from hydra import initialize_config_dir
+
+    import cptlab.config  # noqa: F401  (schema and resolvers)
+
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        yield
+
+
+def compose_train(overrides, output_dir=None, *, hydra_node: bool = False, config_dir: Path = CONF_DIR):
+    """The config `cptlab-train <overrides>` composes, as a test would see the CLI's; with `output_dir`,
+    paths.output_dir set to it; with `hydra_node`, the `hydra` node kept (return_hydra_config: for HydraConfig
+    and cptlab.run.sweep.job_overrides); from another config directory with `config_dir` (a copy of conf/).
+    The one place the tests compose the app's config: use it through the compose_cfg fixture."""
+    from hydra import compose
     from omegaconf import open_dict
 
-    import cptlab.config  # noqa: F401
+    with hydra_initialized(config_dir):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=hydra_node)
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir)
+    return cfg
 
-    def _compose(overrides, output_dir=None):
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose("train", overrides=list(overrides))
-        if output_dir is not None:
-            with open_dict(cfg):
-                cfg.paths.output_dir = str(output_dir)
-        return cfg
 
-    return _compose
+@pytest.fixture(scope="session")
+def compose_cfg():
+    """compose_cfg(overrides, output_dir=None, *, hydra_node=False, config_dir=CONF_DIR) -> the composed config
+    (compose_train above). Session-scoped (it holds no state), so module-scoped fixtures can compose too."""
+    return compose_train
+
+
+@pytest.fixture(scope="session")
+def hydra_conf():
+    """hydra_conf(config_dir=CONF_DIR): a context manager, Hydra initialised on conf/ for the block
+    (hydra_initialized above), for code under test that calls Hydra's `compose` itself."""
+    return hydra_initialized
 
 
 @pytest.fixture

@@ -238,7 +238,6 @@ def test_the_restatement_check_flags_an_injected_default_and_keeps_a_needed_one(
     so are the real ones of that kind."""
     import shutil
 
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     real = default_restatements()
@@ -261,8 +260,7 @@ def test_the_restatement_check_flags_an_injected_default_and_keeps_a_needed_one(
     assert default_restatements(conf)["debug/smoke.yaml: optim.lr"] is False
 
     def composed(config_dir, overrides):
-        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            return OmegaConf.to_yaml(compose("train", overrides=overrides), resolve=False)
+        return OmegaConf.to_yaml(compose_cfg(overrides, config_dir=config_dir), resolve=False)
 
     for overrides in (["experiment=demo_code", "trainer=gpu"], ["trainer=gpu"]):
         assert composed(conf, overrides) == composed(CONF_DIR, overrides)  # the flagged ones change nothing

@@ -57,6 +57,14 @@ def test_strategy_from_config(sharding):
     assert len(strategy.kwargs["ignored_modules"]) == 3
 
 
+def test_a_sharding_torch_does_not_name_is_refused():
+    """trainer.fsdp_sharding's message is the rule's (tests/reliability/test_validation.py); the strategy takes a
+    torch ShardingStrategy name as spelled, never a near one."""
+    for sharding in ("HYBRID", "full_shard"):
+        with pytest.raises(ValueError, match=f"{sharding!r} is not the name of a torch FSDP ShardingStrategy"):
+            fsdp_strategy(tiny(), sharding=sharding)
+
+
 def test_a_model_without_decoder_layer_classes_is_refused():
     class Plain(torch.nn.Module):
         def __init__(self):

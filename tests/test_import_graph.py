@@ -118,6 +118,19 @@ def test_main_blocks_are_left_out(tmp_path):
                                                      "cptlab.pkg.deep.g"}
 
 
+# The modules that may import the schema (cptlab.config): front ends and the run's assembly, which check values
+# against its rules; every library below takes values already checked (issue #28).
+CONFIG_IMPORTERS = ("cptlab.cli", "cptlab.run", "cptlab.compare")
+
+
+def test_no_library_module_imports_the_config():
+    graph = import_graph()
+    importers = sorted(m for m, deps in graph.items() if "cptlab.config" in deps and m != "cptlab.config"
+                       and not any(m == p or m.startswith(p + ".") for p in CONFIG_IMPORTERS))
+    assert importers == [], f"{importers} import cptlab.config: a library takes checked values (a front end or " \
+                            "cptlab.run checks them against the schema's rules)"
+
+
 # Layers, lowest first: a module may import its own layer's modules and lower layers' (sideways arrows between
 # packages of one layer are allowed while they make no cycle), never a higher layer's.
 LAYERS = [

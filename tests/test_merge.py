@@ -20,29 +20,15 @@ from cptlab.errors import CptlabError
 from cptlab.run.merge import export_merge, load_interpolation, merge_run, parse_alphas
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
 RUN = ["experiment=demo_zh", "debug=smoke", "model.random_init=false", "trainer.max_steps=4",
        "eval.every_n_steps=2", "checkpoint.every_n_steps=4", "optim.lr=3e-3"]
 
 
-def compose(overrides, output_dir):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    import cptlab.config  # noqa: F401
-
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = hydra_compose("train", overrides=list(overrides))
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-    return cfg
-
-
-def train_run(run_dir: Path, overrides: list[str]) -> dict:
+def train_run(compose_cfg, run_dir: Path, overrides: list[str]) -> dict:
     """What `cptlab-train` does for one run, with its config saved where Hydra saves it."""
     from cptlab.cli.train_app import train
 
-    cfg = compose(overrides, run_dir)
+    cfg = compose_cfg(overrides, run_dir)
     (run_dir / ".hydra").mkdir(parents=True)
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
     summary, _ = train(cfg, run_dir)
@@ -51,10 +37,10 @@ def train_run(run_dir: Path, overrides: list[str]) -> dict:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, compose_cfg):
     root = tmp_path_factory.mktemp("merge")
     base = root / "base"
-    cfg = compose(["experiment=demo_base", "debug=smoke", "trainer.max_steps=2"], root / "base_run")
+    cfg = compose_cfg(["experiment=demo_base", "debug=smoke", "trainer.max_steps=2"], root / "base_run")
     with open_dict(cfg):
         cfg.publish_dir = str(base)
     from cptlab.cli.train_app import train
@@ -62,13 +48,14 @@ def runs(tmp_path_factory):
     assert train(cfg, root / "base_run")[0]["status"] == "completed"
     on_base = [*RUN, f"model.name_or_path={base}"]
     extended = root / "extended"  # new rows initialised at random (seeded) and trained with the whole model
-    train_run(extended, [*on_base, "tokenizer=extend", "tokenizer.vocab_size=2000", "tokenizer.init=random"])
+    train_run(compose_cfg, extended, [*on_base, "tokenizer=extend", "tokenizer.vocab_size=2000",
+                                      "tokenizer.init=random"])
     lora = root / "lora"
-    train_run(lora, [*on_base, "tokenizer=base", "adapter=lora", "adapter.r=4", "adapter.dropout=0.0", "retention=ema",
-                     "retention.decay=0.5"])
+    train_run(compose_cfg, lora, [*on_base, "tokenizer=base", "adapter=lora", "adapter.r=4", "adapter.dropout=0.0",
+                                  "retention=ema", "retention.decay=0.5"])
     dora = root / "dora"  # DoRA on the extended vocabulary, its new rows trained beside the adapter
-    train_run(dora, [*on_base, "tokenizer=extend", "tokenizer.vocab_size=2000", "adapter=dora", "adapter.r=4",
-                     "adapter.dropout=0.0", "adapter.train_new_tokens=true"])
+    train_run(compose_cfg, dora, [*on_base, "tokenizer=extend", "tokenizer.vocab_size=2000", "adapter=dora",
+                                  "adapter.r=4", "adapter.dropout=0.0", "adapter.train_new_tokens=true"])
     return {"root": root, "base": base, "extended": extended, "lora": lora, "dora": dora}
 
 

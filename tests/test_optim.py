@@ -47,8 +47,11 @@ def test_constant_after_warmup():
     assert [s.factor(t) for t in range(2, 10)] == [1.0] * 8
 
 
-def test_bad_schedule_names_the_key():
-    with pytest.raises(CptlabError, match="optim.schedule='linear'"):
+def test_an_unknown_schedule_is_refused_not_taken_for_another():
+    """optim.schedule's message is the rule's (check_value, tests/test_validation_rules.py; a run:
+    tests/reliability/test_validation.py); the schedule itself has three shapes and refuses any other name
+    when it is built, never falling back to one of them."""
+    with pytest.raises(ValueError, match="unknown learning-rate schedule 'linear' \\(optim.schedule\\)"):
         LRSchedule(total_steps=10, kind="linear")
 
 

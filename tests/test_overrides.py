@@ -59,19 +59,17 @@ def test_removing_the_replay_domain_needs_no_replay(compose_cfg):
     validate(compose_cfg([*SMOKE, "~data.domains.en", "data.replay_ratio=0"]))
 
 
-def test_a_sweep_over_an_added_domains_weight_composes_every_job(compose_cfg):
+def test_a_sweep_over_an_added_domains_weight_composes_every_job(compose_cfg, hydra_conf):
     """-m: every job of the sweep (as Hydra's basic sweeper splits it) composes and validates."""
-    from hydra import compose, initialize_config_dir
-
     from cptlab.run.sweep import check_jobs, job_overrides
     from cptlab.utils.console import CONF_DIR
 
     overrides = [*SMOKE, "+data.domains.code={role: replay, sources: [demo:code]}", "data.domains.code.weight=1,2",
                  "~data.domains.en", "data.stages=[{until_step: 4}, {replay_ratio: 0.5}],[]"]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[*SMOKE], return_hydra_config=True)
-        jobs = job_overrides(cfg, overrides)
-        assert len(jobs) == 4
+    cfg = compose_cfg([*SMOKE], hydra_node=True, config_dir=CONF_DIR)
+    jobs = job_overrides(cfg, overrides)
+    assert len(jobs) == 4
+    with hydra_conf(CONF_DIR):  # check_jobs composes each job with Hydra's own compose
         check_jobs(jobs)
     weights = sorted((compose_cfg(job).data.domains.code.weight, len(compose_cfg(job).data.stages)) for job in jobs)
     assert weights == [(1.0, 0), (1.0, 2), (2.0, 0), (2.0, 2)]

@@ -12,7 +12,7 @@ import pytest
 from cptlab import config
 from cptlab.errors import CptlabError
 from cptlab.model.freeze import BUILDERS
-from cptlab.run.validate import declared_values
+from cptlab.run.validate import declared_values, validate_fields
 
 PACKAGE = Path(config.__file__).resolve().parent
 TUPLES = {name: value for name, value in vars(config).items()
@@ -59,11 +59,43 @@ def test_every_default_obeys_its_own_rule(schema):
     ("retention.on", "old", "retention.on='old' must be one of replay, all, new"),
     ("model.dtype", None, "model.dtype=None must be one of float32, bfloat16, float16"),  # not Optional
     ("data.seq_len", None, "data.seq_len=None must be >= 1"),
+    # values that library functions once checked themselves (they now take checked values): each message is the
+    # rule's, spelled here once, for a front end's check (check_value) as for a run's (validate_fields)
+    ("data.on_bad_text", "ignore", "data.on_bad_text='ignore' must be one of replace, skip, error"),
+    ("data.max_doc_bytes", 0, "data.max_doc_bytes=0 must be >= 1 (bytes; null: no cap)"),
+    ("optim.schedule", "linear", "optim.schedule='linear' must be one of cosine, wsd, constant"),
+    ("model.dtype", "bogus", "model.dtype='bogus' must be one of float32, bfloat16, float16"),
+    ("trainer.fsdp_sharding", "HYBRID", "trainer.fsdp_sharding='HYBRID' must be one of FULL_SHARD, SHARD_GRAD_OP, "
+                                        "NO_SHARD"),
+    ("tokenizer.kind", "pretrained", "tokenizer.kind='pretrained' must be one of base, train, extend"),
+    ("tokenizer.admit", "loose", "tokenizer.admit='loose' must be one of auto, script, strict, all"),
+    ("tokenizer.model_type", "word", "tokenizer.model_type='word' must be one of bpe, unigram"),
 ])
 def test_one_checker_spells_every_message(key, value, message):
     with pytest.raises(CptlabError) as info:
         config.check_value(key, value)
     assert str(info.value) == message
+
+
+def test_required_refuses_a_null_the_config_admits():
+    """tokenizer.model_type's null (the base's type, or bpe) is resolved before training, which needs a type."""
+    config.check_value("tokenizer.model_type", None)
+    with pytest.raises(CptlabError) as info:
+        config.check_value("tokenizer.model_type", None, required=True)
+    assert str(info.value) == "tokenizer.model_type=None must be one of bpe, unigram"
+
+
+def test_a_run_refuses_an_unknown_tokenizer_kind(compose_cfg):
+    """The kind the library refuses with a ValueError (tests/tokenizer/test_prepare.py) is the run's one line."""
+    with pytest.raises(CptlabError, match=r"^tokenizer\.kind='pretrained' must be one of base, train, extend$"):
+        validate_fields(compose_cfg(["tokenizer.kind=pretrained"]))
+
+
+def test_schema_defaults_shared_with_libraries_are_written_once():
+    from cptlab.data.sources import MAX_DOC_BYTES
+    from cptlab.utils import limits
+
+    assert config.DataConfig.max_doc_bytes == MAX_DOC_BYTES == limits.MAX_DOC_BYTES
 
 
 def test_admitted_values_and_nulls_pass():

@@ -61,8 +61,8 @@ def prepare(cfg: DictConfig, run_dir: Path, log=print) -> dict:
     return out
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
-def hydra_main(cfg: DictConfig) -> None:
+def job(cfg: DictConfig) -> None:
+    """One Hydra job of cptlab-prepare: the config validated, the tokenizer and token caches built."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         in_job(True)  # a signal from here on is an Interrupted error: the build in progress cleans up
@@ -89,30 +89,36 @@ def hydra_main(cfg: DictConfig) -> None:
         in_job(False)
 
 
-def precheck(argv: list[str]) -> None:
-    """Compose the config once before Hydra starts, so a bad override (`prepare.tokenizer_only=maybe`, an unknown
-    key) is one line and exit status 2, not Hydra's multi-line report (cptlab.run.sweep, as cptlab-train)."""
-    from cptlab.run.sweep import check_command, plain_overrides
-
-    if not plain_overrides(argv):
-        return
-    try:
-        from cptlab.run.guard import check_run_name
-
-        check_command(argv, then=lambda cfg, _: check_run_name(cfg))  # a name leading outside CPTLAB_RUNS: refused
-    except Exception as err:
-        exit_with_error("cptlab-prepare", err)
+@hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
+def hydra_main(cfg: DictConfig) -> None:
+    """Hydra's own front end, for commands with Hydra's flags (--help, --cfg, --config-dir...)."""
+    job(cfg)
 
 
 def main() -> None:
     """The `cptlab-prepare` console script: Hydra's output goes under runs/prepare/ unless the command says
-    otherwise; a failed job of a multirun makes the command exit non-zero at the end."""
+    otherwise; the command is composed once (cptlab.cli.hydra_app), a bad override or a run name leading outside
+    CPTLAB_RUNS is one line and exit status 2 before Hydra starts; a failed job of a multirun makes the command
+    exit non-zero at the end."""
+    from cptlab.cli.hydra_app import compose_command
+    from cptlab.run.sweep import plain_overrides
+
     interrupt_on_signals("cptlab-prepare")  # SIGTERM: one line, exit status 143 (cptlab.errors)
     argv = sys.argv[1:]
     given = {a.split("=")[0] for a in argv}
-    sys.argv[1:] = argv + [d for d in (RUN_DIR, SWEEP_DIR, JOB_NAME) if d.split("=")[0] not in given]
-    precheck(sys.argv[1:])
-    hydra_main()
+    argv += [d for d in (RUN_DIR, SWEEP_DIR, JOB_NAME) if d.split("=")[0] not in given]
+    if not plain_overrides(argv):  # Hydra's own flags: Hydra's front end
+        sys.argv[1:] = argv
+        hydra_main()
+    else:
+        try:
+            from cptlab.run.guard import check_run_name
+
+            command = compose_command(argv, "prepare")
+            check_run_name(command.cfg)
+        except Exception as err:
+            exit_with_error("cptlab-prepare", err)
+        command.run(job)
     exit_if_jobs_failed("cptlab-prepare", FAILED)
 
 

@@ -1,49 +1,90 @@
-"""The `cptlab-train` console script: compose-time errors turned into one line before Hydra (and torch) start,
-every job of a sweep validated before the first one trains, and SIGTERM outside training one line too."""
+"""The `cptlab-train` console script, one pass from command to fit: the command composed once
+(cptlab.cli.hydra_app); a bad override or value said in one line before Hydra writes anything or torch starts;
+every job of a sweep validated before the first one trains; a run's directory claimed, locked and compared
+with its recorded inputs once, here, before Hydra writes its files there; then the job (cptlab.cli.train_app)."""
 
 from __future__ import annotations
 
+import functools
+import os
 import sys
+from pathlib import Path
 
 from cptlab.cli import exit_if_jobs_failed, exit_with_error
-from cptlab.run.sweep import check_command, first_sweep_point, plain_overrides
+from cptlab.cli.hydra_app import Command, compose_command, job_config, task_overrides
+from cptlab.run.sweep import check_jobs, job_overrides, plain_overrides
 
-__all__ = ["first_sweep_point", "precheck_overrides", "precheck_run_dir", "train_main"]
+__all__ = ["check_run", "check_sweep", "train_main"]
 
 
-def precheck_overrides(argv: list[str], prog: str = "cptlab-train") -> None:
-    """Compose the config once with the command's overrides so that an unknown key, a wrong type or a
-    missing group option fails with one line and no traceback; a multirun's jobs are each composed and
-    validated (cptlab.run.sweep.check_jobs), so a bad value in job 2 stops the sweep before job 1 trains."""
-    if not plain_overrides(argv):
-        return
+def check_run(command: Command):
+    """A single run's checks, each once: run name, writable directories, the config's values, then (rank zero:
+    the ranks Lightning or SLURM start share its directory) the run directory claimed and locked, and its
+    recorded inputs compared with this command's. Returns what the job is handed (cptlab.cli.train_app.Checked)."""
+    from cptlab.cli.train_app import Checked
+    from cptlab.run.guard import RunLock, check_inputs, check_run_name, check_writable, claim_run_dir, is_rank_zero
+    from cptlab.run.validate import config_warnings, validate
+
+    cfg = command.cfg
+    run_dir = Path(os.path.abspath(os.path.expanduser(str(cfg.hydra.run.dir))))  # as Hydra's run_job makes it
+    check_run_name(cfg)
+    check_writable(run_dir, "hydra.run.dir, from paths.runs_dir / CPTLAB_RUNS")
+    check_writable(Path(str(cfg.paths.cache_dir)), "paths.cache_dir / CPTLAB_CACHE")
+    task = job_config(cfg)
+    validate(task)
+    for warning in config_warnings(task):
+        print(f"cptlab-train: warning: {warning}", file=sys.stderr)
+    if not is_rank_zero():
+        return Checked()
+    claim_run_dir(run_dir)  # a directory of the user's is refused before Hydra writes into it
+    lock = RunLock(run_dir).acquire()
     try:
-        check_command(argv, validate_jobs=True, then=precheck_run_dir)
-    except Exception as err:  # Hydra/OmegaConf errors: the message is what the user needs
-        exit_with_error(prog, err)  # Interrupted: 128 + the signal's number
+        inputs = check_inputs(task, run_dir, str(task.train.on_changed_inputs))
+    except BaseException:
+        lock.release()
+        raise
+    return Checked(lock=lock, inputs=inputs)
 
 
-def precheck_run_dir(cfg, multirun: bool) -> None:
-    """Run and cache directories writable, the run directory free and started with these inputs: said in one
-    line before Hydra writes its files and log there (cptlab.run.guard)."""
-    from hydra.core.hydra_config import HydraConfig
+def check_sweep(command: Command) -> None:
+    """A multirun's checks: run name, writable sweep and cache directories, and every job composed (once: the
+    launcher reuses it) and validated, so a bad value in job 2 stops the sweep before job 1 trains. Each job
+    claims, locks and compares its own directory's inputs when it starts."""
+    from cptlab.run.guard import check_run_name, check_writable
 
-    from cptlab.run.guard import precheck_run_dir as check
-
-    HydraConfig.instance().set_config(cfg)  # resolves ${hydra:...} in the run directory's name
-    try:
-        check(cfg, multirun)
-    finally:
-        HydraConfig.instance().cfg = None
+    cfg = command.cfg
+    check_run_name(cfg)
+    check_writable(Path(str(cfg.hydra.sweep.dir)).expanduser(), "hydra.sweep.dir")
+    check_writable(Path(str(cfg.paths.cache_dir)), "paths.cache_dir / CPTLAB_CACHE")
+    check_jobs(job_overrides(cfg, list(task_overrides(cfg))), command.compose_job)
 
 
 def train_main() -> None:
     """The `cptlab-train` console script: config errors are reported before torch is even imported."""
     from cptlab.errors import interrupt_on_signals
 
-    interrupt_on_signals("cptlab-train")  # before the precheck: it may take the run directory's lock
-    precheck_overrides(sys.argv[1:])
-    from cptlab.cli.train_app import FAILED_RUNS, hydra_main
+    interrupt_on_signals("cptlab-train")  # before the checks: they may take the run directory's lock
+    argv = sys.argv[1:]
+    if not plain_overrides(argv):  # Hydra's own flags (--help, --cfg, --config-dir...): Hydra's front end
+        from cptlab.cli.train_app import FAILED_RUNS, hydra_main
 
-    hydra_main()
+        hydra_main()
+        exit_if_jobs_failed("cptlab-train", FAILED_RUNS, "job(s) of the sweep")
+        return
+    checked = None
+    try:
+        command = compose_command(argv, "train")
+        if command.multirun:
+            check_sweep(command)
+        else:
+            checked = check_run(command)
+    except Exception as err:  # Hydra/OmegaConf errors: the message is what the user needs
+        exit_with_error("cptlab-train", err)  # Interrupted: 128 + the signal's number
+    from cptlab.cli.train_app import FAILED_RUNS, job
+
+    try:
+        command.run(functools.partial(job, checked=checked))
+    finally:
+        if checked is not None and checked.lock is not None:
+            checked.lock.release()  # the job released it; this covers a failure before the job started
     exit_if_jobs_failed("cptlab-train", FAILED_RUNS, "job(s) of the sweep")

@@ -12,6 +12,7 @@ import sys
 import time
 import traceback
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -23,8 +24,9 @@ import cptlab.config  # noqa: F401  (registers the schema and resolvers before H
 from cptlab.cli import full_error
 from cptlab.errors import CptlabError, Interrupted, RunDirRefused, in_job, no_space
 from cptlab.run.build import build_run
-from cptlab.run.guard import RunLock, check_inputs, claim_run_dir, is_rank_zero, record_inputs
+from cptlab.run.guard import RunLock, check_inputs, claim_run_dir, current_inputs, is_rank_zero, record_inputs
 from cptlab.run.record import RunRecord
+from cptlab.run.sweep import job_checked
 from cptlab.run.validate import config_warnings, validate
 from cptlab.rundir.summary import read_summary, render_table, write_summary
 from cptlab.training.checkpoint import resume_checkpoint
@@ -77,33 +79,49 @@ def task_overrides() -> list[str]:
 FAILED_RUNS: list[str] = []
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
-def hydra_main(cfg: DictConfig) -> None:
+@dataclass
+class Checked:
+    """What the front end did for this run before Hydra started it (cptlab.cli.train.check_run): the config
+    validated, and on rank zero the directory claimed, `lock` taken and `inputs` compared; the job does none
+    of it again."""
+    lock: RunLock | None = None
+    inputs: dict | None = None
+
+
+def job(cfg: DictConfig, checked: Checked | None = None) -> None:
+    """One Hydra job of cptlab-train: the run in Hydra's output directory, its failure recorded there.
+    `checked`: what the front end already did; without it (a sweep's job, Hydra's own front end) the job claims
+    its directory, validates (unless the sweep's check did: cptlab.run.sweep.job_checked), locks it and
+    compares its inputs itself."""
     quiet_libraries()
     # train.nan_policy=skip_batch skips a batch by returning None from training_step, on purpose.
     warnings.filterwarnings("ignore", message=".*`training_step` returned `None`.*")
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    lock = checked.lock if checked is not None and checked.lock is not None else RunLock(run_dir)
+    inputs = checked.inputs if checked is not None else None
     previous = read_summary(run_dir)
     completed = bool(previous) and previous.get("status") == "completed"
     published = not cfg.publish_dir or (Path(cfg.publish_dir).expanduser() / "config.json").is_file()
-    lock = RunLock(run_dir)
-    inputs = None
     try:
         in_job(True)  # a signal from here on is an Interrupted error, recorded below (cptlab.errors)
-        if is_rank_zero():  # a directory of the user's is refused before anything is written into it
-            claim_run_dir(run_dir)
-        validate(cfg)  # bad input is reported even when it is aimed at a completed run
-        for warning in config_warnings(cfg):
-            print(f"cptlab-train: warning: {warning}", file=sys.stderr)
-        if is_rank_zero():  # the ranks Lightning or SLURM start share rank zero's directory
-            lock.acquire()
-            inputs = check_inputs(cfg, run_dir, cfg.train.on_changed_inputs)
-            previous = read_summary(run_dir)  # train.on_changed_inputs=restart removed it
-            completed = bool(previous) and previous.get("status") == "completed"
+        if checked is None:
+            if is_rank_zero():  # a directory of the user's is refused before anything is written into it
+                claim_run_dir(run_dir)
+            if not job_checked():
+                validate(cfg)  # bad input is reported even when it is aimed at a completed run
+                for warning in config_warnings(cfg):
+                    print(f"cptlab-train: warning: {warning}", file=sys.stderr)
+            if is_rank_zero():  # the ranks Lightning or SLURM start share rank zero's directory
+                lock.acquire()
+                inputs = check_inputs(cfg, run_dir, cfg.train.on_changed_inputs)
+                previous = read_summary(run_dir)  # train.on_changed_inputs=restart removed it
+                completed = bool(previous) and previous.get("status") == "completed"
         if completed and published:
             print(f"cptlab-train: {run_dir} already completed; delete it to run again")
             render_table(previous)
             return
+        if inputs is None and is_rank_zero():  # nothing was recorded to compare them with: computed only now
+            inputs = current_inputs(cfg)
         summary, reporter = train(cfg, run_dir, validated=True, inputs=inputs)
     except Exception as err:
         err = no_space(err) or err  # a full disk outside checkpoints: one line naming the path (cptlab.errors)
@@ -125,6 +143,12 @@ def hydra_main(cfg: DictConfig) -> None:
         lock.release()
     if reporter and summary:
         render_table(summary)
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
+def hydra_main(cfg: DictConfig) -> None:
+    """Hydra's own front end, for commands with Hydra's flags (--help, --cfg, --config-dir...)."""
+    job(cfg)
 
 
 if __name__ == "__main__":

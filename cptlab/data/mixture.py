@@ -47,7 +47,7 @@ class MixtureSampler:
         if len(set(names)) != len(names):
             raise CptlabError(f"data.domains: duplicate domain names in {names}")
         # replay_ratio, batch_size, seq_len, seed and the domains' roles and weights are a validated config's
-        # (rules beside cptlab.config's fields); what is refused here depends on the domains actually built.
+        # (rules beside the schema's fields); what is refused here depends on the domains actually built.
         self.domains = [d for d in domains if d.role != "eval"]
         self.replay_ratio = float(replay_ratio)
         self.batch_size = batch_size

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cptlab.config import DataConfig, check_value
 from cptlab.data.demo import check_demo, demo_documents, demo_versions, snownlp_version
 from cptlab.errors import CptlabError
+from cptlab.utils.limits import MAX_DOC_BYTES
 
 # Suffix (compound for compressed files) -> (kind, compression). A .txt file is a document per line, except in
 # a directory, where each plain .txt file is one document ("txt_doc"); compressed .txt files are always read a
@@ -40,9 +40,13 @@ _JSON_TYPES = {dict: "an object", list: "an array", int: "a number", float: "a n
 # Text files are read (and decompressed) in blocks of this many bytes: memory stays bounded whatever the file size.
 READ_BLOCK = 4 << 20
 _ARROW_ROWS = 8192  # rows per batch read from parquet files and datasets
-# The largest document a source may hold (data.max_doc_bytes's schema default): a file without line breaks would
-# otherwise be read, split, hashed and tokenized as one document, for minutes and gigabytes, before anything failed.
-MAX_DOC_BYTES: int = DataConfig.max_doc_bytes
+# MAX_DOC_BYTES (imported above from cptlab.utils.limits, and read from here too): the default cap on one
+# document's UTF-8 bytes, which is data.max_doc_bytes's schema default as well.
+# What each invalid-UTF-8 policy (data.on_bad_text) does with such a document: (kept, decoded with U+FFFD; the
+# stats entry that counts it), or None: refused ("error").
+_BAD_TEXT_ACTIONS: dict[str, tuple[bool, str] | None] = {
+    "replace": (True, "bad_text_replaced"), "skip": (False, "bad_text_skipped"), "error": None,
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -191,10 +195,13 @@ def read_documents_with_stats(
     return docs, stats
 
 
-def check_policy(on_bad_text: str) -> None:
-    """The policy against data.on_bad_text's one rule (cptlab.config): this reader is also called outside a
-    validated run (cptlab-tokenizer, benchmarks), where an unknown policy would otherwise act as "skip"."""
-    check_value("data.on_bad_text", on_bad_text)
+def bad_text_action(policy: str) -> tuple[bool, str] | None:
+    """What `policy` (data.on_bad_text, checked by the run or the front end) does with a document of invalid
+    UTF-8 (see _BAD_TEXT_ACTIONS); a ValueError for a policy this reader does not implement."""
+    try:
+        return _BAD_TEXT_ACTIONS[policy]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown invalid-UTF-8 policy {policy!r} (data.on_bad_text)") from None
 
 
 def iter_documents(
@@ -205,8 +212,7 @@ def iter_documents(
     source's size. `stats` (if given) counts documents with invalid UTF-8 ("bad_text_replaced"/"_skipped").
     A source without any document is a CptlabError once it has been read; so is a document of more than
     `max_doc_bytes` UTF-8 bytes (None: no cap), as soon as that many bytes of it have been read."""
-    check_policy(on_bad_text)
-    check_value("data.max_doc_bytes", max_doc_bytes)
+    bad_text_action(on_bad_text)  # an unknown policy fails before anything is read
     parts = resolve_source(source)
     stats = {"bad_text_replaced": 0, "bad_text_skipped": 0} if stats is None else stats
     read = kept = 0
@@ -308,10 +314,12 @@ def _zstd_blocks(f, path: str) -> Iterator[bytes]:
 
 def _bad_text(where: str, policy: str, stats: dict) -> bool:
     """Apply the invalid-UTF-8 policy; True when the document is kept (decoded with U+FFFD)."""
-    if policy == "error":
+    action = bad_text_action(policy)
+    if action is None:
         raise CptlabError(f"{where}: invalid UTF-8 (set data.on_bad_text=replace or skip to accept such input)")
-    stats["bad_text_replaced" if policy == "replace" else "bad_text_skipped"] += 1
-    return policy == "replace"
+    kept, counter = action
+    stats[counter] += 1
+    return kept
 
 
 def _bad_lines(raw: list[bytes]) -> int:

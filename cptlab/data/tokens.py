@@ -132,7 +132,7 @@ def token_dtype(vocab_size: int) -> str:
 def _check_spec(spec: DomainSpec, on_bad_text: str) -> None:
     """Refuse a domain name that cannot name a cache directory, before any source is read. The spec's values
     (role, weight, max_docs, heldout, on_bad_text) are a validated config's: their rules live beside the
-    fields of cptlab.config.DomainConfig / DataConfig, and the held-out share or count is read (and refused
+    fields of the schema's DomainConfig / DataConfig, and the held-out share or count is read (and refused
     when it cannot be split) by `heldout_rule`."""
     if not isinstance(spec.name, str) or not spec.name or "/" in spec.name or spec.name.startswith("."):
         raise CptlabError(f"data.domains: invalid domain name {spec.name!r} (it names a cache directory)")

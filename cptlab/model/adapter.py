@@ -44,7 +44,7 @@ def lora_config(adapter):
 def apply_adapter(model: torch.nn.Module, adapter, *, base_rows: int) -> torch.nn.Module:
     """`model` with the configured adapter (a peft model), or `model` itself with adapter=none.
     `base_rows`: embedding rows before vocabulary growth (rows >= base_rows are new tokens). `adapter` is a
-    validated config (its values' rules live in cptlab.config.AdapterConfig); what is checked here needs the
+    validated config (its values' rules live in the schema's AdapterConfig); what is checked here needs the
     model: the target modules and the blocks exist."""
     set_base_rows(model, base_rows)
     name = adapter.name if adapter is not None else "none"

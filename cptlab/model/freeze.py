@@ -77,7 +77,7 @@ def _own_phases(schedule) -> list[Phase]:
     return [Phase(None if p.until_step is None else int(p.until_step), tuple(str(g) for g in p.train)) for p in own]
 
 
-# One builder per name of cptlab.config.FREEZE_SCHEDULES (the schema's rule admits no other name, and
+# One builder per name of the schema's FREEZE_SCHEDULES (the schema's rule admits no other name, and
 # stage1_steps / stage1_rows only in range: the builders take the values as given).
 BUILDERS = {
     "full": lambda schedule: [Phase(None, ("adapter",))],

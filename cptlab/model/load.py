@@ -17,7 +17,6 @@ from transformers import (
     PreTrainedModel,
 )
 
-from cptlab.config import check_value
 from cptlab.errors import CptlabError
 
 # Fields a size override may set even where a config class does not pre-declare them.
@@ -26,8 +25,12 @@ SIZE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_att
 
 
 def torch_dtype(name: str) -> torch.dtype:
-    check_value("model.dtype", name)  # one of cptlab.config.DTYPES, each a torch dtype's name
-    return getattr(torch, name)
+    """The torch dtype named `name` (model.dtype, checked by the run: "float32", "bfloat16", ...); a ValueError
+    for a name that is not a torch dtype's."""
+    dtype = getattr(torch, name, None) if isinstance(name, str) else None
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"{name!r} is not the name of a torch dtype (model.dtype)")
+    return dtype
 
 
 def _looks_local(name_or_path: str) -> bool:

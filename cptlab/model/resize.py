@@ -61,7 +61,7 @@ def grow_embeddings(
     `[new_size, padded)` never come out of the tokenizer; they get the mean row too, input and output:
     their input rows are never read, and a mean output row starts them at an average logit (bounded
     divergence from the base, Hewitt 2021) that training then only pushes down, as they are never targets.
-    `init` is one of cptlab.config.INITS (the config's rule refuses any other before a model is built).
+    `init` is one of the schema's INITS (the config's rule refuses any other before a model is built).
     """
     inputs = model.get_input_embeddings()
     old_rows = inputs.weight.shape[0]

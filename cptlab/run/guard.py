@@ -130,15 +130,17 @@ def split_changes(old: dict, new: dict) -> list[str]:
             if SPLIT_KEYS.fullmatch(k) and old_cfg[k] != new_cfg[k]]
 
 
-def check_inputs(cfg: DictConfig, run_dir: Path, policy: str, *, apply: bool = True) -> dict | None:
+def check_inputs(cfg: DictConfig, run_dir: Path, policy: str) -> dict | None:
     """Compare the run directory's recorded inputs with this command's. policy: refuse (one line naming what
-    changed), restart (with `apply`, the earlier attempt's record is removed and the run starts from step 0),
+    changed), restart (the earlier attempt's record is removed and the run starts from step 0),
     resume (the change is accepted and training continues from the checkpoint; not a change of the train/held-out
-    split). Returns this command's inputs (with `apply`), which the caller records with `record_inputs` only once
-    the run has started: an attempt refused later (a checkpoint that does not fit) must leave the record as it was."""
+    split). Returns this command's inputs as computed for the comparison, which the caller records with
+    `record_inputs` only once the run has started (an attempt refused later, a checkpoint that does not fit, must
+    leave the record as it was); None when the directory records none: nothing to compare, nothing computed (the
+    run computes them with `current_inputs` once it has started: reading every source can take a while)."""
     check_value("train.on_changed_inputs", policy)
     path = run_dir / INPUTS
-    if not apply and not path.exists():
+    if not path.exists():
         return None
     old, damaged = _recorded(path)
     progress = has_progress(run_dir)
@@ -146,7 +148,7 @@ def check_inputs(cfg: DictConfig, run_dir: Path, policy: str, *, apply: bool = T
         raise RunDirRefused(f"{path} is damaged ({damaged}), so the run's inputs cannot be compared with this "
                             "command's: start again from step 0 with train.on_changed_inputs=restart, use a new run "
                             f"directory (hydra.run.dir=...), or delete {path} if the inputs are unchanged")
-    new = json.loads(json.dumps(run_inputs(cfg), default=str))  # as it reads back from the file
+    new = current_inputs(cfg)
     diff = changes(old, new) if old else []
     if (diff or damaged) and progress:  # damaged: only under restart, refused above otherwise
         if policy == "refuse":
@@ -159,7 +161,7 @@ def check_inputs(cfg: DictConfig, run_dir: Path, policy: str, *, apply: bool = T
             raise RunDirRefused(f"{run_dir} was started with another train/held-out split ({split[0]}): resuming "
                                 "would score the rest of the run on other held-out documents than its start; use "
                                 "a new run directory (hydra.run.dir=...) or train.on_changed_inputs=restart")
-        if policy == "restart" and apply:
+        if policy == "restart":
             import shutil
 
             for name in RUN_OUTPUTS:
@@ -168,7 +170,12 @@ def check_inputs(cfg: DictConfig, run_dir: Path, policy: str, *, apply: bool = T
                     shutil.rmtree(target)
                 elif target.exists():
                     target.unlink()
-    return new if apply else None
+    return new
+
+
+def current_inputs(cfg: DictConfig) -> dict:
+    """This config's `run_inputs` as they read back from inputs.json (what check_inputs compares)."""
+    return json.loads(json.dumps(run_inputs(cfg), default=str))
 
 
 def record_inputs(run_dir: Path, inputs: dict) -> None:
@@ -222,43 +229,6 @@ def check_run_name(cfg: DictConfig) -> None:
     if target == runs or runs not in target.parents:
         raise CptlabError(f"name={name}: a run name must lead to a directory inside paths.runs_dir ({runs}, "
                           "CPTLAB_RUNS): use a name without '..' or a leading '/'")
-
-
-def precheck_run_dir(cfg: DictConfig, multirun: bool) -> None:
-    """Before Hydra starts the job, which writes .hydra/ and its log into the run directory: the run and cache
-    directories are writable, and (one run) the directory is neither in use nor started with other inputs.
-    `cfg` is composed with its `hydra` node (and HydraConfig set). The lock taken here is kept by this process."""
-    check_run_name(cfg)
-    node = cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir
-    run_dir = Path(str(node)).expanduser()
-    check_writable(run_dir, "hydra.sweep.dir" if multirun else "hydra.run.dir, from paths.runs_dir / CPTLAB_RUNS")
-    check_writable(Path(str(cfg.paths.cache_dir)), "paths.cache_dir / CPTLAB_CACHE")
-    if multirun or not is_rank_zero():
-        return
-    existed = run_dir.is_dir()
-    lock = None
-    try:
-        claim_run_dir(run_dir)  # a directory of the user's is refused before Hydra writes into it
-        if not existed:
-            return
-        lock = RunLock(run_dir).acquire()
-        check_inputs(cfg, run_dir, str(cfg.train.on_changed_inputs), apply=False)
-    except RunDirRefused:
-        if lock is not None:
-            lock.release()
-        import copy
-
-        from omegaconf import open_dict, read_write
-
-        from cptlab.run.validate import validate
-
-        task = copy.deepcopy(cfg)  # the config a job gets: without the hydra node (its ??? fields are Hydra's business)
-        with read_write(task), open_dict(task):
-            del task["hydra"]
-        validate(task)  # a bad value is named by its key first, as in any run (rare path: the cost is fine)
-        raise
-    except CptlabError:  # bad input (a missing source...): validation reports it, by key
-        pass
 
 
 def check_writable(path: Path, what: str) -> None:

@@ -1,5 +1,4 @@
-"""A command line's config and jobs, known before Hydra starts: the config composed once (a bad override is one
-line, not Hydra's multi-line report), and for a multirun every job's overrides as Hydra's basic sweeper expands
+"""A multirun's jobs, known before Hydra launches them: every job's overrides as Hydra's basic sweeper expands
 them (`-m a=1,2 b=x,y` and an experiment's `hydra.sweeper.params`), each composed and validated, so a sweep
 with one bad value fails before its first job trains, naming that job and the key."""
 
@@ -11,7 +10,7 @@ from collections.abc import Callable
 from omegaconf import DictConfig, open_dict, read_write
 
 from cptlab.errors import CptlabError
-from cptlab.utils.console import CONF_DIR, one_line
+from cptlab.utils.console import one_line
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
 # Hydra flags after which the arguments are not plain overrides (help, info, other config dirs).
@@ -40,25 +39,6 @@ def first_sweep_point(overrides: list[str]) -> list[str]:
     return out
 
 
-def check_command(argv: list[str], *, validate_jobs: bool = False,
-                  then: Callable[[DictConfig, bool], None] | None = None) -> None:
-    """Compose the command's config (its first sweep point) with its `hydra` node; for a multirun of several jobs
-    with `validate_jobs`, also compose and validate every job (`check_jobs`); then `then(cfg, multirun)`.
-    Raises on the first problem: a CptlabError, or Hydra's / OmegaConf's own error for a bad override."""
-    from hydra import compose, initialize_config_dir
-
-    import cptlab.config  # noqa: F401  (schema and resolvers)
-
-    overrides = [a for a in argv if a not in MULTIRUN_FLAGS]
-    multirun = len(overrides) < len(argv)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=first_sweep_point(overrides), return_hydra_config=True)
-        if multirun and validate_jobs:
-            check_jobs(job_overrides(cfg, overrides))
-        if then is not None:
-            then(cfg, multirun)
-
-
 def job_overrides(cfg: DictConfig, overrides: list[str]) -> list[list[str]]:
     """Every job's overrides, in the order Hydra's basic sweeper launches them: the config's
     `hydra.sweeper.params`, then the command line's (a key given in both: the command line's values), as a
@@ -73,28 +53,53 @@ def job_overrides(cfg: DictConfig, overrides: list[str]) -> list[list[str]]:
     return [list(job) for job in BasicSweeper.split_arguments(parsed, None)[0]]
 
 
-def check_jobs(jobs: list[list[str]]) -> None:
+def check_jobs(jobs: list[list[str]], compose_job: Callable[[list[str]], DictConfig] | None = None) -> None:
     """Compose and validate (cptlab.run.validate: no tokenizer, cache or model is built) every job of a sweep of
-    several; the first bad one fails in one line naming it by number and by the values that set it apart."""
+    several; the first bad one fails in one line naming it by number and by the values that set it apart.
+    `compose_job(overrides)`: the job's config with its `hydra` node, HydraConfig set to it (the front end's, which
+    the launcher reuses: cptlab.cli.hydra_app); by default Hydra's `compose` (an initialised GlobalHydra).
+    Each job validated here is recorded (`job_checked`): it does not validate itself again."""
     if len(jobs) < 2:
         return  # one job: validated by the run itself, as a single run is
-    from hydra import compose
     from hydra.core.hydra_config import HydraConfig
 
+    from cptlab.run.guard import check_run_name
     from cptlab.run.validate import validate
 
+    compose_job = compose_job or _compose_job
     varying = [o for o in dict.fromkeys(o for job in jobs for o in job) if not all(o in job for job in jobs)]
     for number, job in enumerate(jobs, 1):
         try:
-            cfg = compose("train", overrides=job, return_hydra_config=True)
-            HydraConfig.instance().set_config(cfg)  # ${hydra:...} resolves as in the job
+            cfg = compose_job(job)
             task = copy.deepcopy(cfg)  # the config the job gets: no hydra node (as hydra.core.utils.run_job)
             with read_write(task), open_dict(task):
                 del task["hydra"]
+            check_run_name(task)
             validate(task)
+            _CHECKED.add(tuple(cfg.hydra.overrides.task))
         except Exception as err:
             label = ",".join(o for o in job if o in varying) or ",".join(job)
             message = str(err) if isinstance(err, CptlabError) else one_line(err)
             raise CptlabError(f"job {number} of {len(jobs)} ({label}): {message} (no job was started)") from None
         finally:
             HydraConfig.instance().cfg = None
+
+
+# The jobs of this process's sweep that check_jobs validated, by their task overrides.
+_CHECKED: set[tuple[str, ...]] = set()
+
+
+def job_checked() -> bool:
+    """Whether the running Hydra job is one that check_jobs validated before the sweep started."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.initialized() and tuple(HydraConfig.get().overrides.task) in _CHECKED
+
+
+def _compose_job(job: list[str]) -> DictConfig:
+    from hydra import compose
+    from hydra.core.hydra_config import HydraConfig
+
+    cfg = compose("train", overrides=job, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # ${hydra:...} resolves as in the job
+    return cfg

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-from cptlab.config import check_value
 from cptlab.errors import CptlabError
 from cptlab.tokenizer.byte_lengths import _has_byte_level
 from cptlab.tokenizer.extend import (
@@ -218,7 +217,6 @@ def extend_bpe(base_dir: Path, texts: Iterable[str], out_dir: Path, *, vocab_siz
     is the domain model's size. `check_texts` (a base-language sample) is checked and counted as for
     SentencePiece; `base_chars` are the characters of all the base-language text at hand (admit=auto).
     """
-    check_value("tokenizer.admit", admit)
     if add_pieces is None and vocab_size is None:
         raise CptlabError("tokenizer=extend needs tokenizer.add_pieces or tokenizer.vocab_size")
     if add_pieces is not None and add_pieces < 1:

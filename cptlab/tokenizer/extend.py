@@ -46,7 +46,6 @@ import numpy as np
 from sentencepiece import sentencepiece_model_pb2 as spm_pb2
 from tokenizers import normalizers
 
-from cptlab.config import check_value
 from cptlab.errors import CptlabError
 from cptlab.tokenizer.hf import (
     BPE_TYPE,
@@ -115,12 +114,14 @@ def make_admission(rule: str, covered: set[str], base_pieces: Iterable[str], sam
     `base_pieces`; `sample` is base-language text (auto), `normalize` the base's normaliser and `window` the
     longest new piece in characters (the sample is searched within that distance of foreign characters).
     `sample_chars` are the characters of base-language text (auto; default: those of `sample`), usually of
-    far more text than the sample (cptlab.tokenizer.prepare reads them)."""
-    check_value("tokenizer.admit", rule)
+    far more text than the sample (cptlab.tokenizer.prepare reads them). `rule` (tokenizer.admit) is checked
+    by the run or the front end: a rule not resolved here is a ValueError, before any domain text is read."""
     if rule == "strict":
         return Admission(rule, _cached(lambda c: c not in covered))
     if rule == "all":
         return Admission(rule, lambda c: True)
+    if rule not in ("auto", "script"):
+        raise ValueError(f"unknown admission rule {rule!r} (tokenizer.admit)")
     scripts = base_scripts(base_pieces, sample if rule == "auto" else None)
     if rule == "auto" and sample:
         # Common characters (punctuation, symbols) the base spells in bytes and its language, as sampled, never
@@ -270,7 +271,6 @@ def extend_spm(
     the texts that change ("check_texts_changed", "check_texts_changed_share"). `base_chars` (admit=auto) are
     the characters of all the base-language text at hand, default those of `check_texts`.
     """
-    check_value("tokenizer.admit", admit)
     if add_pieces is None and vocab_size is None:
         raise CptlabError("tokenizer=extend needs tokenizer.add_pieces or tokenizer.vocab_size")
     if add_pieces is not None and add_pieces < 1:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from cptlab.config import check_value
 from cptlab.errors import CptlabError
 from cptlab.tokenizer.bpe_extend import SIDE_FILES, TOKENIZER_JSON, extend_bpe, is_byte_level_bpe
 from cptlab.tokenizer.extend import extend_spm
@@ -76,14 +75,16 @@ def prepare_tokenizer(
     fingerprints: a warm start then reads no document) and otherwise by a hash of every text; likewise the
     base-language sample by `base_texts_key` (for admit=auto, the only rule whose result depends on it).
     """
-    check_value("tokenizer.kind", kind)  # also called outside a validated run (benchmarks): the config's one rule
     out_dir = Path(out_dir)
-    if source and kind != "train" and is_gguf(source):
-        source = str(tokenizer_dir(source, cache_root))
+
+    def base_source() -> str:  # a .gguf file's vocabulary is rebuilt once into the cache
+        return str(tokenizer_dir(source, cache_root)) if is_gguf(source) else source
+
     if kind == "base":
         if not source:
             raise CptlabError("tokenizer.kind=base needs tokenizer.path: a tokenizer directory or a .model file")
-        _publish(out_dir, lambda tmp: _from_base(Path(source), tmp))
+        base = base_source()
+        _publish(out_dir, lambda tmp: _from_base(Path(base), tmp))
     elif kind == "train":
         if texts is None:
             raise CptlabError("tokenizer.kind=train needs training texts, but none were given")
@@ -92,15 +93,18 @@ def prepare_tokenizer(
         )
         cached = _train_cached(Path(cache_root), texts, options, texts_key)
         _publish(out_dir, lambda tmp: _copy_files(cached, tmp, [p.name for p in cached.iterdir() if _visible(p)]))
-    else:  # extend
+    elif kind == "extend":
         if not source:
             raise CptlabError("tokenizer.kind=extend needs tokenizer.path: the base tokenizer directory or .model file")
         if texts is None:
             raise CptlabError("tokenizer.kind=extend needs new-domain training texts, but none were given")
         options = dict(vocab_size=vocab_size, add_pieces=add_pieces, admit=admit, model_type=model_type,
                        character_coverage=character_coverage, seed=seed)  # fmt: skip
-        cached = _extend_cached(Path(cache_root), Path(source), texts, base_texts, options, texts_key, base_texts_key)
+        cached = _extend_cached(Path(cache_root), Path(base_source()), texts, base_texts, options, texts_key,
+                                base_texts_key)
         _publish(out_dir, lambda tmp: _copy_files(cached, tmp, [p.name for p in cached.iterdir() if _visible(p)]))
+    else:  # tokenizer.kind is checked by the run or the front end: a kind this function does not build
+        raise ValueError(f"unknown tokenizer kind {kind!r} (tokenizer.kind)")
     return out_dir
 
 
@@ -183,8 +187,8 @@ def extend_tokenizer(
     seed: int = 0,
 ) -> dict:
     """Build the extended tokenizer directory `out_dir` from the base `source` (no cache) and return the
-    build info also written to `out_dir/cptlab_tokenizer.json` (its "extension" key holds the stats)."""
-    check_value("tokenizer.admit", admit)
+    build info also written to `out_dir/cptlab_tokenizer.json` (its "extension" key holds the stats).
+    `admit` (tokenizer.admit, checked by the run or the front end) is refused by make_admission if unknown."""
     kind, base, files = extension_base(Path(source))
     check, chars = _base_language(base_texts, chars=admit == "auto") if base_texts is not None else (None, None)
     if kind == "spm":

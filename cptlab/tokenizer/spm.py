@@ -10,7 +10,6 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from cptlab.config import check_value
 from cptlab.errors import CptlabError
 from cptlab.utils.io import atomic_write_bytes
 
@@ -59,9 +58,9 @@ def train_spm(
 
     `vocab_size` is a soft limit (a corpus too small for it gives a smaller vocabulary), but it must hold
     the 256 byte pieces, the 3 special pieces and every character kept by `character_coverage`.
+    `model_type` (tokenizer.model_type, checked by the run; its null is resolved by the caller) goes to
+    SentencePiece as given: a name it does not know is its ValueError naming the name, before anything is written.
     """
-    # The config's null picks a type upstream (cptlab.tokenizer.prepare); training needs one.
-    check_value("tokenizer.model_type", model_type, required=True)
     check_vocab_size(vocab_size)
     lines = _lines(texts)
     first = next(lines, None)

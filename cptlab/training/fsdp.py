@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 from pytorch_lightning.strategies import FSDPStrategy
 
-from cptlab.config import check_value
 from cptlab.errors import CptlabError
 from cptlab.model.adapter import unwrap
 from cptlab.training.checkpoint import load_checkpoint_file
@@ -95,11 +94,16 @@ class CPTFSDPStrategy(FSDPStrategy):
 
 
 def fsdp_strategy(model: torch.nn.Module, *, sharding: str = "FULL_SHARD") -> CPTFSDPStrategy:
-    """An FSDP strategy sharding the decoder layers of `model` (full checkpoints, written by rank 0)."""
-    check_value("trainer.fsdp_sharding", sharding)
+    """An FSDP strategy sharding the decoder layers of `model` (full checkpoints, written by rank 0).
+    `sharding` (trainer.fsdp_sharding, checked by the run) is the name of a torch ShardingStrategy, as spelled."""
+    from torch.distributed.fsdp import ShardingStrategy
+
+    strategy = ShardingStrategy.__members__.get(sharding) if isinstance(sharding, str) else None
+    if strategy is None:
+        raise ValueError(f"{sharding!r} is not the name of a torch FSDP ShardingStrategy (trainer.fsdp_sharding)")
     layers = layer_classes(model)
     return CPTFSDPStrategy(auto_wrap_policy=layers, ignored_modules=replicated_modules(model, layers),
-                           sharding_strategy=sharding, state_dict_type="full", use_orig_params=True)
+                           sharding_strategy=strategy, state_dict_type="full", use_orig_params=True)
 
 
 @contextlib.contextmanager

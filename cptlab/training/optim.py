@@ -34,8 +34,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from cptlab.config import check_value, wsd_decay_start
 from cptlab.errors import CptlabError
+from cptlab.utils.lr import wsd_decay_start
 
 LR_GROUPS = ("embeddings", "lm_head", "new_rows", "rest")
 
@@ -116,7 +116,8 @@ class LRSchedule:
     restarts: tuple[int, ...] = ()
 
     def __post_init__(self):
-        check_value("optim.schedule", self.kind)
+        if self.kind not in _SHAPES:  # optim.schedule is checked by the run: a name with no shape below
+            raise ValueError(f"unknown learning-rate schedule {self.kind!r} (optim.schedule)")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise CptlabError(f"optim.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
         if not 0.0 <= self.decay_fraction <= 1.0:
@@ -136,19 +137,31 @@ class LRSchedule:
         """The schedule over `total_steps` steps, at `step` steps into it."""
         if step < self.warmup_steps:
             return (step + 1) / self.warmup_steps
-        lo = self.min_lr_ratio
-        if self.kind == "constant":
-            return 1.0
-        if self.kind == "cosine":
-            span = max(1, total_steps - self.warmup_steps)
-            progress = min(1.0, (step - self.warmup_steps) / span)
-            return lo + (1.0 - lo) * 0.5 * (1.0 + math.cos(math.pi * progress))
-        # wsd: warm-up, a stable plateau, then a linear decay over the last decay_fraction of steps.
-        decay_start = wsd_decay_start(total_steps, self.warmup_steps, self.decay_fraction)
-        if step < decay_start:
-            return 1.0
-        progress = min(1.0, (step - decay_start) / max(1, total_steps - decay_start))
-        return 1.0 - (1.0 - lo) * progress
+        return _SHAPES[self.kind](self, step, total_steps)
+
+
+def _constant(s: LRSchedule, step: int, total_steps: int) -> float:
+    return 1.0
+
+
+def _cosine(s: LRSchedule, step: int, total_steps: int) -> float:
+    lo = s.min_lr_ratio
+    progress = min(1.0, (step - s.warmup_steps) / max(1, total_steps - s.warmup_steps))
+    return lo + (1.0 - lo) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _wsd(s: LRSchedule, step: int, total_steps: int) -> float:
+    """Warm-up, a stable plateau, then a linear decay over the last decay_fraction of steps."""
+    decay_start = wsd_decay_start(total_steps, s.warmup_steps, s.decay_fraction)
+    if step < decay_start:
+        return 1.0
+    progress = min(1.0, (step - decay_start) / max(1, total_steps - decay_start))
+    return 1.0 - (1.0 - s.min_lr_ratio) * progress
+
+
+# The schedule after the warm-up, by optim.schedule's name: the multiplier of the peak learning rate at `step` of
+# a segment of `total_steps` steps.
+_SHAPES = {"constant": _constant, "cosine": _cosine, "wsd": _wsd}
 
 
 def param_groups(model: torch.nn.Module | None, weight_decay: float, params=None,

@@ -126,7 +126,10 @@ def test_unsupported_suffix_and_unknown_policy(tmp_path):
     with pytest.raises(CptlabError, match="empty_dir is a directory without .txt files"):
         read_documents(str(tmp_path / "empty_dir"))
     (tmp_path / "a.txt").write_text("x\n")
-    with pytest.raises(CptlabError, match="data.on_bad_text='ignore' must be one of replace, skip, error"):
+    # data.on_bad_text's message is the rule's (check_value, tests/test_validation_rules.py; a run:
+    # tests/reliability/test_validation.py); the reader refuses a policy it does not implement before reading,
+    # never treating it as "skip" (the file's one line is valid: an unknown policy would never be consulted).
+    with pytest.raises(ValueError, match=r"unknown invalid-UTF-8 policy 'ignore' \(data.on_bad_text\)"):
         read_documents(str(tmp_path / "a.txt"), on_bad_text="ignore")
 
 

@@ -7,20 +7,14 @@ from transformers import AutoModelForCausalLM
 
 
 @pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    from pathlib import Path
-
-    from hydra import compose, initialize_config_dir
+def tiny_base(tmp_path_factory, compose_cfg):
     from omegaconf import open_dict
 
     from cptlab.cli.train_app import train
 
-    conf = Path(__file__).resolve().parents[2] / "conf"
     root = tmp_path_factory.mktemp("base")
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=demo_base", "debug=smoke"])
+    cfg = compose_cfg(["experiment=demo_base", "debug=smoke"], output_dir=root / "run")
     with open_dict(cfg):
-        cfg.paths.output_dir = str(root / "run")
         cfg.publish_dir = str(root / "published")
     summary, _ = train(cfg, root / "run")
     assert summary["paths"]["export"] == str(root / "published")

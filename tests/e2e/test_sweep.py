@@ -118,13 +118,10 @@ def test_submitit_local_runs_a_two_job_sweep(tmp_path):
 
 def test_slurm_preset_renders_one_task_per_gpu(compose_cfg, tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=demo_zh", "trainer=ddp", "trainer.devices=4",
-                                          "hydra/launcher=slurm_gpu", "hydra.launcher.partition=gpu",
-                                          f"hydra.sweep.dir={tmp_path}"], return_hydra_config=True)
+    cfg = compose_cfg(["experiment=demo_zh", "trainer=ddp", "trainer.devices=4", "hydra/launcher=slurm_gpu",
+                       "hydra.launcher.partition=gpu", f"hydra.sweep.dir={tmp_path}"], hydra_node=True)
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     assert launcher["gpus_per_node"] == launcher["tasks_per_node"] == 4
     # The sbatch text submitit writes (its executor itself insists on a real cluster, srun on PATH).

@@ -6,7 +6,6 @@ model that reloads with the trained logits."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -184,22 +183,8 @@ def test_two_stage_training_moves_only_new_rows_then_new_blocks():
 # -- a run: extension + two stages + block expansion, exported --------------------------------------------
 
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
-
-
-def compose(overrides, output_dir):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = hydra_compose("train", overrides=list(overrides))
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-    return cfg
-
-
 @pytest.fixture(scope="module")
-def expanded_run(tmp_path_factory):
+def expanded_run(tmp_path_factory, compose_cfg):
     """A smoke base published like the demo base, then continued on Chinese with an extended vocabulary,
     two stages (new rows, then new blocks + new rows) and two new blocks; trained in this process."""
     from cptlab.cli.train_app import train
@@ -207,15 +192,15 @@ def expanded_run(tmp_path_factory):
     from cptlab.run.validate import validate
 
     root = tmp_path_factory.mktemp("expand")
-    cfg = compose(["experiment=demo_base", "debug=smoke", "trainer.max_steps=2"], root / "base_run")
+    cfg = compose_cfg(["experiment=demo_base", "debug=smoke", "trainer.max_steps=2"], root / "base_run")
     with open_dict(cfg):
         cfg.publish_dir = str(root / "base")
     assert train(cfg, root / "base_run")[0]["status"] == "completed"
     run_dir = root / "run"
-    cfg = compose(["experiment=demo_zh", "debug=smoke", "tokenizer=extend", f"model.name_or_path={root / 'base'}",
-                   "model.random_init=false", "tokenizer.vocab_size=2000", "schedule=two_stage", "schedule.stage1_steps=2",
-                   "adapter=block_expansion", "adapter.train_new_tokens=true", "trainer.max_steps=4",
-                   "eval.every_n_steps=4", "checkpoint.every_n_steps=4"], run_dir)
+    cfg = compose_cfg(["experiment=demo_zh", "debug=smoke", "tokenizer=extend", f"model.name_or_path={root / 'base'}",
+                       "model.random_init=false", "tokenizer.vocab_size=2000", "schedule=two_stage",
+                       "schedule.stage1_steps=2", "adapter=block_expansion", "adapter.train_new_tokens=true",
+                       "trainer.max_steps=4", "eval.every_n_steps=4", "checkpoint.every_n_steps=4"], run_dir)
     (run_dir / ".hydra").mkdir(parents=True)
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
     validate(cfg)

@@ -26,3 +26,16 @@ def test_random_init_keeps_the_base_architecture_and_vocabulary(tmp_path):
     with pytest.raises(CptlabError, match="model.config.no_such_field"):
         load_model(str(tmp_path / "base"), config={"no_such_field": 1}, dtype="float32", vocab_size=280,
                    random_init=True)
+
+
+def test_a_dtype_name_must_name_a_torch_dtype():
+    """model.dtype's message is the rule's (tests/reliability/test_validation.py); torch_dtype takes any torch
+    dtype's name and refuses every other, including names of torch attributes that are not dtypes."""
+    import torch
+
+    from cptlab.model.load import torch_dtype
+
+    assert torch_dtype("bfloat16") is torch.bfloat16 and torch_dtype("float32") is torch.float32
+    for name in ("bogus", "nn", None):
+        with pytest.raises(ValueError, match=f"{name!r} is not the name of a torch dtype"):
+            torch_dtype(name)

@@ -376,15 +376,11 @@ def test_a_sweep_with_one_bad_value_trains_nothing(cptlab_train, corpora, rel, t
 
 
 def test_the_jobs_of_a_sweep_are_hydras(compose_cfg):
-    from hydra import compose, initialize_config_dir
-
-    import cptlab.config  # noqa: F401
     from cptlab.run.sweep import first_sweep_point, job_overrides
     from cptlab.utils.console import CONF_DIR
 
     overrides = ["experiment=replay_sweep", "debug=smoke", "adapter.r=2,8", "seed=range(2)"]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=first_sweep_point(overrides), return_hydra_config=True)
+    cfg = compose_cfg(first_sweep_point(overrides), hydra_node=True, config_dir=CONF_DIR)
     jobs = job_overrides(cfg, overrides)
     assert len(jobs) == 8  # replay_ratio (the experiment's params) x adapter.r (the command line wins) x seed
     assert jobs[0] == ["data.replay_ratio=0.0", "adapter.r=2", "experiment=replay_sweep", "debug=smoke", "seed=0"]

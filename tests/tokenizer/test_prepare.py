@@ -91,9 +91,12 @@ def test_base_errors_name_the_source(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_unknown_kind_names_the_key(tmp_path):
-    with pytest.raises(CptlabError, match=r"tokenizer\.kind='pretrained'"):
+def test_an_unknown_kind_is_refused(tmp_path):
+    """tokenizer.kind's message is the rule's (check_value, tests/test_validation_rules.py); prepare_tokenizer
+    builds three kinds and refuses any other name, writing nothing."""
+    with pytest.raises(ValueError, match=r"unknown tokenizer kind 'pretrained' \(tokenizer\.kind\)"):
         prepare_tokenizer("pretrained", tmp_path / "out", cache_root=tmp_path)
+    assert not (tmp_path / "out").exists()
 
 
 def test_train_without_texts_is_an_error(tmp_path):

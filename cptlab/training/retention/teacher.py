@@ -17,7 +17,7 @@ def kl_teacher_student(teacher_logits: torch.Tensor, student_logits: torch.Tenso
 
 class MeanTeacher:
     """Callable retention loss: `(model, batch, student_logits) -> KL` on the selected rows; `on` is one of
-    cptlab.config.RETENTION_ROWS (the config's rule refuses any other before the run starts)."""
+    the schema's RETENTION_ROWS (the config's rule refuses any other before the run starts)."""
 
     def __init__(self, ema, *, on: str = "replay"):
         self.ema, self.on = ema, on
