@@ -18,7 +18,6 @@ retention=ema keeps; see `select_weights`).
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cptlab.errors import CptlabError
+from cptlab.model.export import adapter_copy, merged_model
 from cptlab.model.save import copy_tokenizer_files, save_hf_model
 from cptlab.rundir import layout
 from cptlab.utils.io import check_replaceable, replace_dir
@@ -161,75 +161,14 @@ def load_trained(run_dir: Path | str, *, weights: str = "raw") -> TrainedRun:
 # -- merged / adapter-only ----------------------------------------------------------------------------
 
 
-def merged_model(model: torch.nn.Module) -> torch.nn.Module:
-    """A plain Hugging Face model: LoRA/DoRA weights merged into the base layers (the model itself
-    when it has no adapter)."""
-    from cptlab.model.adapter import is_peft
-
-    merged = model.merge_and_unload() if is_peft(model) else model
-    for attr in ("_cptlab_base_rows", "_cptlab_adapter_params", "_cptlab_trainable", "_cptlab_new_blocks"):
-        merged.__dict__.pop(attr, None)
-    return merged
-
-
 def adapter_model(run: TrainedRun, base: torch.nn.Module | None = None):
-    """A fresh peft model on the extended base holding the run's trained adapter, plus what the schedule
-    trained of the embedding/output matrices: the new rows as `trainable_token_indices`, whole matrices
-    as `modules_to_save`. Base weights of the body the schedule trained cannot be held by an adapter."""
-    from peft import get_peft_model
+    """A fresh peft model on the extended base (`build_base(run.run_dir)` unless given) holding the run's
+    trained adapter and what its schedule trained of the embedding/output matrices (cptlab.model.export)."""
+    from cptlab.model.freeze import FreezePlan
 
-    from cptlab.model.freeze import FreezePlan, adapter_params_of
-
-    trained = run.model
-    adapter_names = adapter_params_of(trained)
-    if adapter_names is None:
-        raise CptlabError("--adapter-only: the run has no adapter (adapter=none): export the merged model instead")
-    if not hasattr(trained, "peft_config"):
-        raise CptlabError(f"--adapter-only: adapter={run.cfg.adapter.name} adds whole decoder blocks, which a peft "
-                          f"adapter cannot hold: export the merged model instead")
-    plan = FreezePlan.from_config(trained, run.cfg.schedule, run.cfg.adapter)
-    embed, head = plan._matrix("in"), plan._matrix("out")
-    matrices = {n: s for n, s in plan.union.items() if n not in adapter_names}
-    extra = sorted(set(matrices) - {embed, head})
-    if extra:
-        raise CptlabError(f"--adapter-only: the schedule trained base weights an adapter cannot hold ({extra[0]}, "
-                          f"{len(extra)} in all): export the merged model instead")
-    params = dict(trained.named_parameters())
-    tied = head == embed
-    config = copy.deepcopy(trained.peft_config["default"])
-    config.inference_mode = False
-    whole = [n for n, s in matrices.items() if s == 0]
-    rows_only = {n: s for n, s in matrices.items() if s > 0}
-    modules = {embed: "embed_tokens", head: "lm_head"}
-    if whole:
-        config.modules_to_save = sorted({modules[n] for n in matrices})
-    elif rows_only:
-        indices = list(range(run.base_rows, params[embed].shape[0]))
-        config.trainable_token_indices = indices if tied else {modules[n]: indices for n in rows_only}
-    if base is None:
-        base = build_base(run.run_dir)
-    fresh = get_peft_model(base, config)
-    fresh_params = dict(fresh.named_parameters())
-    missing = sorted(n for n in adapter_names if n not in fresh_params)
-    if missing:
-        raise CptlabError(f"--adapter-only: the rebuilt adapter lacks {missing[0]}: the run's adapter config changed")
-    with torch.no_grad():
-        for name in adapter_names:
-            fresh_params[name].copy_(params[name])
-        for name, module in fresh.named_modules():
-            leaf = name.rsplit(".", 1)[-1]
-            source = {"embed_tokens": embed, "lm_head": head}.get(leaf)
-            if source is None or source not in matrices:
-                continue
-            weight = params[source]
-            if hasattr(module, "token_adapter"):  # TrainableTokensWrapper
-                adapter = module.token_adapter
-                if adapter.tied_adapter is None:
-                    idx = torch.tensor(adapter.token_indices["default"])
-                    adapter.trainable_tokens_delta["default"].copy_(weight[idx])
-            elif hasattr(module, "modules_to_save"):  # ModulesToSaveWrapper
-                module.modules_to_save["default"].weight.copy_(weight)
-    return fresh
+    plan = FreezePlan.from_config(run.model, run.cfg.schedule, run.cfg.adapter)
+    return adapter_copy(run.model, plan, run.base_rows, lambda: base if base is not None else build_base(run.run_dir),
+                        adapter_name=str(run.cfg.adapter.name))
 
 
 # -- writing ------------------------------------------------------------------------------------------

@@ -302,8 +302,9 @@ def merge_run(run_dir: Path | str, alphas: list[float], *, weights: str = "raw")
 def export_merge(run_dir: Path | str, alpha: float, out: Path | str, *, weights: str = "raw") -> Path:
     """Write theta(alpha) to `out` as a plain Hugging Face model with the run's tokenizer (the export code path:
     adapters merged, written atomically; a non-empty directory that is not a cptlab model export is refused)."""
+    from cptlab.model.export import merged_model
     from cptlab.model.save import save_hf_model
-    from cptlab.run.export import _write_atomically, merged_model
+    from cptlab.run.export import _write_atomically
     from cptlab.rundir.layout import input_paths
     from cptlab.rundir.summary import read_summary
     from cptlab.utils.io import check_replaceable

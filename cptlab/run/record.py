@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
+from cptlab.model.export import merged_model
 from cptlab.model.save import publish_model
-from cptlab.run.export import export_run, merged_model
+from cptlab.run.export import export_run
 from cptlab.run.plots import plot_forgetting_curve
 from cptlab.run.summarize import summarize
 from cptlab.run.wandb_report import report_to_wandb

@@ -193,8 +193,9 @@ def test_tied_base_extended_with_lora_exports_and_generates_identically(tiny_ggu
     from omegaconf import OmegaConf
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from cptlab.model.export import merged_model
     from cptlab.run.build import build_run
-    from cptlab.run.export import export_run, merged_model
+    from cptlab.run.export import export_run
     from cptlab.run.validate import validate
     from cptlab.tokenizer.hf import load_tokenizer
 
