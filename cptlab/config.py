@@ -380,8 +380,8 @@ class CheckpointConfig:
 class PrepareConfig:
     # cptlab-prepare only: build shard group `group` of `groups` (every groups-th source file of each domain),
     # so a job array fills the shared token cache in parallel; groups=1 also builds the domain entries.
-    group: int = 0
-    groups: int = 1
+    group: int = bounded(0, ">= 0")  # and < groups (cptlab.run.validate)
+    groups: int = bounded(1, ">= 1")
     tokenizer_only: bool = False  # only the tokenizer (the first step of a cluster's pre-tokenization)
 
 

@@ -66,10 +66,6 @@ def job(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         in_job(True)  # a signal from here on is an Interrupted error: the build in progress cleans up
-        groups, group = cfg.prepare.groups, cfg.prepare.group
-        if groups < 1 or not 0 <= group < groups:  # before the heavy imports below
-            raise CptlabError(f"prepare.group={group} of prepare.groups={groups}: need groups >= 1 and "
-                              "0 <= group < groups")
         from cptlab.run.validate import validate
 
         quiet_libraries()

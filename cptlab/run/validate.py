@@ -279,6 +279,9 @@ def validate(cfg: DictConfig) -> None:
     validate_strategy(cfg)
     check_harness(cfg.eval.harness, strategy=cfg.trainer.strategy)
     validate_values(cfg)
+    if cfg.prepare.group >= cfg.prepare.groups:  # cptlab-prepare's shard group
+        raise CptlabError(f"prepare.group={cfg.prepare.group} of prepare.groups={cfg.prepare.groups}: need groups >= 1 "
+                          "and 0 <= group < groups")
     if cfg.publish_dir:  # a user's directory is never wiped at the end of a run: refused before any work
         check_replaceable(str(cfg.publish_dir), "model", "publish_dir",
                           inputs={key: OmegaConf.select(cfg, key) for key in INPUT_KEYS})

@@ -35,6 +35,23 @@ def series(run_dir):
     return out
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """uninterrupted(extra) -> the directory of an uninterrupted run with those extra overrides, trained once per
+    module: the kill and the SIGTERM test compare against the same plain run."""
+    done = {}
+
+    def get(extra=()):
+        if extra not in done:
+            run_dir = tmp_path_factory.mktemp("reference") / "run"
+            proc = train(run_dir, extra=extra)
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            done[extra] = run_dir
+        return done[extra]
+
+    return get
+
+
 @pytest.mark.parametrize("extra", [
     (),
     # EMA teacher state, the KL loss and a two-stage LoRA schedule must all resume exactly too.
@@ -45,9 +62,8 @@ def series(run_dir):
     pytest.param(("data.stages=[{until_step: 3, replay_ratio: 0}, {until_step: 15}, {replay_ratio: 0.5}]",),
                  marks=pytest.mark.slow),
 ], ids=["plain", "mean_teacher_two_stage_lora", "mixture_stages"])
-def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path, extra, sigkill_at_first_checkpoint):
-    reference = tmp_path / "reference"
-    assert train(reference, extra=extra).returncode == 0
+def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path, extra, sigkill_at_first_checkpoint, uninterrupted):
+    reference = uninterrupted(extra)
 
     killed = tmp_path / "killed"
     sigkill_at_first_checkpoint(train(killed, wait=False, extra=extra), killed, timeout=240)
@@ -64,9 +80,8 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path, extra, sigkill_a
     assert summary["replay_share"] == json.loads((reference / "summary.json").read_text())["replay_share"]
 
 
-def test_sigterm_saves_a_checkpoint_and_the_rerun_matches(tmp_path):
-    reference = tmp_path / "reference"
-    assert train(reference).returncode == 0
+def test_sigterm_saves_a_checkpoint_and_the_rerun_matches(tmp_path, uninterrupted):
+    reference = uninterrupted()
 
     stopped = tmp_path / "stopped"
     proc = train(stopped, wait=False)
