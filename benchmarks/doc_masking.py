@@ -65,7 +65,8 @@ def run(ctx: Context) -> BenchResult:
     from cptlab.model.load import load_model
     from cptlab.tokenizer.hf import load_tokenizer
     from cptlab.training.module import CPTModule
-    from cptlab.training.optim import LRSchedule, build_optimizer
+    from cptlab.training.optim import build_optimizer
+    from cptlab.training.schedule import LRSchedule
 
     res = BenchResult("doc_masking")
     config, seq_len, batch, steps, warmup = shape(ctx)

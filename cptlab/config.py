@@ -260,7 +260,7 @@ class DataConfig:
 class PhaseConfig:
     # The phase lasts while the optimizer step is < until_step; null for the last phase.
     until_step: Optional[int] = None
-    # Groups: new_rows, embeddings, lm_head, layers.N, layers.A-B, norms, adapter, all (cptlab.model.freeze).
+    # Groups: new_rows, embeddings, lm_head, layers.N, layers.A-B, norms, adapter, all (cptlab.model.phases).
     train: list[str] = field(default_factory=list)
 
 
@@ -442,7 +442,7 @@ def run_tags(tags, *choices: str) -> list[str]:
 def lr_decay_start(*, _root_) -> int:
     """`${lr_decay_start:}`: the first optimizer step of the decay phase of optim.schedule=wsd over
     trainer.max_steps, e.g. where a data.stages entry starts annealing (conf/experiment/demo_zh_anneal.yaml);
-    the arithmetic is cptlab.utils.lr's, which the schedule itself (cptlab.training.optim.LRSchedule) runs too."""
+    the arithmetic is cptlab.utils.lr's, which the schedule itself (cptlab.training.schedule.LRSchedule) runs too."""
     return wsd_decay_start(int(_root_.trainer.max_steps), int(_root_.optim.warmup_steps),
                            float(_root_.optim.decay_fraction))
 

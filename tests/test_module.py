@@ -17,7 +17,7 @@ from cptlab.model.adapter import apply_adapter
 from cptlab.model.freeze import FreezePlan
 from cptlab.model.load import load_model
 from cptlab.training.module import CPTModule
-from cptlab.training.optim import LRSchedule
+from cptlab.training.schedule import LRSchedule
 
 BASE, GROWN, HIDDEN = 96, 128, 32
 

@@ -6,7 +6,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from cptlab.errors import CptlabError
 from cptlab.training.module import CPTModule
-from cptlab.training.optim import LRSchedule
+from cptlab.training.schedule import LRSchedule
 
 
 class Trainer:

@@ -16,7 +16,8 @@ from cptlab.model.adapter import apply_adapter
 from cptlab.model.freeze import FreezePlan
 from cptlab.model.load import load_model
 from cptlab.training.module import CPTModule
-from cptlab.training.optim import LRScale, LRSchedule, build_optimizer, build_scheduler, lr_groups, param_groups
+from cptlab.training.optim import build_optimizer, build_scheduler, lr_groups, param_groups
+from cptlab.training.schedule import LRScale, LRSchedule
 
 
 def test_warmup_is_linear_to_peak():

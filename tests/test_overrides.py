@@ -87,7 +87,7 @@ def test_mixture_keys_from_the_command_line(compose_cfg):
 
 def test_the_anneal_experiment_raises_replay_exactly_for_the_wsd_decay(compose_cfg):
     from cptlab.data.stages import stages_from_config
-    from cptlab.training.optim import LRSchedule
+    from cptlab.training.schedule import LRSchedule
 
     for extra, decay_start in (([], 120), (["debug=smoke"], 6)):
         cfg = compose_cfg(["experiment=demo_zh_anneal", *extra])

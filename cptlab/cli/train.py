@@ -20,9 +20,16 @@ __all__ = ["check_run", "check_sweep", "train_main"]
 def check_run(command: Command):
     """A single run's checks, each once: run name, writable directories, the config's values, then (rank zero:
     the ranks Lightning or SLURM start share its directory) the run directory claimed and locked, and its
-    recorded inputs compared with this command's. Returns what the job is handed (cptlab.cli.train_app.Checked)."""
-    from cptlab.cli.train_app import Checked
-    from cptlab.run.guard import RunLock, check_inputs, check_run_name, check_writable, claim_run_dir, is_rank_zero
+    recorded inputs compared with this command's. Returns what the job is handed (cptlab.run.guard.Checked)."""
+    from cptlab.run.guard import (
+        Checked,
+        RunLock,
+        check_inputs,
+        check_run_name,
+        check_writable,
+        claim_run_dir,
+        is_rank_zero,
+    )
     from cptlab.run.validate import config_warnings, validate
 
     cfg = command.cfg

@@ -12,7 +12,6 @@ import sys
 import time
 import traceback
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -24,7 +23,7 @@ import cptlab.config  # noqa: F401  (registers the schema and resolvers before H
 from cptlab.cli import full_error
 from cptlab.errors import CptlabError, Interrupted, RunDirRefused, in_job, no_space
 from cptlab.run.build import build_run
-from cptlab.run.guard import RunLock, check_inputs, claim_run_dir, current_inputs, is_rank_zero, record_inputs
+from cptlab.run.guard import Checked, RunLock, check_inputs, claim_run_dir, current_inputs, is_rank_zero, record_inputs
 from cptlab.run.record import RunRecord
 from cptlab.run.sweep import job_checked
 from cptlab.run.validate import config_warnings, validate
@@ -77,15 +76,6 @@ def task_overrides() -> list[str]:
 
 # Failed jobs of this process's multirun: the sweep goes on, the command exits non-zero at the end.
 FAILED_RUNS: list[str] = []
-
-
-@dataclass
-class Checked:
-    """What the front end did for this run before Hydra started it (cptlab.cli.train.check_run): the config
-    validated, and on rank zero the directory claimed, `lock` taken and `inputs` compared; the job does none
-    of it again."""
-    lock: RunLock | None = None
-    inputs: dict | None = None
 
 
 def job(cfg: DictConfig, checked: Checked | None = None) -> None:

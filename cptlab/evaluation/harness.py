@@ -7,8 +7,9 @@ evaluation took are printed and recorded in summary.json ("harness").
 The evaluation must leave training exactly as it was: the Python, numpy and torch RNG states are saved and
 restored around it (a resumed run then draws what an uninterrupted one draws), the model goes back to train mode,
 and no gradient is made. lm-eval is an optional extra (`pip install 'cptlab[eval]'`): this module imports it only
-when a run has tasks. Local task YAMLs (the built-in probes in cptlab/evaluation/tasks, eval.harness.include_path) run
-offline; lm-eval's own tasks are resolved only when a task is not local.
+when a run has tasks, and torch only to run them (`check_harness` runs before torch loads). Local task YAMLs (the
+built-in probes in cptlab/evaluation/tasks, eval.harness.include_path) run offline; lm-eval's own tasks are resolved
+only when a task is not local.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 import yaml
 
 from cptlab.errors import CptlabError
@@ -145,6 +145,8 @@ def quiet_lm_eval():
 def preserved_rng():
     """Python's, numpy's and torch's (CPU and CUDA) global RNG states, restored on exit: the harness (few-shot
     sampling, lm-eval's own seeding) never shifts what training draws next."""
+    import torch
+
     state = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
              torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None)
     try:
@@ -214,6 +216,8 @@ class HarnessRunner:
         """`prefix + task/metric` of every task (and group) on `model` as it is now."""
         if self.loaded is None:
             self.load()
+        import torch
+
         from cptlab.evaluation.harness_lm import CptlabLM
 
         lm = CptlabLM(model, self.tokenizer, batch_size=self.batch_size, max_length=self.max_length)

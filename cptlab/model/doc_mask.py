@@ -13,13 +13,19 @@ called with no attention mask and no cache (`transformers.masking_utils`: `_prep
 one, and `create_causal_mask` then ANDs causality over the remapped positions with "same segment"), for the
 sdpa, eager and flex attention masks. The callers here pass `position_ids=` and `use_cache=False`; the
 model types that path was verified for (tests/model/test_doc_masking.py) are allow-listed below.
+
+torch is imported where the position ids are computed, not with the module: the config's validation checks the
+model type (`check_doc_masking`) before torch loads.
 """
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from cptlab.errors import CptlabError
+
+if TYPE_CHECKING:
+    import torch
 
 # Model types whose decoder builds its causal mask with `create_causal_mask` (or the sliding-window variant)
 # from the position ids it is given, and feeds the same position ids to its rotary embedding: checked, each
@@ -30,6 +36,8 @@ DOC_MASKING_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 def document_position_ids(input_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
     """Position ids [..., T] that restart at 0 at every `eos_id` of `input_ids` [..., T] past position 0 (a
     block's first token starts a segment whatever it is). Pure and vectorised: no host sync, any device."""
+    import torch
+
     positions = torch.arange(input_ids.shape[-1], device=input_ids.device).expand_as(input_ids)
     starts = torch.where(input_ids == eos_id, positions, torch.zeros_like(positions))
     return positions - starts.cummax(dim=-1).values

@@ -1,22 +1,5 @@
-"""The one place that decides what trains: freezing schedules as phases of parameter groups.
-
-A schedule is a list of phases; phase i is in effect for optimizer steps `until_step[i-1] <= step <
-until_step[i]` (the last phase has `until_step: null`), so the phase is a pure function of the step.
-Each phase trains a union of groups:
-
-    new_rows      rows >= base_rows of the input embedding and the output matrix (the tokens added by
-                  vocabulary extension), nothing else of those matrices
-    embeddings    the input embedding matrix (all rows)
-    lm_head       the output matrix (all rows; the same matrix as `embeddings` when they are tied)
-    layers.N      every parameter of transformer block N (`layers.A-B`: blocks A..B inclusive)
-    norms         every normalisation layer's parameters (RMSNorm / LayerNorm, the final norm included)
-    adapter       what the adapter config trains: the adapter's weights (LoRA/DoRA) or the new blocks
-                  (block_expansion; `layers.N` then counts the expanded model's blocks) (+ `new_rows` when
-                  adapter.train_new_tokens); the whole model with adapter=none
-    all           every parameter
-
-The presets are phase lists: `full` = [adapter]; `two_stage` = [embedding rows for stage1_steps, then
-adapter]; `new_tokens_only` = [new_rows]; `phases` reads `schedule.phases` from the config.
+"""The one place that decides what trains: the freezing schedule's phases (cptlab.model.phases: the
+groups each phase trains and when) resolved against one model.
 
 A trainable set maps parameter names (as `model.named_parameters()` yields them, tied weights once) to
 the first trainable row: 0 = the whole parameter, r > 0 = rows [r, n) only (a row-masked matrix; see
@@ -26,96 +9,18 @@ the first trainable row: 0 = the whole parameter, r > 0 = rows [r, n) only (a ro
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 import torch
 
 from cptlab.errors import CptlabError
+from cptlab.model.phases import BUILDERS, Phase, check_phases, layer_range
 
-GROUPS_HELP = "new_rows, embeddings, lm_head, layers.N, layers.A-B, norms, adapter, all"
-_SIMPLE_GROUPS = ("new_rows", "embeddings", "lm_head", "norms", "adapter", "all")
-_LAYERS = re.compile(r"^layers\.(\d+)(?:-(\d+))?$")
 _LAYER_OF_PARAM = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 # Attributes recorded on the model object (forwarded through peft's wrappers by attribute lookup).
 BASE_ROWS_ATTR = "_cptlab_base_rows"
 ADAPTER_PARAMS_ATTR = "_cptlab_adapter_params"
 TRAINABLE_ATTR = "_cptlab_trainable"
-
-
-@dataclass(frozen=True)
-class Phase:
-    until_step: int | None
-    train: tuple[str, ...]
-
-
-# -- config -> phases ---------------------------------------------------------------------------------
-
-
-def check_group(name: str) -> None:
-    """A group name's syntax (model-independent); unknown names fail naming the value."""
-    if name in _SIMPLE_GROUPS:
-        return
-    m = _LAYERS.match(name)
-    if m:
-        lo, hi = int(m.group(1)), int(m.group(2) if m.group(2) is not None else m.group(1))
-        if hi < lo:
-            raise CptlabError(f"schedule group {name!r}: the range is empty (write layers.A-B with A <= B)")
-        return
-    raise CptlabError(f"schedule group {name!r} is unknown (groups: {GROUPS_HELP})")
-
-
-def _two_stage(schedule) -> list[Phase]:
-    stage1 = ("new_rows",) if schedule.stage1_rows == "new" else ("embeddings", "lm_head")
-    return [Phase(int(schedule.stage1_steps), stage1), Phase(None, ("adapter",))]
-
-
-def _own_phases(schedule) -> list[Phase]:
-    own = getattr(schedule, "phases", None)
-    if not own:
-        raise CptlabError("schedule=phases needs schedule.phases: a list of {until_step, train} entries")
-    return [Phase(None if p.until_step is None else int(p.until_step), tuple(str(g) for g in p.train)) for p in own]
-
-
-# One builder per name of the schema's FREEZE_SCHEDULES (the schema's rule admits no other name, and
-# stage1_steps / stage1_rows only in range: the builders take the values as given).
-BUILDERS = {
-    "full": lambda schedule: [Phase(None, ("adapter",))],
-    "two_stage": _two_stage,
-    "new_tokens_only": lambda schedule: [Phase(None, ("new_rows",))],
-    "phases": _own_phases,
-}
-
-
-def phases_from_config(schedule) -> list[Phase]:
-    """The phase list of a validated `schedule` config node (a DictConfig or anything with the same attributes).
-    What this still refuses is how the phases fit together (each phase's groups, increasing steps)."""
-    if schedule.name != "phases" and getattr(schedule, "phases", None):
-        raise CptlabError(f"schedule.phases is only read by schedule=phases (schedule={schedule.name}): "
-                          f"use schedule=phases to write your own phases")
-    phases = BUILDERS[schedule.name](schedule)
-    check_phases(phases)
-    return phases
-
-
-def check_phases(phases: list[Phase]) -> None:
-    previous = 0
-    for i, phase in enumerate(phases):
-        if not phase.train:
-            raise CptlabError(f"schedule.phases[{i}].train is empty: name the groups it trains ({GROUPS_HELP})")
-        for group in phase.train:
-            check_group(group)
-        last = i == len(phases) - 1
-        if phase.until_step is None and not last:
-            raise CptlabError(f"schedule.phases[{i}].until_step is null but it is not the last phase")
-        if phase.until_step is not None:
-            if last:
-                raise CptlabError(f"schedule.phases[{i}].until_step={phase.until_step}: the last phase must have "
-                                  f"until_step: null (it lasts to the end of the run)")
-            if phase.until_step <= previous:
-                raise CptlabError(f"schedule.phases[{i}].until_step={phase.until_step} must be > {previous} "
-                                  f"(phases end at increasing steps)")
-            previous = phase.until_step
 
 
 # -- model bookkeeping --------------------------------------------------------------------------------
@@ -242,8 +147,7 @@ class FreezePlan:
                             if id(p) in self._names:
                                 whole.add(self._names[id(p)])
             else:
-                m = _LAYERS.match(group)
-                lo, hi = int(m.group(1)), int(m.group(2) if m.group(2) is not None else m.group(1))
+                lo, hi = layer_range(group)
                 if hi >= n_layers:
                     raise CptlabError(f"schedule group {group!r}: the model has {n_layers} layers "
                                       f"(layers.0-{n_layers - 1})")

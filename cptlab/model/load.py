@@ -3,7 +3,6 @@ random-init model of a base's own architecture (`model.random_init`: smoke runs 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from transformers import (
 )
 
 from cptlab.errors import CptlabError
+from cptlab.model.source import check_model_source, looks_local
 
 # Fields a size override may set even where a config class does not pre-declare them.
 SIZE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
@@ -33,25 +33,6 @@ def torch_dtype(name: str) -> torch.dtype:
     return dtype
 
 
-def _looks_local(name_or_path: str) -> bool:
-    return name_or_path.startswith((".", "/", "~")) or os.path.exists(name_or_path) or name_or_path.count("/") != 1
-
-
-def check_model_source(name_or_path: str) -> None:
-    """Fail early, by path, on a missing or malformed local model directory."""
-    if not _looks_local(name_or_path):
-        return  # a hub id: from_pretrained reports (offline) failures itself
-    path = Path(name_or_path).expanduser()
-    if not path.is_dir():
-        raise CptlabError(f"model directory not found: {path} (model.name_or_path)")
-    if not (path / "config.json").is_file():
-        raise CptlabError(f"{path} is not a Hugging Face model directory: no config.json (model.name_or_path)")
-    try:
-        AutoConfig.from_pretrained(path)
-    except Exception as err:  # malformed JSON, unknown model_type, ...
-        raise CptlabError(f"{path / 'config.json'}: cannot be read as a model config ({str(err).splitlines()[0]})")
-
-
 def random_llama_config(fields: dict[str, Any], *, vocab_size: int, bos_id: int | None, eos_id: int | None) -> LlamaConfig:
     try:
         return LlamaConfig(vocab_size=vocab_size, bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=None, **fields)
@@ -65,7 +46,7 @@ def architecture_config(name_or_path: str, fields: dict[str, Any] | None, *, voc
     given vocabulary: the architecture of the base, the size of the caller's choosing. A head_dim the base
     states is recomputed from the new width and head count unless `fields` sets it."""
     check_model_source(name_or_path)
-    config = AutoConfig.from_pretrained(Path(name_or_path).expanduser() if _looks_local(name_or_path) else name_or_path)
+    config = AutoConfig.from_pretrained(Path(name_or_path).expanduser() if looks_local(name_or_path) else name_or_path)
     fields = dict(fields or {})
     for key, value in fields.items():
         if not hasattr(config, key) and key not in SIZE_FIELDS:
@@ -101,7 +82,7 @@ def load_model(name_or_path: str | None, *, config: dict[str, Any] | None, dtype
     elif name_or_path:
         check_model_source(name_or_path)
         try:
-            model = AutoModelForCausalLM.from_pretrained(Path(name_or_path).expanduser() if _looks_local(name_or_path)
+            model = AutoModelForCausalLM.from_pretrained(Path(name_or_path).expanduser() if looks_local(name_or_path)
                                                          else name_or_path, dtype=dt, attn_implementation="sdpa")
         except OSError as err:
             raise CptlabError(f"cannot load model {name_or_path!r}: {str(err).splitlines()[0]}")

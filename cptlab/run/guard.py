@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -256,3 +257,12 @@ class RunLock(LeaseLock):
 
     def __init__(self, run_dir: Path):
         super().__init__(Path(run_dir) / LOCK, subject=str(run_dir), prog="cptlab-train", error=RunDirRefused)
+
+
+@dataclass
+class Checked:
+    """What the front end did for this run before Hydra started it (cptlab.cli.train.check_run): the config
+    validated, and on rank zero the directory claimed, `lock` taken and `inputs` compared; the job does none
+    of it again."""
+    lock: RunLock | None = None
+    inputs: dict | None = None

@@ -44,9 +44,9 @@ from cptlab.training.checkpoint import AtomicCheckpointIO
 from cptlab.training.fsdp import fsdp_strategy, replicated_params
 from cptlab.training.harness_eval import HarnessEval, build_harness_eval
 from cptlab.training.module import CPTModule
-from cptlab.training.optim import LRScale, LRSchedule
 from cptlab.training.retention.ema import EMA
 from cptlab.training.retention.teacher import MeanTeacher
+from cptlab.training.schedule import LRScale, LRSchedule
 from cptlab.utils.hashing import hash_dir, hash_obj
 from cptlab.utils.io import atomic_write_json, build_once
 

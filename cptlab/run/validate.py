@@ -22,14 +22,14 @@ from cptlab.data.split import check_eval_sources, heldout_kind
 from cptlab.data.stages import stages_from_config
 from cptlab.errors import CptlabError
 from cptlab.evaluation.harness import check_harness
-from cptlab.model.adapter import check_targets
+from cptlab.model.adapter_targets import check_targets
 from cptlab.model.doc_mask import check_doc_masking
-from cptlab.model.freeze import phases_from_config
 from cptlab.model.gguf import check_gguf
-from cptlab.model.load import check_model_source, random_llama_config
+from cptlab.model.phases import phases_from_config
+from cptlab.model.source import check_model_source
 from cptlab.run.demo_base import stands_in
 from cptlab.rundir.layout import INPUT_KEYS
-from cptlab.training.optim import LRScale, LRSchedule
+from cptlab.training.schedule import LRScale, LRSchedule
 from cptlab.utils.io import check_replaceable
 
 
@@ -180,6 +180,8 @@ def validate_adapter_targets(cfg: DictConfig) -> None:
         return
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
+
+    from cptlab.model.load import random_llama_config
 
     if cfg.model.name_or_path:
         path = Path(str(cfg.model.name_or_path)).expanduser()

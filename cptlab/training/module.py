@@ -27,7 +27,8 @@ from cptlab.model.freeze import FreezePlan, clean_name
 from cptlab.model.loss import causal_lm_loss
 from cptlab.rundir.layout import LAST_CHECKPOINT
 from cptlab.training.fsdp import STATE_DICT_KEYS, average_gradients, is_fsdp
-from cptlab.training.optim import LRScale, LRSchedule, base_lr, build_optimizer, build_scheduler, lr_groups
+from cptlab.training.optim import base_lr, build_optimizer, build_scheduler, lr_groups
+from cptlab.training.schedule import LRScale, LRSchedule
 
 PREFIX = "model."
 

@@ -1,5 +1,5 @@
 """Learning-rate schedule arithmetic shared by the config schema's `${lr_decay_start:}` resolver and the schedule
-itself (cptlab.training.optim.LRSchedule): torch-free and importing nothing of cptlab, so neither of the two
+itself (cptlab.training.schedule.LRSchedule): torch-free and importing nothing of cptlab, so neither of the two
 imports the other."""
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ from omegaconf import OmegaConf
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from cptlab.errors import CptlabError
-from cptlab.model.adapter import DEFAULT_TARGETS, apply_adapter, is_peft, unwrap
+from cptlab.model.adapter import apply_adapter, is_peft, unwrap
+from cptlab.model.adapter_targets import DEFAULT_TARGETS
 from cptlab.model.freeze import adapter_params_of, base_rows_of
 
 

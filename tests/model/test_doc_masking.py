@@ -16,9 +16,9 @@ from cptlab.model.doc_mask import DOC_MASKING_MODEL_TYPES, check_doc_masking, do
 from cptlab.model.load import load_model
 from cptlab.model.loss import causal_lm_loss
 from cptlab.training.module import CPTModule
-from cptlab.training.optim import LRSchedule
 from cptlab.training.retention.ema import EMA
 from cptlab.training.retention.teacher import MeanTeacher
+from cptlab.training.schedule import LRSchedule
 
 EOS, VOCAB = 1, 48
 DOCS = [[5, 6, 7, 8, 9], [10, 11, 12], [13, 14, 15, 16, 17, 18, 19]]

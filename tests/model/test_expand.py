@@ -142,7 +142,7 @@ class Stream:
 def test_two_stage_training_moves_only_new_rows_then_new_blocks():
     from cptlab.data.datamodule import CPTDataModule
     from cptlab.training.module import CPTModule
-    from cptlab.training.optim import LRSchedule
+    from cptlab.training.schedule import LRSchedule
 
     model = llama()
     model.train()

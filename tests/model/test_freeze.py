@@ -12,8 +12,9 @@ from transformers import LlamaForCausalLM
 
 from cptlab.errors import CptlabError
 from cptlab.model.adapter import apply_adapter
-from cptlab.model.freeze import FreezePlan, Phase, count_parameters, phases_from_config
+from cptlab.model.freeze import FreezePlan, count_parameters
 from cptlab.model.load import load_model
+from cptlab.model.phases import Phase, phases_from_config
 
 BASE, GROWN = 96, 128
 

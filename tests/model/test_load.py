@@ -39,3 +39,30 @@ def test_a_dtype_name_must_name_a_torch_dtype():
     for name in ("bogus", "nn", None):
         with pytest.raises(ValueError, match=f"{name!r} is not the name of a torch dtype"):
             torch_dtype(name)
+
+
+def test_a_model_directory_at_fault_is_named_in_one_line(tmp_path):
+    """A local base directory that is missing, has no config.json, one that is not a JSON object or one whose
+    model_type transformers does not know is refused by check_model_source (run by the validation, and by
+    load_model). A hub id is left to from_pretrained."""
+    import json
+
+    from cptlab.model.source import check_model_source
+
+    check_model_source("owner/name")  # a hub id: not looked at here
+    with pytest.raises(CptlabError, match=r"model directory not found: .*nowhere \(model.name_or_path\)"):
+        check_model_source(str(tmp_path / "nowhere"))
+    (tmp_path / "base").mkdir()
+    with pytest.raises(CptlabError, match=r"base is not a Hugging Face model directory: no config.json"):
+        check_model_source(str(tmp_path / "base"))
+    config = tmp_path / "base" / "config.json"
+    for text, why in [('{"model_type": "llama", "hidden_size": ', "Expecting value"), ("[1, 2]", "not a JSON object")]:
+        config.write_text(text, encoding="utf-8")
+        with pytest.raises(CptlabError, match=rf"base/config.json: cannot be read as a model config \({why}") as err:
+            check_model_source(str(tmp_path / "base"))
+        assert "\n" not in str(err.value)
+    config.write_text(json.dumps({"model_type": "no_such_model_type"}), encoding="utf-8")
+    with pytest.raises(CptlabError, match=r"base/config.json: cannot be read as a model config \(.*no_such_model_type"):
+        check_model_source(str(tmp_path / "base"))
+    config.write_text(json.dumps({"model_type": "llama"}), encoding="utf-8")
+    check_model_source(str(tmp_path / "base"))

@@ -17,7 +17,7 @@ from cptlab.model.freeze import FreezePlan
 from cptlab.model.load import load_model
 from cptlab.model.loss import causal_lm_loss, chunked_nll_sum, decoder_and_head
 from cptlab.training.module import CPTModule
-from cptlab.training.optim import LRSchedule
+from cptlab.training.schedule import LRSchedule
 
 BASE, GROWN, VOCAB_CHUNK = 96, 128, 7  # 7 positions per chunk: chunks that do not divide B*T
 

@@ -66,7 +66,7 @@ def test_skip_limits_count_consecutive_and_total_skips():
 
     from cptlab.errors import CptlabError
     from cptlab.training.module import CPTModule
-    from cptlab.training.optim import LRSchedule
+    from cptlab.training.schedule import LRSchedule
 
     class Trainer:
         global_step, world_size, checkpoint_callback = 0, 1, None
