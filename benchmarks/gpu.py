@@ -89,12 +89,13 @@ def run(size: str = "1b", *, steps: int = 30, warmup: int = 10, accelerator: str
         precision: str = "bf16-mixed", compile: bool = False, workdir: Path | None = None) -> dict:
     from benchmarks.training import compose
     from cptlab.run.build import build_run
+    from cptlab.run.validate import RunPlan
 
     workdir = Path(workdir or tempfile.mkdtemp(prefix="cptlab-gpu-bench-"))
     cfg = compose(overrides(size, steps=steps, accelerator=accelerator, precision=precision, compile=compile,
                             workdir=workdir), workdir / "run")
-    # cptlab-train's own build (compose() validated the config); no run record
-    built = build_run(cfg, workdir / "run")
+    # cptlab-train's own build; no run record
+    built = build_run(RunPlan.from_config(cfg), workdir / "run")
     model, lightning = built.model, built.lightning
     s = SIZES[size]
     model_config = {k: v for k, v in s.items() if k not in ("seq_len", "batch_size")}

@@ -89,10 +89,11 @@ def child_cptlab(spec: dict) -> dict:
 
     from benchmarks.training import compose
     from cptlab.run.build import build_run
+    from cptlab.run.validate import RunPlan
 
     torch.set_num_threads(spec["threads"])
     run_dir = Path(spec["run_dir"])
-    built = build_run(compose(spec["overrides"], run_dir), run_dir)
+    built = build_run(RunPlan.from_config(compose(spec["overrides"], run_dir)), run_dir)
     model, run = built.model, built.lightning
     clock = StepClock(spec["steps"])
 

@@ -138,9 +138,9 @@ def breakdown_child(overrides: list[str], output_dir: str) -> dict:
     with open_dict(cfg):
         cfg.paths.output_dir = output_dir
     mark("compose config")
-    validate(cfg)
+    plan = validate(cfg)
     mark("validate")
-    built = build_run(cfg, _Path(output_dir), started=time.time())  # cptlab-train's own build, stage by stage
+    built = build_run(plan, _Path(output_dir), started=time.time())  # cptlab-train's own build, stage by stage
     stages.update(built.stages)
     return stages
 

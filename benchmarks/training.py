@@ -119,6 +119,7 @@ class TrainingSetup:
         from omegaconf import open_dict
 
         from cptlab.run import pipeline
+        from cptlab.run.validate import RunPlan
 
         self._round += 1
         run_dir = self.ctx.path("train_runs", f"cptlab-{self._round}")
@@ -126,7 +127,7 @@ class TrainingSetup:
         with open_dict(cfg):
             cfg.paths.output_dir = str(run_dir)
         model, _ = pipeline.build_model(cfg, self.tokenizer)
-        return pipeline.build_lightning(cfg, model, self.domains, self.tokenizer, run_dir), model
+        return pipeline.build_lightning(RunPlan.from_config(cfg), model, self.domains, self.tokenizer, run_dir), model
 
     def blocks(self):
         """The token blocks of global batches 0..steps-1 of the run's mixture stream, in order: [steps*B, T]."""

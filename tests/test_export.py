@@ -26,8 +26,7 @@ def train_in_process(compose_cfg, run_dir: Path, overrides: list[str]):
     cfg = compose_cfg([*SMOKE, *overrides], output_dir=run_dir)
     (run_dir / ".hydra").mkdir(parents=True)
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
-    validate(cfg)
-    built = build_run(cfg, run_dir)
+    built = build_run(validate(cfg), run_dir)
     run = built.lightning
     built.fit()
     run.trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")

@@ -300,6 +300,7 @@ def test_bits_per_byte_parity_with_cptlab(tokenizer, compose_cfg, tmp_path):
     from cptlab.evaluation.bpb import eval_sums, metrics_from_sums
     from cptlab.run import pipeline
     from cptlab.run.build import build_run
+    from cptlab.run.validate import RunPlan
     from cptlab.tokenizer.byte_lengths import token_byte_lengths
     from cptlab.tokenizer.hf import load_tokenizer
 
@@ -328,7 +329,7 @@ def test_bits_per_byte_parity_with_cptlab(tokenizer, compose_cfg, tmp_path):
     data.write_text("".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
     with open_dict(cfg):
         cfg.data.domains["parity"] = DomainConfig(role="eval", sources=[str(data)])
-    run = build_run(cfg, run_dir)
+    run = build_run(RunPlan.from_config(cfg), run_dir)
     domain = next(d for d in run.domains if d.name == "parity")
     scored = torch.from_numpy(eval_blocks(domain, seq_len, blocks))
     eos = run.tokenizer.eos_token_id

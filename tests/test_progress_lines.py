@@ -30,11 +30,12 @@ def test_bars_and_no_plain_lines_with_a_tty(compose_cfg, tmp_path, monkeypatch):
 
     from cptlab.run import pipeline
     from cptlab.run.build import build_run
+    from cptlab.run.validate import RunPlan
     from cptlab.training.callbacks import PeriodicEval, TrainMetrics
 
     monkeypatch.setattr(pipeline, "show_progress", lambda: True)
     cfg = compose_cfg(["experiment=demo_base", "debug=smoke", "logger=csv"], output_dir=tmp_path)
-    run = build_run(cfg, tmp_path)
+    run = build_run(RunPlan.from_config(cfg), tmp_path)
     kinds = {type(c): c for c in run.trainer.callbacks}
     assert RichProgressBar in kinds
     assert not kinds[TrainMetrics].plain and not kinds[PeriodicEval].plain

@@ -38,11 +38,11 @@ def check_run(command: Command):
     check_writable(run_dir, "hydra.run.dir, from paths.runs_dir / CPTLAB_RUNS")
     check_writable(Path(str(cfg.paths.cache_dir)), "paths.cache_dir / CPTLAB_CACHE")
     task = job_config(cfg)
-    validate(task)
+    plan = validate(task)
     for warning in config_warnings(task):
         print(f"cptlab-train: warning: {warning}", file=sys.stderr)
     if not is_rank_zero():
-        return Checked()
+        return Checked(plan=plan)
     claim_run_dir(run_dir)  # a directory of the user's is refused before Hydra writes into it
     lock = RunLock(run_dir).acquire()
     try:
@@ -50,7 +50,7 @@ def check_run(command: Command):
     except BaseException:
         lock.release()
         raise
-    return Checked(lock=lock, inputs=inputs)
+    return Checked(lock=lock, inputs=inputs, plan=plan)
 
 
 def check_sweep(command: Command) -> None:

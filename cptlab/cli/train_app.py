@@ -25,23 +25,23 @@ from cptlab.errors import CptlabError, Interrupted, RunDirRefused, in_job, no_sp
 from cptlab.run.build import build_run
 from cptlab.run.guard import Checked, RunLock, check_inputs, claim_run_dir, current_inputs, is_rank_zero, record_inputs
 from cptlab.run.record import RunRecord
-from cptlab.run.sweep import job_checked
-from cptlab.run.validate import config_warnings, validate
+from cptlab.run.sweep import checked_plan
+from cptlab.run.validate import RunPlan, config_warnings, validate
 from cptlab.rundir.summary import read_summary, render_table, write_summary
 from cptlab.training.checkpoint import resume_checkpoint
 from cptlab.utils.console import CONF_DIR, one_line, quiet_libraries
 
 
-def train(cfg: DictConfig, run_dir: Path, *, validated: bool = False, inputs: dict | None = None) -> tuple[dict, bool]:
+def train(cfg: DictConfig, run_dir: Path, *, plan: RunPlan | None = None,
+          inputs: dict | None = None) -> tuple[dict, bool]:
     """One run, start to finish (or resumed from run_dir/checkpoints/last.ckpt).
     Returns the summary and whether this process is the global rank zero (the one that reports).
-    `validated`: the caller has already run `validate(cfg)` (the CLI does, once per run).
+    `plan`: the run's plan, when the caller validated `cfg` already (the CLI does, once per run).
     `inputs`: `check_inputs`'s result, recorded once the checkpoint is known to fit (the run starts)."""
     started = time.time()
-    if not validated:
-        validate(cfg)
+    plan = plan or RunPlan.from_config(cfg)
     refuse_relaunch_in_multirun(cfg)
-    run = build_run(cfg, run_dir, started=started)
+    run = build_run(plan, run_dir, started=started)
     record = RunRecord(run, overrides=task_overrides(), started=started)
     run.trainer.callbacks.append(record)
     ckpt_path = resume_checkpoint(run_dir, run.lightning.module)
@@ -81,7 +81,7 @@ FAILED_RUNS: list[str] = []
 def job(cfg: DictConfig, checked: Checked | None = None) -> None:
     """One Hydra job of cptlab-train: the run in Hydra's output directory, its failure recorded there.
     `checked`: what the front end already did; without it (a sweep's job, Hydra's own front end) the job claims
-    its directory, validates (unless the sweep's check did: cptlab.run.sweep.job_checked), locks it and
+    its directory, validates (unless the sweep's check did: cptlab.run.sweep.checked_plan), locks it and
     compares its inputs itself."""
     quiet_libraries()
     # train.nan_policy=skip_batch skips a batch by returning None from training_step, on purpose.
@@ -89,6 +89,7 @@ def job(cfg: DictConfig, checked: Checked | None = None) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     lock = checked.lock if checked is not None and checked.lock is not None else RunLock(run_dir)
     inputs = checked.inputs if checked is not None else None
+    plan = checked.plan if checked is not None else checked_plan()  # None: the job validates
     previous = read_summary(run_dir)
     completed = bool(previous) and previous.get("status") == "completed"
     published = not cfg.publish_dir or (Path(cfg.publish_dir).expanduser() / "config.json").is_file()
@@ -97,8 +98,8 @@ def job(cfg: DictConfig, checked: Checked | None = None) -> None:
         if checked is None:
             if is_rank_zero():  # a directory of the user's is refused before anything is written into it
                 claim_run_dir(run_dir)
-            if not job_checked():
-                validate(cfg)  # bad input is reported even when it is aimed at a completed run
+            if plan is None:
+                plan = validate(cfg)  # bad input is reported even when it is aimed at a completed run
                 for warning in config_warnings(cfg):
                     print(f"cptlab-train: warning: {warning}", file=sys.stderr)
             if is_rank_zero():  # the ranks Lightning or SLURM start share rank zero's directory
@@ -112,7 +113,7 @@ def job(cfg: DictConfig, checked: Checked | None = None) -> None:
             return
         if inputs is None and is_rank_zero():  # nothing was recorded to compare them with: computed only now
             inputs = current_inputs(cfg)
-        summary, reporter = train(cfg, run_dir, validated=True, inputs=inputs)
+        summary, reporter = train(cfg, run_dir, plan=plan, inputs=inputs)
     except Exception as err:
         err = no_space(err) or err  # a full disk outside checkpoints: one line naming the path (cptlab.errors)
         message = str(err) if isinstance(err, CptlabError) else one_line(err)

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from cptlab.data.tokens import DomainTokens
 from cptlab.run import pipeline
 from cptlab.run.guard import is_rank_zero
+from cptlab.run.validate import RunPlan
 from cptlab.tokenizer.hf import load_tokenizer
 
 # summary.json "setup": the coarse phases, each the sum of these stages of Run.stages.
@@ -65,9 +66,10 @@ class _Stages:
         self.last = now
 
 
-def build_run(cfg: DictConfig, run_dir: Path, *, started: float | None = None) -> Run:
-    """Everything `cptlab-train` builds before fit, for the validated `cfg`; `started` is when the run began
-    (its first stage then includes what came before, e.g. validation)."""
+def build_run(plan: RunPlan, run_dir: Path, *, started: float | None = None) -> Run:
+    """Everything `cptlab-train` builds before fit, for a validated run (`RunPlan.from_config(cfg)`); `started`
+    is when the run began (its first stage then includes what came before, e.g. validation)."""
+    cfg = plan.cfg
     run_dir = Path(run_dir)
     pipeline.check_base_split(cfg)  # before any heavy work: never score documents the base trained on
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -86,7 +88,7 @@ def build_run(cfg: DictConfig, run_dir: Path, *, started: float | None = None) -
     stages.mark("data")
     model, base_rows = pipeline.build_model(cfg, tokenizer, load_tokenizer(base_dir) if base_dir else None)
     stages.mark("model")
-    lightning = pipeline.build_lightning(cfg, model, domains, tokenizer, run_dir, base_rows=base_rows)
+    lightning = pipeline.build_lightning(plan, model, domains, tokenizer, run_dir, base_rows=base_rows)
     stages.mark("lightning")
     return Run(cfg, run_dir, tokenizer_dir, tokenizer, base_dir, domains, model, base_rows, lightning,
                tokenizer_stats, stages.seconds)

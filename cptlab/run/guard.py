@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cptlab.config import check_value
 from cptlab.errors import CptlabError, RunDirRefused
+from cptlab.run.validate import RunPlan
 from cptlab.rundir import layout
 from cptlab.rundir.layout import CHECKPOINTS, INPUTS, LOCK, METRICS, PLOT, REPORT, SUMMARY, last_checkpoint
 from cptlab.utils.hashing import hash_obj
@@ -266,3 +267,4 @@ class Checked:
     of it again."""
     lock: RunLock | None = None
     inputs: dict | None = None
+    plan: RunPlan | None = None  # the validated run (cptlab.run.validate)

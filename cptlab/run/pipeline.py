@@ -23,7 +23,6 @@ from cptlab.data.mixture import MixtureSampler, eval_blocks
 from cptlab.data.source_weights import resolve_source_weights
 from cptlab.data.sources import MAX_DOC_BYTES
 from cptlab.data.split import check_eval_overlap, leaks_from_base
-from cptlab.data.stages import stages_from_config
 from cptlab.data.tokens import DomainSpec, DomainTokens, documents_key, prepare_domain, train_documents
 from cptlab.errors import CptlabError
 from cptlab.model.adapter import apply_adapter
@@ -34,6 +33,7 @@ from cptlab.model.load import load_model, max_positions
 from cptlab.model.resize import grow_embeddings
 from cptlab.model.save import SPLIT_FILE
 from cptlab.run.demo_base import demo_base_config, stands_in
+from cptlab.run.validate import RunPlan
 from cptlab.rundir import layout
 from cptlab.tokenizer.byte_lengths import token_byte_lengths
 from cptlab.tokenizer.hf import load_tokenizer
@@ -46,7 +46,6 @@ from cptlab.training.harness_eval import HarnessEval, build_harness_eval
 from cptlab.training.module import CPTModule
 from cptlab.training.retention.ema import EMA
 from cptlab.training.retention.teacher import MeanTeacher
-from cptlab.training.schedule import LRScale, LRSchedule
 from cptlab.utils.hashing import hash_dir, hash_obj
 from cptlab.utils.io import atomic_write_json, build_once
 
@@ -269,24 +268,23 @@ class Lightning:
     harness: HarnessEval | None = None  # eval.harness.tasks (cptlab.training.harness_eval)
 
 
-def build_lightning(cfg: DictConfig, model, domains: list[DomainTokens], tokenizer, run_dir: Path,
+def build_lightning(run_plan: RunPlan, model, domains: list[DomainTokens], tokenizer, run_dir: Path,
                     base_rows: int | None = None) -> Lightning:
     """The module, data module, trainer and metric callbacks of a run; `base_rows`: the base's vocabulary size
-    when the run extended it (step 0 then also scores the base's own distribution, PeriodicEval)."""
+    when the run extended it (step 0 then also scores the base's own distribution, PeriodicEval). The freezing
+    phases, mixture stages and LR schedule and scales are the plan's, as its validation built them."""
+    cfg = run_plan.cfg
     data, tr = cfg.data, cfg.trainer
     sampler = MixtureSampler(domains, replay_ratio=data.replay_ratio, batch_size=data.batch_size,
                              seq_len=data.seq_len, seed=cfg.seed, temperature=data.get("temperature"),
-                             stages=stages_from_config(data, batches_per_step=tr.accumulate_grad_batches))
+                             stages=list(run_plan.stages))
     evals = {d.name: torch.from_numpy(eval_blocks(d, data.seq_len, cfg.eval.max_blocks)) for d in domains}
     token_bytes = torch.from_numpy(token_byte_lengths(tokenizer))
     tokens_per_batch = data.batch_size * data.seq_len
-    plan = FreezePlan.from_config(model, cfg.schedule, cfg.adapter)
-    schedule = LRSchedule(total_steps=tr.max_steps, warmup_steps=cfg.optim.warmup_steps, kind=cfg.optim.schedule,
-                          min_lr_ratio=cfg.optim.min_lr_ratio, decay_fraction=cfg.optim.decay_fraction,
-                          restarts=plan.stage_starts if cfg.schedule.rewarm else ())
+    plan = FreezePlan(model, list(run_plan.phases), train_new_tokens=bool(cfg.adapter.get("train_new_tokens")))
     module = CPTModule(model, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, betas=cfg.optim.betas,
-                       eps=cfg.optim.eps, schedule=schedule, freeze=plan,
-                       nan_policy=cfg.train.nan_policy, lr_scale=LRScale.from_config(cfg.optim.get("lr_scale")),
+                       eps=cfg.optim.eps, schedule=run_plan.lr_schedule, freeze=plan,
+                       nan_policy=cfg.train.nan_policy, lr_scale=run_plan.lr_scale,
                        max_consecutive_skipped=cfg.train.max_consecutive_skipped,
                        max_skipped_batches=cfg.train.max_skipped_batches,
                        chunked_loss=bool(cfg.model.get("chunked_loss", False)),

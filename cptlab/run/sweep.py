@@ -10,6 +10,7 @@ from collections.abc import Callable
 from omegaconf import DictConfig, open_dict, read_write
 
 from cptlab.errors import CptlabError
+from cptlab.run.validate import RunPlan
 from cptlab.utils.console import one_line
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
@@ -58,7 +59,7 @@ def check_jobs(jobs: list[list[str]], compose_job: Callable[[list[str]], DictCon
     several; the first bad one fails in one line naming it by number and by the values that set it apart.
     `compose_job(overrides)`: the job's config with its `hydra` node, HydraConfig set to it (the front end's, which
     the launcher reuses: cptlab.cli.hydra_app); by default Hydra's `compose` (an initialised GlobalHydra).
-    Each job validated here is recorded (`job_checked`): it does not validate itself again."""
+    Each job's plan is kept (`checked_plan`): the job does not validate itself again."""
     if len(jobs) < 2:
         return  # one job: validated by the run itself, as a single run is
     from hydra.core.hydra_config import HydraConfig
@@ -75,8 +76,7 @@ def check_jobs(jobs: list[list[str]], compose_job: Callable[[list[str]], DictCon
             with read_write(task), open_dict(task):
                 del task["hydra"]
             check_run_name(task)
-            validate(task)
-            _CHECKED.add(tuple(cfg.hydra.overrides.task))
+            _CHECKED[tuple(cfg.hydra.overrides.task)] = validate(task)
         except Exception as err:
             label = ",".join(o for o in job if o in varying) or ",".join(job)
             message = str(err) if isinstance(err, CptlabError) else one_line(err)
@@ -85,15 +85,15 @@ def check_jobs(jobs: list[list[str]], compose_job: Callable[[list[str]], DictCon
             HydraConfig.instance().cfg = None
 
 
-# The jobs of this process's sweep that check_jobs validated, by their task overrides.
-_CHECKED: set[tuple[str, ...]] = set()
+# The plans of this process's sweep jobs that check_jobs validated, by their task overrides.
+_CHECKED: dict[tuple[str, ...], RunPlan] = {}
 
 
-def job_checked() -> bool:
-    """Whether the running Hydra job is one that check_jobs validated before the sweep started."""
+def checked_plan() -> RunPlan | None:
+    """The plan check_jobs built for the running Hydra job before the sweep started (None: not one of those)."""
     from hydra.core.hydra_config import HydraConfig
 
-    return HydraConfig.initialized() and tuple(HydraConfig.get().overrides.task) in _CHECKED
+    return _CHECKED.get(tuple(HydraConfig.get().overrides.task)) if HydraConfig.initialized() else None
 
 
 def _compose_job(job: list[str]) -> DictConfig:

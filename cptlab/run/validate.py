@@ -12,6 +12,7 @@ import glob
 import json
 import typing
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -19,13 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 from cptlab.config import Rule, TrainConfig, field_types, nested_schema
 from cptlab.data.source_weights import resolve_source_weights
 from cptlab.data.split import check_eval_sources, heldout_kind
-from cptlab.data.stages import stages_from_config
+from cptlab.data.stages import Stage, stages_from_config
 from cptlab.errors import CptlabError
 from cptlab.evaluation.harness import check_harness
 from cptlab.model.adapter_targets import check_targets
 from cptlab.model.doc_mask import check_doc_masking
 from cptlab.model.gguf import check_gguf
-from cptlab.model.phases import phases_from_config
+from cptlab.model.phases import Phase, phases_from_config
 from cptlab.model.source import check_model_source
 from cptlab.run.demo_base import stands_in
 from cptlab.rundir.layout import INPUT_KEYS
@@ -103,9 +104,9 @@ def validate_data(data: DictConfig) -> None:
     check_eval_sources({name: (d.role, [str(s) for s in d.sources]) for name, d in data.domains.items()})
 
 
-def validate_schedule_and_adapter(cfg: DictConfig) -> None:
+def validate_schedule_and_adapter(cfg: DictConfig) -> list[Phase]:
     """Freezing schedule and adapter settings that need no model (the model-dependent checks, e.g. a
-    target module or a layer that does not exist, run when the model is built)."""
+    target module or a layer that does not exist, run when the model is built); the schedule's phases."""
     phases = phases_from_config(cfg.schedule)
     if cfg.adapter.name in ("lora", "dora") and not cfg.adapter.target_modules:
         raise CptlabError("adapter.target_modules is empty: name the modules to adapt (e.g. q_proj, v_proj)")
@@ -117,6 +118,7 @@ def validate_schedule_and_adapter(cfg: DictConfig) -> None:
                                                for p in phases for g in p.train):
         raise CptlabError(f"adapter={cfg.adapter.name} but schedule={cfg.schedule.name} never trains the adapter "
                           f"(no phase has the group 'adapter'): use adapter=none or another schedule")
+    return phases
 
 
 def base_config(cfg: DictConfig, *, written_over: bool = True) -> dict:
@@ -256,8 +258,25 @@ def _check_lr_scale(cfg: DictConfig, scale: LRScale) -> None:
                           "vocabulary")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Every check of a composed config, before any tokenizer, cache or model is built (run once per run)."""
+@dataclass(frozen=True)
+class RunPlan:
+    """A validated run: its config and the typed pieces its validation built, which the build uses as they are
+    (cptlab.run.build.build_run) instead of building them from the config again."""
+    cfg: DictConfig
+    phases: tuple[Phase, ...]  # the freezing schedule (schedule.*)
+    stages: tuple[Stage, ...]  # the mixture's step ranges (data.stages), in batches
+    lr_schedule: LRSchedule  # optim.schedule over trainer.max_steps, re-warmed at each phase (schedule.rewarm)
+    lr_scale: LRScale  # optim.lr_scale
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> RunPlan:
+        """Every check of a composed config, before any tokenizer, cache or model is built (once per run)."""
+        return validate(cfg)
+
+
+def validate(cfg: DictConfig) -> RunPlan:
+    """Every check of a composed config, before any tokenizer, cache or model is built (run once per run); the
+    plan of the run (RunPlan.from_config)."""
     validate_complete(cfg)
     validate_fields(cfg)
     if cfg.tokenizer.kind in ("base", "extend") and not (cfg.tokenizer.path or cfg.model.name_or_path or cfg.model.gguf):
@@ -266,13 +285,15 @@ def validate(cfg: DictConfig) -> None:
     _check_extension(cfg.tokenizer)
     if not (cfg.model.name_or_path or cfg.model.config or cfg.model.gguf):
         raise CptlabError("set model.name_or_path (a model directory), model.gguf or model.config (random init)")
-    LRSchedule(total_steps=cfg.trainer.max_steps, warmup_steps=cfg.optim.warmup_steps, kind=cfg.optim.schedule,
-               min_lr_ratio=cfg.optim.min_lr_ratio, decay_fraction=cfg.optim.decay_fraction)
+    phases = validate_schedule_and_adapter(cfg)
+    restarts = tuple(p.until_step for p in phases[:-1]) if cfg.schedule.rewarm else ()  # where phases 1, 2... begin
+    lr_schedule = LRSchedule(total_steps=cfg.trainer.max_steps, warmup_steps=cfg.optim.warmup_steps,
+                             kind=cfg.optim.schedule, min_lr_ratio=cfg.optim.min_lr_ratio,
+                             decay_fraction=cfg.optim.decay_fraction, restarts=restarts)
     scale = LRScale.from_config(cfg.optim.get("lr_scale"))
     _check_lr_scale(cfg, scale)
-    validate_schedule_and_adapter(cfg)
     validate_data(cfg.data)
-    stages_from_config(cfg.data, batches_per_step=int(cfg.trainer.accumulate_grad_batches))  # cptlab.data.stages
+    stages = stages_from_config(cfg.data, batches_per_step=int(cfg.trainer.accumulate_grad_batches))
     validate_model(cfg)
     validate_doc_masking(cfg)
     scale.check_tied(bool(base_config(cfg).get("tie_word_embeddings")))
@@ -287,6 +308,7 @@ def validate(cfg: DictConfig) -> None:
     if cfg.publish_dir:  # a user's directory is never wiped at the end of a run: refused before any work
         check_replaceable(str(cfg.publish_dir), "model", "publish_dir",
                           inputs={key: OmegaConf.select(cfg, key) for key in INPUT_KEYS})
+    return RunPlan(cfg, tuple(phases), tuple(stages), lr_schedule, scale)
 
 
 def validate_values(cfg: DictConfig) -> None:

@@ -55,10 +55,10 @@ def test_a_run_composes_validates_locks_and_checks_inputs_once(counted, monkeypa
 def test_a_sweep_composes_each_job_once_and_checks_each_once(counted, monkeypatch, tmp_path):
     trained = []
     monkeypatch.setattr(cptlab.cli.train_app, "train",
-                        lambda cfg, run_dir, **kw: trained.append((cfg.seed, kw["validated"], kw["inputs"])) or ({}, True))
+                        lambda cfg, run_dir, **kw: trained.append((kw["plan"], kw["inputs"])) or ({}, True))
     cptlab_train(monkeypatch, "-m", *SMOKE, "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}")
-    assert [(seed, validated, inputs is not None) for seed, validated, inputs in trained] == [(0, True, True),
-                                                                                             (1, True, True)]
+    # Each job is handed the plan the sweep's check built for it (its seed), and the inputs it compared.
+    assert [(plan.cfg.seed, inputs is not None) for plan, inputs in trained] == [(0, True), (1, True)]
     # The sweep's own config, then each job once: the launcher is handed the jobs the front end checked.
     assert len(counted["compose"]) == 3
     assert [len(counted[k]) for k in ("validate", "lock", "inputs", "fingerprint")] == [2, 2, 2, 2]

@@ -203,8 +203,7 @@ def expanded_run(tmp_path_factory, compose_cfg):
                        "trainer.max_steps=4", "eval.every_n_steps=4", "checkpoint.every_n_steps=4"], run_dir)
     (run_dir / ".hydra").mkdir(parents=True)
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
-    validate(cfg)
-    built = build_run(cfg, run_dir)
+    built = build_run(validate(cfg), run_dir)
     model, base_rows, run = built.model, built.base_rows, built.lightning
     step0 = dict(run.evaluator.eval_sets)
     with torch.no_grad():

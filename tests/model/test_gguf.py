@@ -206,8 +206,7 @@ def test_tied_base_extended_with_lora_exports_and_generates_identically(tiny_ggu
                        "adapter.r=4", "adapter.dropout=0.0", "data.max_docs=200"], output_dir=run_dir)
     (run_dir / ".hydra").mkdir(parents=True)
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
-    validate(cfg)
-    built = build_run(cfg, run_dir)
+    built = build_run(validate(cfg), run_dir)
     tokenizer, base_rows, run = built.tokenizer, built.base_rows, built.lightning
     base_tokenizer = load_tokenizer(built.base_dir)
     assert len(tokenizer) > len(base_tokenizer)  # extended
