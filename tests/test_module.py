@@ -14,8 +14,8 @@ from omegaconf import OmegaConf
 
 from cptlab.data.datamodule import CPTDataModule
 from cptlab.model.adapter import apply_adapter
-from cptlab.model.freeze import FreezePlan
 from cptlab.model.load import load_model
+from cptlab.run.plan_values import freeze_plan
 from cptlab.training.module import CPTModule
 from cptlab.training.schedule import LRSchedule
 
@@ -68,7 +68,7 @@ def build(*, tied=False, adapter=None, schedule=None, total=6, wd=0.1, lr=1e-2, 
     schedule = schedule if schedule is not None else schedule_cfg()
     torch.manual_seed(0)
     model = apply_adapter(model if model is not None else tiny(tied), adapter, base_rows=base_rows)
-    plan = FreezePlan.from_config(model, schedule, adapter)
+    plan = freeze_plan(model, schedule, adapter)
     lrs = LRSchedule(total_steps=total, warmup_steps=2, kind="cosine",
                      restarts=plan.stage_starts if schedule.rewarm else ())
     return CPTModule(model, lr=lr, weight_decay=wd, betas=[0.9, 0.95], eps=1e-8, schedule=lrs, freeze=plan)

@@ -13,8 +13,8 @@ from omegaconf import OmegaConf
 from cptlab.data.datamodule import CPTDataModule
 from cptlab.errors import CptlabError
 from cptlab.model.adapter import apply_adapter
-from cptlab.model.freeze import FreezePlan
 from cptlab.model.load import load_model
+from cptlab.run.plan_values import freeze_plan, lr_scale_of
 from cptlab.training.module import CPTModule
 from cptlab.training.optim import build_optimizer, build_scheduler, lr_groups, param_groups
 from cptlab.training.schedule import LRScale, LRSchedule
@@ -85,14 +85,14 @@ BASE, GROWN, LR, WD, BETAS, EPS = 96, 128, 1e-2, 0.1, (0.9, 0.95), 1e-8
 ])
 def test_bad_lr_scale_names_the_key(node, message):
     with pytest.raises(CptlabError, match=message):
-        LRScale.from_config(node)
+        lr_scale_of(node)
 
 
 def test_lr_scale_in_the_composed_config_reaches_validation(compose_cfg):
     from cptlab.run.validate import validate
 
     cfg = compose_cfg(["optim.lr_scale.lm_head=0.5"])
-    assert LRScale.from_config(cfg.optim.lr_scale) == LRScale(lm_head=0.5)
+    assert lr_scale_of(cfg.optim.lr_scale) == LRScale(lm_head=0.5)
     with pytest.raises(CptlabError, match=r"^optim.lr_scale.lm_head=-2.0 must be"):
         validate(compose_cfg(["experiment=demo_zh", "debug=smoke", "optim.lr_scale.lm_head=-2"]))
 
@@ -154,7 +154,7 @@ def module(scale: LRScale, *, schedule="two_stage", adapter="none", tied=False, 
     schedule_cfg = OmegaConf.create({"name": schedule, "stage1_steps": 3, "stage1_rows": "all", "rewarm": True,
                                      "phases": None})
     model = apply_adapter(model, adapter_cfg, base_rows=BASE)
-    plan = FreezePlan.from_config(model, schedule_cfg, adapter_cfg)
+    plan = freeze_plan(model, schedule_cfg, adapter_cfg)
     lrs = LRSchedule(total_steps=6, warmup_steps=2, kind="cosine", restarts=plan.stage_starts)
     return CPTModule(model, lr=LR, weight_decay=WD, betas=list(BETAS), eps=EPS, schedule=lrs, freeze=plan,
                      lr_scale=scale)

@@ -86,7 +86,7 @@ def test_mixture_keys_from_the_command_line(compose_cfg):
 
 
 def test_the_anneal_experiment_raises_replay_exactly_for_the_wsd_decay(compose_cfg):
-    from cptlab.data.stages import stages_from_config
+    from cptlab.run.plan_values import stages_of
     from cptlab.training.schedule import LRSchedule
 
     for extra, decay_start in (([], 120), (["debug=smoke"], 6)):
@@ -96,7 +96,7 @@ def test_the_anneal_experiment_raises_replay_exactly_for_the_wsd_decay(compose_c
                               min_lr_ratio=o.min_lr_ratio, decay_fraction=o.decay_fraction)
         # the linear decay starts at decay_start (from the peak): every later step is below it, none before
         assert schedule.factor(decay_start - 1) == schedule.factor(decay_start) == 1.0 > schedule.factor(decay_start + 1)
-        stages = stages_from_config(cfg.data)
+        stages = stages_of(cfg.data)
         assert [(s.until, s.replay_ratio) for s in stages] == [(decay_start, None), (None, 0.5)]
         assert cfg.data.replay_ratio == 0.25  # before the decay: demo_zh's
     validate(cfg)  # (the smoke run's: the full one needs the built demo base)

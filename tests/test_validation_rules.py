@@ -11,7 +11,7 @@ import pytest
 
 from cptlab import config
 from cptlab.errors import CptlabError
-from cptlab.model.phases import BUILDERS
+from cptlab.run.plan_values import BUILDERS
 from cptlab.run.validate import declared_values, validate_fields
 
 PACKAGE = Path(config.__file__).resolve().parent

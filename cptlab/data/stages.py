@@ -15,7 +15,7 @@ With `data.temperature = T`, a domain's weight within its role is `weight * trai
 (T = 1: in proportion to size, large T: towards the configured weights alone, T < 1: sharper than size).
 
 Steps here are global batches (the sampler's `step`); the config's `until_step` counts optimizer steps, which
-`stages_from_config` multiplies by `trainer.accumulate_grad_batches`.
+the run (`cptlab.run.plan_values.stages_of`) multiplies by `trainer.accumulate_grad_batches`.
 """
 
 from __future__ import annotations
@@ -160,55 +160,3 @@ class StagedRows:
         k = self.stage_at(step)
         inside = self.schedules[k].rows(step - self.stages[k].start)
         return [a + b for a, b in zip(self._rows_before_stage(k), inside)]
-
-
-def stages_from_config(data, *, batches_per_step: int = 1) -> list[Stage]:
-    """The `data.stages` of a config (its `data` node) in global batches, checked before any work: one line naming
-    the key for an end that is missing (only the last stage may run to the end), not increasing, or not a whole
-    number of steps (`until_tokens`), an unknown or untrained domain in `weights`, a weight <= 0, a ratio outside
-    [0, 1) or a replay ratio > 0 without a replay domain. `batches_per_step`: trainer.accumulate_grad_batches."""
-    entries = list(data.get("stages") or ())
-    roles = {str(name): d.role for name, d in data.domains.items()}
-    trained = [name for name, role in roles.items() if role != "eval"]
-    tokens_per_batch = int(data.batch_size) * int(data.seq_len)
-    out, previous = [], 0  # previous: the end of the stage before, in optimizer steps
-    for k, entry in enumerate(entries):
-        key = f"data.stages[{k}]"
-        until_step, until_tokens = entry.get("until_step"), entry.get("until_tokens")
-        if until_step is not None and until_tokens is not None:
-            raise CptlabError(f"{key}: set until_step or until_tokens, not both")
-        if until_tokens is not None:
-            per_step = tokens_per_batch * batches_per_step
-            if int(until_tokens) < 1 or int(until_tokens) % per_step:
-                accumulate = f" x trainer.accumulate_grad_batches={batches_per_step}" if batches_per_step > 1 else ""
-                raise CptlabError(f"{key}.until_tokens={until_tokens} is not a positive multiple of the tokens per "
-                                  f"step, {per_step} (data.batch_size={data.batch_size} x data.seq_len={data.seq_len}"
-                                  f"{accumulate})")
-            end, field = int(until_tokens) // per_step, f"until_tokens={until_tokens}"
-        elif until_step is not None:
-            end, field = int(until_step), f"until_step={until_step}"
-        elif k < len(entries) - 1:
-            raise CptlabError(f"{key} has no until_step (or until_tokens): only the last stage may run to the end")
-        else:
-            end, field = None, ""
-        if end is not None and end <= previous:
-            raise CptlabError(f"{key}.{field} ends at step {end}, not after "
-                              + (f"data.stages[{k - 1}] (step {previous})" if k else "step 0")
-                              + ": stage ends must be increasing")
-        ratio = entry.get("replay_ratio")
-        if ratio is not None and not 0.0 <= float(ratio) < 1.0:
-            raise CptlabError(f"{key}.replay_ratio={ratio!r} must be in [0, 1)")
-        if ratio is not None and ratio > 0 and "replay" not in roles.values():
-            raise CptlabError(f"{key}.replay_ratio={ratio} but no domain has role 'replay'")
-        weights = dict(entry.get("weights") or {})
-        for name, weight in weights.items():
-            if name not in trained:
-                why = "an eval domain is never trained on" if name in roles else f"trained: {', '.join(trained)}"
-                raise CptlabError(f"{key}.weights.{name}: no trained domain of that name ({why})")
-            if not float(weight) > 0:
-                raise CptlabError(f"{key}.weights.{name}={weight!r} must be > 0")
-        out.append(Stage(until=None if end is None else end * batches_per_step,
-                         replay_ratio=None if ratio is None else float(ratio),
-                         weights={str(n): float(w) for n, w in weights.items()} or None, key=key))
-        previous = end if end is not None else previous
-    return out

@@ -13,7 +13,7 @@ import re
 import torch
 
 from cptlab.errors import CptlabError
-from cptlab.model.phases import BUILDERS, Phase, check_phases, layer_range
+from cptlab.model.phases import Phase, check_phases, layer_range
 
 _LAYER_OF_PARAM = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
@@ -84,13 +84,6 @@ class FreezePlan:
         if adapter is not None and not any(n in adapter for n in self.union):
             raise CptlabError("the adapter's weights train in no schedule phase: add the group 'adapter' to a "
                               "phase, or use adapter=none")
-
-    @classmethod
-    def from_config(cls, model: torch.nn.Module, schedule=None, adapter=None) -> "FreezePlan":
-        # The constructor checks how the phases fit together (validation checked the config's own phases once).
-        phases = BUILDERS[schedule.name](schedule) if schedule is not None else [Phase(None, ("adapter",))]
-        train_new = bool(getattr(adapter, "train_new_tokens", False)) if adapter is not None else False
-        return cls(model, phases, train_new_tokens=train_new)
 
     # phases as a function of the step
 

@@ -17,7 +17,8 @@ Each phase trains a union of groups:
     all           every parameter
 
 The presets are phase lists: `full` = [adapter]; `two_stage` = [embedding rows for stage1_steps, then
-adapter]; `new_tokens_only` = [new_rows]; `phases` reads `schedule.phases` from the config.
+adapter]; `new_tokens_only` = [new_rows]; `phases` = the config's own `schedule.phases` (the run reads
+the node into phases: cptlab.run.plan_values).
 """
 
 from __future__ import annotations
@@ -57,39 +58,6 @@ def check_group(name: str) -> None:
             raise CptlabError(f"schedule group {name!r}: the range is empty (write layers.A-B with A <= B)")
         return
     raise CptlabError(f"schedule group {name!r} is unknown (groups: {GROUPS_HELP})")
-
-
-def _two_stage(schedule) -> list[Phase]:
-    stage1 = ("new_rows",) if schedule.stage1_rows == "new" else ("embeddings", "lm_head")
-    return [Phase(int(schedule.stage1_steps), stage1), Phase(None, ("adapter",))]
-
-
-def _own_phases(schedule) -> list[Phase]:
-    own = getattr(schedule, "phases", None)
-    if not own:
-        raise CptlabError("schedule=phases needs schedule.phases: a list of {until_step, train} entries")
-    return [Phase(None if p.until_step is None else int(p.until_step), tuple(str(g) for g in p.train)) for p in own]
-
-
-# One builder per name of the schema's FREEZE_SCHEDULES (the schema's rule admits no other name, and
-# stage1_steps / stage1_rows only in range: the builders take the values as given).
-BUILDERS = {
-    "full": lambda schedule: [Phase(None, ("adapter",))],
-    "two_stage": _two_stage,
-    "new_tokens_only": lambda schedule: [Phase(None, ("new_rows",))],
-    "phases": _own_phases,
-}
-
-
-def phases_from_config(schedule) -> list[Phase]:
-    """The phase list of a validated `schedule` config node (a DictConfig or anything with the same attributes).
-    What this still refuses is how the phases fit together (each phase's groups, increasing steps)."""
-    if schedule.name != "phases" and getattr(schedule, "phases", None):
-        raise CptlabError(f"schedule.phases is only read by schedule=phases (schedule={schedule.name}): "
-                          f"use schedule=phases to write your own phases")
-    phases = BUILDERS[schedule.name](schedule)
-    check_phases(phases)
-    return phases
 
 
 def check_phases(phases: list[Phase]) -> None:

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from cptlab.errors import CptlabError
 from cptlab.model.export import adapter_copy, merged_model
 from cptlab.model.save import copy_tokenizer_files, save_hf_model
+from cptlab.run.plan_values import freeze_plan
 from cptlab.rundir import layout
 from cptlab.utils.io import check_replaceable, replace_dir
 
@@ -164,9 +165,7 @@ def load_trained(run_dir: Path | str, *, weights: str = "raw") -> TrainedRun:
 def adapter_model(run: TrainedRun, base: torch.nn.Module | None = None):
     """A fresh peft model on the extended base (`build_base(run.run_dir)` unless given) holding the run's
     trained adapter and what its schedule trained of the embedding/output matrices (cptlab.model.export)."""
-    from cptlab.model.freeze import FreezePlan
-
-    plan = FreezePlan.from_config(run.model, run.cfg.schedule, run.cfg.adapter)
+    plan = freeze_plan(run.model, run.cfg.schedule, run.cfg.adapter)
     return adapter_copy(run.model, plan, run.base_rows, lambda: base if base is not None else build_base(run.run_dir),
                         adapter_name=str(run.cfg.adapter.name))
 

@@ -33,6 +33,7 @@ from cptlab.model.load import load_model, max_positions
 from cptlab.model.resize import grow_embeddings
 from cptlab.model.save import SPLIT_FILE
 from cptlab.run.demo_base import demo_base_config, stands_in
+from cptlab.run.plan_values import train_new_tokens_of
 from cptlab.run.validate import RunPlan
 from cptlab.rundir import layout
 from cptlab.tokenizer.byte_lengths import token_byte_lengths
@@ -281,7 +282,7 @@ def build_lightning(run_plan: RunPlan, model, domains: list[DomainTokens], token
     evals = {d.name: torch.from_numpy(eval_blocks(d, data.seq_len, cfg.eval.max_blocks)) for d in domains}
     token_bytes = torch.from_numpy(token_byte_lengths(tokenizer))
     tokens_per_batch = data.batch_size * data.seq_len
-    plan = FreezePlan(model, list(run_plan.phases), train_new_tokens=bool(cfg.adapter.get("train_new_tokens")))
+    plan = FreezePlan(model, list(run_plan.phases), train_new_tokens=train_new_tokens_of(cfg.adapter))
     module = CPTModule(model, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, betas=cfg.optim.betas,
                        eps=cfg.optim.eps, schedule=run_plan.lr_schedule, freeze=plan,
                        nan_policy=cfg.train.nan_policy, lr_scale=run_plan.lr_scale,

@@ -20,15 +20,16 @@ from omegaconf import DictConfig, OmegaConf
 from cptlab.config import Rule, TrainConfig, field_types, nested_schema
 from cptlab.data.source_weights import resolve_source_weights
 from cptlab.data.split import check_eval_sources, heldout_kind
-from cptlab.data.stages import Stage, stages_from_config
+from cptlab.data.stages import Stage
 from cptlab.errors import CptlabError
 from cptlab.evaluation.harness import check_harness
 from cptlab.model.adapter_targets import check_targets
 from cptlab.model.doc_mask import check_doc_masking
 from cptlab.model.gguf import check_gguf
-from cptlab.model.phases import Phase, phases_from_config
+from cptlab.model.phases import Phase
 from cptlab.model.source import check_model_source
 from cptlab.run.demo_base import stands_in
+from cptlab.run.plan_values import lr_scale_of, phases_of, stages_of
 from cptlab.rundir.layout import INPUT_KEYS
 from cptlab.training.schedule import LRScale, LRSchedule
 from cptlab.utils.io import check_replaceable
@@ -107,7 +108,7 @@ def validate_data(data: DictConfig) -> None:
 def validate_schedule_and_adapter(cfg: DictConfig) -> list[Phase]:
     """Freezing schedule and adapter settings that need no model (the model-dependent checks, e.g. a
     target module or a layer that does not exist, run when the model is built); the schedule's phases."""
-    phases = phases_from_config(cfg.schedule)
+    phases = phases_of(cfg.schedule)
     if cfg.adapter.name in ("lora", "dora") and not cfg.adapter.target_modules:
         raise CptlabError("adapter.target_modules is empty: name the modules to adapt (e.g. q_proj, v_proj)")
     if cfg.adapter.name == "block_expansion":
@@ -290,10 +291,10 @@ def validate(cfg: DictConfig) -> RunPlan:
     lr_schedule = LRSchedule(total_steps=cfg.trainer.max_steps, warmup_steps=cfg.optim.warmup_steps,
                              kind=cfg.optim.schedule, min_lr_ratio=cfg.optim.min_lr_ratio,
                              decay_fraction=cfg.optim.decay_fraction, restarts=restarts)
-    scale = LRScale.from_config(cfg.optim.get("lr_scale"))
+    scale = lr_scale_of(cfg.optim.get("lr_scale"))
     _check_lr_scale(cfg, scale)
     validate_data(cfg.data)
-    stages = stages_from_config(cfg.data, batches_per_step=int(cfg.trainer.accumulate_grad_batches))
+    stages = stages_of(cfg.data, batches_per_step=int(cfg.trainer.accumulate_grad_batches))
     validate_model(cfg)
     validate_doc_masking(cfg)
     scale.check_tied(bool(base_config(cfg).get("tie_word_embeddings")))

@@ -25,6 +25,7 @@ from cptlab.errors import CptlabError
 from cptlab.model.doc_mask import document_position_ids
 from cptlab.model.freeze import FreezePlan, clean_name
 from cptlab.model.loss import causal_lm_loss
+from cptlab.model.phases import Phase
 from cptlab.rundir.layout import LAST_CHECKPOINT
 from cptlab.training.fsdp import STATE_DICT_KEYS, average_gradients, is_fsdp
 from cptlab.training.optim import base_lr, build_optimizer, build_scheduler, lr_groups
@@ -43,7 +44,7 @@ class CPTModule(pl.LightningModule):
         self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, list(betas), eps
         self.lr_schedule = schedule
         self.lr_scale = lr_scale if lr_scale is not None else LRScale()
-        self.plan = freeze if freeze is not None else FreezePlan.from_config(model)
+        self.plan = freeze if freeze is not None else FreezePlan(model, [Phase(None, ("adapter",))])
         self.base_rows = self.plan.base_rows
         # optim.lr_scale: the learning-rate group of every parameter each phase trains (cptlab.training.optim.lr_groups)
         self.lr_plans = [self._lr_plan(i) for i in range(len(self.plan.phases))]

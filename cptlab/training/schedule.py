@@ -45,17 +45,6 @@ class LRScale:
                               f"{self.embeddings}, but the model ties its input and output matrices (one tensor): "
                               f"set them equal")
 
-    @classmethod
-    def from_config(cls, node) -> "LRScale":
-        """From the `optim.lr_scale` node (a mapping or None); unknown keys fail naming them."""
-        if node is None:
-            return cls()
-        values = dict(node.items()) if hasattr(node, "items") else dict(node)
-        unknown = sorted(set(values) - set(LR_GROUPS))
-        if unknown:
-            raise CptlabError(f"optim.lr_scale.{unknown[0]} is not a group (groups: {', '.join(LR_GROUPS)})")
-        return cls(**values)
-
     def __getitem__(self, group: str) -> float:
         return getattr(self, group)
 

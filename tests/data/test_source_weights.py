@@ -131,8 +131,8 @@ def test_unlisted_sources_weigh_one():
 def test_a_staged_reweighted_run_reuses_the_unstaged_runs_caches(compose_cfg, tokenizer_dir, tmp_path, encoded_docs):
     """Stages, temperature and source weights are sampler settings: the composed staged run's token caches are the
     unstaged run's, found by the same keys, and nothing is encoded_docs again (the old cache entry is only relinked)."""
-    from cptlab.data.stages import stages_from_config
     from cptlab.run import pipeline
+    from cptlab.run.plan_values import stages_of
 
     words = "the a cat dog sat on mat runs fast model data token train test".split()
     for name, seed in (("news", 1), ("web", 2), ("old", 3)):
@@ -159,7 +159,7 @@ def test_a_staged_reweighted_run_reuses_the_unstaged_runs_caches(compose_cfg, to
     assert weighted[0].train_sources == (f"{tmp_path}/news.txt", f"{tmp_path}/web.txt")
     assert dict(weighted[0].source_weights) == {f"{tmp_path}/news.txt": 1.0, f"{tmp_path}/web.txt": 3.0}
     sampler = MixtureSampler(weighted, cfg.data.replay_ratio, cfg.data.batch_size, cfg.data.seq_len,
-                             stages=stages_from_config(cfg.data), temperature=cfg.data.temperature)
+                             stages=stages_of(cfg.data), temperature=cfg.data.temperature)
     assert [s.ratio for s in sampler.stages] == [Fraction(1, 2), Fraction(1, 4)]
     assert sampler.batch(6)["input_ids"].shape == (8, 16)
 

@@ -14,8 +14,9 @@ from omegaconf import OmegaConf
 
 from cptlab.data.bijection import KeyedPermutation
 from cptlab.data.mixture import MixtureSampler
-from cptlab.data.stages import Stage, resolve_stages, stages_from_config
+from cptlab.data.stages import Stage, resolve_stages
 from cptlab.errors import CptlabError
+from cptlab.run.plan_values import stages_of
 
 B, SEQ = 7, 8
 # zh and code learn, en is replayed: three stages with three different mixes (0.3 * 7 = 2.1 replay rows, ...)
@@ -147,17 +148,17 @@ def data_node(stages, **data):
                              "batch_size": 8, "seq_len": 64, "stages": stages, **data})
 
 
-def test_stages_from_config_converts_steps_and_tokens():
-    stages = stages_from_config(data_node([{"until_step": 5, "weights": {"zh": 2}}, {"until_tokens": 8 * 64 * 12},
-                                           {"replay_ratio": 0.5}]), batches_per_step=1)
+def test_stages_of_converts_steps_and_tokens():
+    stages = stages_of(data_node([{"until_step": 5, "weights": {"zh": 2}}, {"until_tokens": 8 * 64 * 12},
+                                  {"replay_ratio": 0.5}]), batches_per_step=1)
     assert [(s.until, s.replay_ratio, s.weights, s.key) for s in stages] == [
         (5, None, {"zh": 2.0}, "data.stages[0]"), (12, None, None, "data.stages[1]"), (None, 0.5, None,
                                                                                        "data.stages[2]")]
     # with gradient accumulation a step is several global batches (the sampler counts batches)
-    accumulated = stages_from_config(data_node([{"until_step": 5}, {"until_tokens": 8 * 64 * 2 * 6}]),
-                                     batches_per_step=2)
+    accumulated = stages_of(data_node([{"until_step": 5}, {"until_tokens": 8 * 64 * 2 * 6}]),
+                            batches_per_step=2)
     assert [s.until for s in accumulated] == [10, 12]
-    assert stages_from_config(data_node([])) == [] and stages_from_config(data_node(None)) == []
+    assert stages_of(data_node([])) == [] and stages_of(data_node(None)) == []
 
 
 @pytest.mark.parametrize("stages, message", [
@@ -179,9 +180,9 @@ def test_stages_from_config_converts_steps_and_tokens():
     ([{"weights": {"code": -1.5}}], "data.stages[0].weights.code=-1.5 must be > 0"),
     ([{"replay_ratio": 1.0}], "data.stages[0].replay_ratio=1.0 must be in [0, 1)"),
 ])
-def test_stages_from_config_refuses_in_one_line_naming_the_key(stages, message):
+def test_stages_of_refuses_in_one_line_naming_the_key(stages, message):
     with pytest.raises(CptlabError) as info:
-        stages_from_config(data_node(stages))
+        stages_of(data_node(stages))
     assert str(info.value) == message
 
 
@@ -189,9 +190,9 @@ def test_a_replay_ratio_without_a_replay_domain_is_refused():
     data = OmegaConf.create({"domains": {"zh": {"role": "new"}}, "batch_size": 8, "seq_len": 64,
                              "stages": [{"until_step": 4, "replay_ratio": 0.2}]})
     with pytest.raises(CptlabError, match=r"data.stages\[0\].replay_ratio=0.2 but no domain has role 'replay'"):
-        stages_from_config(data)
+        stages_of(data)
     data.stages[0].replay_ratio = 0.0  # a stage that gives a role (here: none) no rows is fine
-    assert stages_from_config(data)[0].replay_ratio == 0.0
+    assert stages_of(data)[0].replay_ratio == 0.0
 
 
 def test_temperature_scales_weights_by_size(make_domain):

@@ -17,7 +17,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 from cptlab.errors import CptlabError
 from cptlab.model.adapter import apply_adapter
 from cptlab.model.expand import check_expansion_config, expand_blocks, insert_after, new_blocks_of, original_index
-from cptlab.model.freeze import FreezePlan, adapter_params_of
+from cptlab.model.freeze import adapter_params_of
 
 SIZES = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
              max_position_embeddings=64, tie_word_embeddings=False)
@@ -141,6 +141,7 @@ class Stream:
 
 def test_two_stage_training_moves_only_new_rows_then_new_blocks():
     from cptlab.data.datamodule import CPTDataModule
+    from cptlab.run.plan_values import freeze_plan
     from cptlab.training.module import CPTModule
     from cptlab.training.schedule import LRSchedule
 
@@ -153,7 +154,7 @@ def test_two_stage_training_moves_only_new_rows_then_new_blocks():
     model = apply_adapter(model, cfg, base_rows=96)
     schedule = OmegaConf.create({"name": "two_stage", "stage1_steps": 2, "stage1_rows": "new", "rewarm": False,
                                  "phases": None})
-    plan = FreezePlan.from_config(model, schedule, cfg)
+    plan = freeze_plan(model, schedule, cfg)
     module = CPTModule(model, lr=1e-2, weight_decay=0.1, betas=[0.9, 0.95], eps=1e-8,
                        schedule=LRSchedule(total_steps=5, warmup_steps=1), freeze=plan)
     new = set(new_blocks_of(model))

@@ -14,7 +14,8 @@ from cptlab.errors import CptlabError
 from cptlab.model.adapter import apply_adapter
 from cptlab.model.freeze import FreezePlan, count_parameters
 from cptlab.model.load import load_model
-from cptlab.model.phases import Phase, phases_from_config
+from cptlab.model.phases import Phase
+from cptlab.run.plan_values import freeze_plan, phases_of
 
 BASE, GROWN = 96, 128
 
@@ -42,14 +43,14 @@ def lora(**kw):
 
 
 def test_presets_are_phase_lists():
-    assert phases_from_config(schedule()) == [Phase(None, ("adapter",))]
-    assert phases_from_config(schedule(name="two_stage", stage1_steps=7)) == [
+    assert phases_of(schedule()) == [Phase(None, ("adapter",))]
+    assert phases_of(schedule(name="two_stage", stage1_steps=7)) == [
         Phase(7, ("new_rows",)), Phase(None, ("adapter",))]
-    assert phases_from_config(schedule(name="two_stage", stage1_rows="all"))[0].train == ("embeddings", "lm_head")
-    assert phases_from_config(schedule(name="new_tokens_only")) == [Phase(None, ("new_rows",))]
+    assert phases_of(schedule(name="two_stage", stage1_rows="all"))[0].train == ("embeddings", "lm_head")
+    assert phases_of(schedule(name="new_tokens_only")) == [Phase(None, ("new_rows",))]
     custom = schedule(name="phases", phases=[{"until_step": 100, "train": ["new_rows"]},
                                              {"until_step": None, "train": ["adapter", "norms", "layers.10-11"]}])
-    assert phases_from_config(custom) == [Phase(100, ("new_rows",)), Phase(None, ("adapter", "norms", "layers.10-11"))]
+    assert phases_of(custom) == [Phase(100, ("new_rows",)), Phase(None, ("adapter", "norms", "layers.10-11"))]
 
 
 @pytest.mark.parametrize("cfg, fragment", [
@@ -65,7 +66,7 @@ def test_presets_are_phase_lists():
 ])  # schedule.name / stage1_steps / stage1_rows: their rules beside cptlab.config (tests/reliability/test_validation)
 def test_bad_schedules_name_the_culprit(cfg, fragment):
     with pytest.raises(CptlabError) as info:
-        phases_from_config(schedule(**cfg))
+        phases_of(schedule(**cfg))
     assert fragment in str(info.value)
 
 
@@ -114,7 +115,7 @@ def test_a_phase_that_trains_nothing_says_why():
 
 def test_base_rows_recorded_by_apply_adapter_reach_the_plan():
     model = apply_adapter(tiny(), SimpleNamespace(name="none"), base_rows=BASE)
-    plan = FreezePlan.from_config(model, schedule(name="new_tokens_only"), SimpleNamespace(train_new_tokens=False))
+    plan = freeze_plan(model, schedule(name="new_tokens_only"), SimpleNamespace(train_new_tokens=False))
     assert plan.base_rows == BASE
     assert set(plan.trainable(0).values()) == {BASE}
 
@@ -122,7 +123,7 @@ def test_base_rows_recorded_by_apply_adapter_reach_the_plan():
 @pytest.mark.parametrize("tied", [False, True])
 def test_lora_with_train_new_tokens_trains_exactly_adapter_and_new_rows(tied):
     model = apply_adapter(tiny(tied), lora(train_new_tokens=True), base_rows=BASE)
-    plan = FreezePlan.from_config(model, schedule(), lora(train_new_tokens=True))
+    plan = freeze_plan(model, schedule(), lora(train_new_tokens=True))
     plan.apply(0)
     adapter = [n for n in plan.params if "lora_" in n]
     expected_adapter = sum(plan.params[n].numel() for n in adapter)
@@ -135,7 +136,7 @@ def test_lora_with_train_new_tokens_trains_exactly_adapter_and_new_rows(tied):
         n for n in plan.params if n.endswith(("embed_tokens.weight", "lm_head.weight"))}
     # without train_new_tokens: the adapter only
     model = apply_adapter(tiny(tied), lora(), base_rows=BASE)
-    plan = FreezePlan.from_config(model, schedule(), lora())
+    plan = freeze_plan(model, schedule(), lora())
     plan.apply(0)
     assert count_parameters(model)[0] == expected_adapter
 
@@ -143,6 +144,6 @@ def test_lora_with_train_new_tokens_trains_exactly_adapter_and_new_rows(tied):
 def test_adapter_that_never_trains_is_an_error():
     model = apply_adapter(tiny(), lora(), base_rows=BASE)
     with pytest.raises(CptlabError, match="adapter's weights train in no schedule phase"):
-        FreezePlan.from_config(model, schedule(name="new_tokens_only"), lora())
+        freeze_plan(model, schedule(name="new_tokens_only"), lora())
     # layers.N includes the adapter weights in those blocks
     FreezePlan(model, [Phase(None, ("layers.0",))])

@@ -13,9 +13,9 @@ from omegaconf import OmegaConf
 from cptlab.errors import CptlabError
 from cptlab.evaluation.bpb import eval_sums, token_nll
 from cptlab.model.adapter import apply_adapter
-from cptlab.model.freeze import FreezePlan
 from cptlab.model.load import load_model
 from cptlab.model.loss import causal_lm_loss, chunked_nll_sum, decoder_and_head
+from cptlab.run.plan_values import freeze_plan
 from cptlab.training.module import CPTModule
 from cptlab.training.schedule import LRSchedule
 
@@ -80,7 +80,7 @@ def assert_same(a, b):
 def test_chunked_loss_and_gradients_equal_the_plain_path(tied, grow, adapter):
     torch.manual_seed(0)
     model = apply_adapter(tiny(tied, grow), adapter_cfg(adapter), base_rows=BASE)
-    plan = FreezePlan.from_config(model, schedule_cfg("full"), adapter_cfg(adapter))
+    plan = freeze_plan(model, schedule_cfg("full"), adapter_cfg(adapter))
     plan.apply(0)
     model.train()
     vocab = GROWN if grow else BASE
@@ -107,7 +107,7 @@ def test_row_masked_module_steps_match_the_plain_path(tied):
     for chunked in (False, True):
         torch.manual_seed(0)
         model = apply_adapter(tiny(tied, True), adapter_cfg("lora"), base_rows=BASE)
-        plan = FreezePlan.from_config(model, schedule_cfg("two_stage"), adapter_cfg("lora"))
+        plan = freeze_plan(model, schedule_cfg("two_stage"), adapter_cfg("lora"))
         module = CPTModule(model, lr=1e-2, weight_decay=0.1, betas=[0.9, 0.95], eps=1e-8,
                            schedule=LRSchedule(total_steps=6, warmup_steps=0), freeze=plan, chunked_loss=chunked)
         ids, targets = batch(GROWN)
@@ -143,7 +143,7 @@ def fit_steps(chunked: bool, steps: int = 3) -> dict[str, torch.Tensor]:
 
     torch.manual_seed(0)
     model = apply_adapter(tiny(True, True), adapter_cfg("lora"), base_rows=BASE)
-    plan = FreezePlan.from_config(model, schedule_cfg("two_stage"), adapter_cfg("lora"))
+    plan = freeze_plan(model, schedule_cfg("two_stage"), adapter_cfg("lora"))
     module = CPTModule(model, lr=1e-2, weight_decay=0.1, betas=[0.9, 0.95], eps=1e-8,
                        schedule=LRSchedule(total_steps=steps, warmup_steps=1), freeze=plan, chunked_loss=chunked)
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=steps, gradient_clip_val=1.0, logger=False,
