@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
+from omegaconf import DictConfig, OmegaConf, read_write
 
 from cptlab.run.sweep import MULTIRUN_FLAGS
 from cptlab.utils.console import CONF_DIR
@@ -22,43 +23,29 @@ from cptlab.utils.console import CONF_DIR
 CONFIG_NAME = "train"
 
 
-def job_config(cfg: DictConfig) -> DictConfig:
-    """The config a job's task function gets: the composed one without its `hydra` node (as Hydra's run_job)."""
-    task = copy.deepcopy(cfg)
-    with read_write(task), open_dict(task):
-        del task["hydra"]
-    return task
-
-
 def task_overrides(cfg: DictConfig) -> tuple[str, ...]:
     """A composed config's own overrides (hydra.overrides.task): what identifies a job of a sweep."""
     return tuple(OmegaConf.to_container(cfg.hydra.overrides.task, resolve=False))
 
 
-def _composed_jobs_class():
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+class ComposedJobs(ConfigLoaderImpl):
+    """Hydra's config loader holding the jobs the front end composed (and checked) before the sweep: the sweeper
+    (checking a batch) and the launcher ask for each job's config and get a copy of that one back instead of
+    composing it again. A job it does not hold (another sweeper choosing values as it goes) is composed as Hydra
+    would. A module-level class: a SLURM launcher pickles it with the jobs."""
 
-    class ComposedJobs(ConfigLoaderImpl):
-        """Hydra's config loader holding the jobs the front end composed (and checked) before the sweep: the
-        sweeper (checking a batch) and the launcher ask for each job's config and get a copy of that one back
-        instead of composing it again. A job
-        it does not hold (another sweeper choosing values as it goes) is composed as Hydra would."""
+    def __init__(self, loader: ConfigLoaderImpl):  # noqa: D107  (the same search path and repository)
+        self.__dict__.update(loader.__dict__)
+        self.composed: dict[tuple[str, ...], DictConfig] = {}
 
-        def __init__(self, loader: ConfigLoaderImpl):  # noqa: D107  (the same search path and repository)
-            self.__dict__.update(loader.__dict__)
-            self.composed: dict[tuple[str, ...], DictConfig] = {}
+    def compose_job(self, master: DictConfig, overrides: list[str]) -> DictConfig:
+        cfg = super().load_sweep_config(master, list(overrides))
+        self.composed[tuple(overrides)] = cfg
+        return cfg
 
-        def compose_job(self, master: DictConfig, overrides: list[str]) -> DictConfig:
-            cfg = super().load_sweep_config(master, list(overrides))
-            self.composed[tuple(overrides)] = cfg
-            return cfg
-
-        def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
-            held = self.composed.get(tuple(sweep_overrides))  # asked twice: the sweeper checks, the launcher runs
-            return copy.deepcopy(held) if held is not None else super().load_sweep_config(master_config,
-                                                                                            sweep_overrides)
-
-    return ComposedJobs
+    def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+        held = self.composed.get(tuple(sweep_overrides))  # asked twice: the sweeper checks, the launcher runs
+        return copy.deepcopy(held) if held is not None else super().load_sweep_config(master_config, sweep_overrides)
 
 
 @dataclass
@@ -127,4 +114,4 @@ def compose_command(argv: list[str], job_name: str) -> Command:
     with read_write(cfg.hydra):
         cfg.hydra.mode = mode
     HydraConfig.instance().set_config(cfg)
-    return Command(cfg, multirun, hydra, _composed_jobs_class()(hydra.config_loader) if multirun else None)
+    return Command(cfg, multirun, hydra, ComposedJobs(hydra.config_loader) if multirun else None)

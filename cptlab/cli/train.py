@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from cptlab.cli import exit_if_jobs_failed, exit_with_error
-from cptlab.cli.hydra_app import Command, compose_command, job_config, task_overrides
-from cptlab.run.sweep import check_jobs, job_overrides, plain_overrides
+from cptlab.cli.hydra_app import Command, compose_command, task_overrides
+from cptlab.run.sweep import check_jobs, job_config, job_overrides, plain_overrides
 
 __all__ = ["check_run", "check_sweep", "train_main"]
 

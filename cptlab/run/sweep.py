@@ -72,9 +72,7 @@ def check_jobs(jobs: list[list[str]], compose_job: Callable[[list[str]], DictCon
     for number, job in enumerate(jobs, 1):
         try:
             cfg = compose_job(job)
-            task = copy.deepcopy(cfg)  # the config the job gets: no hydra node (as hydra.core.utils.run_job)
-            with read_write(task), open_dict(task):
-                del task["hydra"]
+            task = job_config(cfg)
             check_run_name(task)
             _CHECKED[tuple(cfg.hydra.overrides.task)] = validate(task)
         except Exception as err:
@@ -83,6 +81,14 @@ def check_jobs(jobs: list[list[str]], compose_job: Callable[[list[str]], DictCon
             raise CptlabError(f"job {number} of {len(jobs)} ({label}): {message} (no job was started)") from None
         finally:
             HydraConfig.instance().cfg = None
+
+
+def job_config(cfg: DictConfig) -> DictConfig:
+    """The config a job's task function gets: the composed one without its `hydra` node (as Hydra's run_job)."""
+    task = copy.deepcopy(cfg)
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    return task
 
 
 # The plans of this process's sweep jobs that check_jobs validated, by their task overrides.
