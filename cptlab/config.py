@@ -173,7 +173,7 @@ class ModelConfig:
     # fields written over the base's own config.
     config: Optional[dict[str, Any]] = None
     # true: random-init weights of the base's architecture (its config.json with `config` over it) and the
-    # base's tokenizer; debug=smoke sets it. A missing demo base stands in from experiment=demo_base's config.
+    # base's tokenizer; debug=smoke sets it. A base not built yet is replaced by its `stand_in` recipe, if any.
     random_init: bool = False
     # A GGUF file ("PACKAGE:FILE" inside an installed package, or a path) converted once into
     # ${paths.cache_dir}/gguf/ as a plain HF directory, which then is the base (model=smollm2).
@@ -386,6 +386,18 @@ class PrepareConfig:
 
 
 @dataclass
+class StandInConfig:
+    """A base model's recipe standing in for it (stand_in=demo_base; debug=smoke selects it): a random-init run
+    whose model.name_or_path is `name_or_path` while that holds no config.json runs `model.config` (the run's own
+    model.config written over it) on the tokenizer `tokenizer` trains from `data`'s domains (the same cached build
+    as the base's own run)."""
+    name_or_path: str = MISSING
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+@dataclass
 class TrainConfig:
     name: str = "default"  # the experiment's name: runs land in ${paths.runs_dir}/${name}/<overrides>
     seed: int = bounded(0, ">= 0")
@@ -407,6 +419,7 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    stand_in: Optional[StandInConfig] = None  # a base's recipe for a random-init run while it is not built
 
 
 def run_name(override_dirname: str) -> str:

@@ -9,11 +9,11 @@ SEEDS="${SEEDS:-0,1,2}"
 BIN="${CPTLAB_BIN:-.venv/bin}"
 
 # study_runs NAME OVERRIDES...: one multirun (the overrides' product x the seeds) in $RUNS/NAME; STEPS=N
-# changes the run length (default 100).
+# changes the run length (default 100), EXPERIMENT=NAME the experiment (default demo_zh).
 study_runs() {
     local name=$1
     shift
-    "$BIN/cptlab-train" -m experiment=demo_zh "trainer.max_steps=${STEPS:-100}" eval.every_n_steps=20 \
+    "$BIN/cptlab-train" -m "experiment=${EXPERIMENT:-demo_zh}" "trainer.max_steps=${STEPS:-100}" eval.every_n_steps=20 \
         "seed=$SEEDS" "$@" hydra.sweep.dir="$RUNS/$name"
 }
 

@@ -166,6 +166,9 @@ def conf_files(conf_dir: Path) -> tuple[dict, list[str]]:
         for entry in defaults if group else ():
             if isinstance(entry, dict) and all(k.startswith("override /") for k in entry):
                 continue  # another group's choice: which option merges, not where
+            if isinstance(entry, dict) and all(k.startswith("/") and "@" in k for k in entry):
+                continue  # another group's option at a package below this file's (stand_in/demo_base's model@model):
+                # its values are checked as that group's file, and land on keys this file's own values are not under
             assert isinstance(entry, str) and entry != "_self_" and "/" not in entry and "@" not in entry \
                 and " " not in entry, f"{rel}: defaults entry {entry!r} is not modelled"
             includes.append(f"{group}/{entry}")  # merged before this file (its implicit _self_ comes last)

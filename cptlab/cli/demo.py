@@ -9,12 +9,23 @@ experiment (or the replay x LoRA-rank study and its comparison) and print where 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 from cptlab.config import run_name
-from cptlab.run.demo_base import cache_dir, runs_dir
 from cptlab.rundir import layout
+
+
+def cache_dir() -> Path:
+    """The cache the demo's runs use (conf/paths: CPTLAB_CACHE, else ~/.cache/cptlab), holding the demo base."""
+    return Path(os.environ.get("CPTLAB_CACHE", Path(os.environ.get("HOME", ".")) / ".cache" / "cptlab"))
+
+
+def runs_dir() -> Path:
+    """Where the demo's runs land (conf/paths: CPTLAB_RUNS, else ./runs)."""
+    return Path(os.environ.get("CPTLAB_RUNS", "runs"))
 
 
 def run(module: str, *args: str, check: bool = True) -> int:

@@ -32,8 +32,7 @@ from cptlab.model.gguf import converted_dir, locate
 from cptlab.model.load import load_model, max_positions
 from cptlab.model.resize import grow_embeddings
 from cptlab.model.save import SPLIT_FILE
-from cptlab.run.demo_base import demo_base_config, stands_in
-from cptlab.run.plan_values import train_new_tokens_of
+from cptlab.run.plan_values import stand_in_of, train_new_tokens_of
 from cptlab.run.validate import RunPlan
 from cptlab.rundir import layout
 from cptlab.tokenizer.byte_lengths import token_byte_lengths
@@ -91,28 +90,29 @@ def _specs(cfg: DictConfig, role: str | None) -> list[DomainSpec]:
 
 def base_tokenizer_source(cfg: DictConfig, run_dir: Path | None = None) -> str | None:
     """The base tokenizer: tokenizer.path, else the base model's directory (model.gguf's converted one). A
-    smoke run's stand-in for a demo base not built yet (cptlab.run.demo_base.stands_in) uses the tokenizer that
-    experiment=demo_base trains, through the same cached build (into run_dir/demo_base/tokenizer)."""
+    stand-in for a base not built yet (the config's `stand_in`: cptlab.run.plan_values.stand_in_of) uses the
+    tokenizer its recipe trains, through the same cached build as the base's own run (into run_dir/stand_in)."""
     if cfg.tokenizer.path:
         return cfg.tokenizer.path
     if cfg.model.gguf and cfg.tokenizer.kind == "extend":  # the GGUF's own vocabulary (cptlab.tokenizer.gguf)
         return str(locate(cfg.model.gguf))
     if cfg.model.gguf:
         return str(converted_dir(cfg.model.gguf, Path(cfg.paths.cache_dir), weights=not cfg.model.random_init))
-    if run_dir is not None and stands_in(cfg.model, cfg.paths.cache_dir):
-        return str(build_tokenizer(demo_base_config(cfg.paths.cache_dir), Path(run_dir) / "demo_base"))
+    stand_in = stand_in_of(cfg) if run_dir is not None else None
+    if stand_in is not None:
+        return str(build_tokenizer(stand_in.recipe, Path(run_dir) / "stand_in"))
     return cfg.model.name_or_path
 
 
 def model_source(cfg: DictConfig) -> tuple[str | None, dict | None]:
     """(name_or_path, config fields) that load_model builds the base from: model.gguf's converted directory,
-    or for the demo base's stand-in no directory and experiment=demo_base's model config under model.config."""
+    or for a stand-in (the config's `stand_in`) no directory and its recipe's model config under model.config."""
     fields = OmegaConf.to_container(cfg.model.config, resolve=True) if cfg.model.config else None
     if cfg.model.gguf:  # random_init needs the architecture only: no weights are converted for it
         return str(converted_dir(cfg.model.gguf, Path(cfg.paths.cache_dir), weights=not cfg.model.random_init)), fields
-    if stands_in(cfg.model, cfg.paths.cache_dir):
-        recipe = OmegaConf.to_container(demo_base_config(cfg.paths.cache_dir).model.config, resolve=True)
-        return None, {**recipe, **(fields or {})}
+    stand_in = stand_in_of(cfg)
+    if stand_in is not None:
+        return None, stand_in.fields
     return cfg.model.name_or_path, fields
 
 

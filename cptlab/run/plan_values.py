@@ -3,11 +3,17 @@ node). Each function reads one node (`data`, `schedule`, `optim.lr_scale`, `adap
 with the same attributes), checks what only the node can tell (a missing or misplaced key, an end not a whole
 number of steps), and builds the library's own objects: `Stage` (cptlab.data.stages), `Phase`
 (cptlab.model.phases), `LRScale` (cptlab.training.schedule) and `FreezePlan` (cptlab.model.freeze, which alone
-loads torch: imported when called). Each refuses in one line naming the key at fault."""
+loads torch: imported when called); `stand_in_of` reads `stand_in`, the recipe a smoke run runs in place of a base
+not built yet. Each refuses in one line naming the key at fault."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import OmegaConf, open_dict
 
 from cptlab.data.stages import Stage
 from cptlab.errors import CptlabError
@@ -138,3 +144,32 @@ def lr_scale_of(node) -> LRScale:
     if unknown:
         raise CptlabError(f"optim.lr_scale.{unknown[0]} is not a group (groups: {', '.join(LR_GROUPS)})")
     return LRScale(**values)
+
+
+# -- stand_in -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StandIn:
+    """A base's recipe in the base's place (the config's `stand_in`): `recipe`, the run's config with the recipe's
+    model, tokenizer and data (what the stand-in's tokenizer is built from, the base's own run's cache entry), and
+    `fields`, the recipe's model config with the run's model.config written over it."""
+    recipe: Any
+    fields: dict
+
+
+def stand_in_of(cfg) -> StandIn | None:
+    """The config's `stand_in` when it applies: a random-init run of model.name_or_path = stand_in.name_or_path
+    while that holds no config.json (the demo base under debug=smoke on a fresh machine); else None."""
+    node, model = cfg.get("stand_in"), cfg.model
+    if node is None or not (model.random_init and model.name_or_path and not model.gguf):
+        return None
+    base = Path(str(node.name_or_path)).expanduser()
+    if Path(str(model.name_or_path)).expanduser() != base or (base / "config.json").is_file():
+        return None
+    recipe = copy.deepcopy(cfg)
+    with open_dict(recipe):
+        recipe.model, recipe.tokenizer, recipe.data, recipe.stand_in = node.model, node.tokenizer, node.data, None
+    fields = OmegaConf.to_container(node.model.config, resolve=True) if node.model.config else {}
+    own = OmegaConf.to_container(model.config, resolve=True) if model.config else {}
+    return StandIn(recipe, {**fields, **own})

@@ -28,8 +28,7 @@ from cptlab.model.doc_mask import check_doc_masking
 from cptlab.model.gguf import check_gguf
 from cptlab.model.phases import Phase
 from cptlab.model.source import check_model_source
-from cptlab.run.demo_base import stands_in
-from cptlab.run.plan_values import lr_scale_of, phases_of, stages_of
+from cptlab.run.plan_values import lr_scale_of, phases_of, stages_of, stand_in_of
 from cptlab.rundir.layout import INPUT_KEYS
 from cptlab.training.schedule import LRScale, LRSchedule
 from cptlab.utils.io import check_replaceable
@@ -134,6 +133,9 @@ def base_config(cfg: DictConfig, *, written_over: bool = True) -> dict:
 
         full = Path(str(cfg.paths.cache_dir)).expanduser() / "gguf" / fingerprint(locate(str(cfg.model.gguf)))
         path = next((d for d in (full, full.with_name(f"{full.name}-config")) if (d / "config.json").is_file()), None)
+    elif (stand_in := stand_in_of(cfg)) is not None:  # the recipe's architecture, in the base's place
+        recipe = stand_in.recipe.model.config
+        return dict(stand_in.fields) if written_over else OmegaConf.to_container(recipe, resolve=True) if recipe else {}
     elif cfg.model.name_or_path:
         path = Path(str(cfg.model.name_or_path)).expanduser()
     else:
@@ -150,7 +152,7 @@ def validate_model(cfg: DictConfig) -> None:
     config.json (or the random-init config) before any tokenizer or data work."""
     if cfg.model.gguf:  # the file and the `gguf` package are there (its positions: once converted)
         check_gguf(str(cfg.model.gguf))
-    elif cfg.model.name_or_path and not stands_in(cfg.model, cfg.paths.cache_dir):
+    elif cfg.model.name_or_path and stand_in_of(cfg) is None:
         path = Path(str(cfg.model.name_or_path)).expanduser()
         if path.name == "demo_base" and not path.exists():
             raise CptlabError(f"the demo base model is not built yet ({path}): run `make demo` or "

@@ -58,15 +58,18 @@ def test_experiment_smoke_runs(compose_cfg, tmp_path, experiment):
 
 
 def test_smoke_stands_in_for_a_missing_demo_base_with_its_own_tokenizer(compose_cfg, tmp_path):
-    """Without the built demo base, debug=smoke runs a random model of the demo base's architecture on the
-    tokenizer experiment=demo_base trains, from the same cache entry the real build uses."""
+    """Without the built demo base, debug=smoke (stand_in=demo_base) runs a random model of the demo base's
+    architecture on the tokenizer experiment=demo_base trains, from the same cache entry the real build uses."""
     from cptlab.run import pipeline
-    from cptlab.run.demo_base import demo_base_config, stands_in
+    from cptlab.run.plan_values import stand_in_of
     from cptlab.tokenizer.hf import load_tokenizer
     from cptlab.utils.hashing import hash_file
 
     cfg = compose_cfg(["experiment=demo_zh", "debug=smoke"], output_dir=tmp_path)
-    assert stands_in(cfg.model, cfg.paths.cache_dir)  # the test cache never holds a built demo base
+    assert stand_in_of(cfg) is not None  # the test cache never holds a built demo base
+    assert stand_in_of(compose_cfg(["experiment=demo_zh"], output_dir=tmp_path)) is None  # no stand_in: no stand-in
+    elsewhere = compose_cfg(["experiment=demo_zh", "debug=smoke", f"model.name_or_path={tmp_path / 'nowhere'}"])
+    assert stand_in_of(elsewhere) is None  # it stands in for the demo base only: a missing base of one's own fails
     source = Path(pipeline.base_tokenizer_source(cfg, tmp_path))
     recipe = compose_cfg(["experiment=demo_base"])
     real = pipeline.build_tokenizer(recipe, tmp_path / "real_build")
@@ -74,7 +77,6 @@ def test_smoke_stands_in_for_a_missing_demo_base_with_its_own_tokenizer(compose_
     assert len(load_tokenizer(source)) == recipe.tokenizer.vocab_size
     name_or_path, fields = pipeline.model_source(cfg)
     assert name_or_path is None
-    arch = demo_base_config(cfg.paths.cache_dir).model.config
+    arch = recipe.model.config
     assert fields["hidden_size"] == cfg.model.config.hidden_size != arch.hidden_size  # smoke sizes win
     assert fields["tie_word_embeddings"] == arch.tie_word_embeddings  # the rest is the demo base's
-
