@@ -193,6 +193,7 @@ def prepare(ctx: Context, cache: Path, steps: int) -> dict:
     from benchmarks.training import compose
     from cptlab.data.mixture import MixtureSampler
     from cptlab.run import pipeline
+    from cptlab.run.plan_values import parts_of
     from cptlab.tokenizer.hf import load_tokenizer
 
     s = ctx.sizes
@@ -200,11 +201,12 @@ def prepare(ctx: Context, cache: Path, steps: int) -> dict:
     run_dir = ctx.path("real_base", "prepare")
     t0 = time.perf_counter()
     cfg = compose(base, run_dir)
-    tokenizer_dir = pipeline.build_tokenizer(cfg, run_dir)
-    base_dir = pipeline.build_base_tokenizer(cfg, run_dir)
-    domains = pipeline.build_data(cfg, tokenizer_dir)
-    pipeline.tokenizer_stats(cfg, tokenizer_dir, base_dir, domains=domains)  # warm for the children's build_run
-    model_dir, fields = pipeline.model_source(cfg)
+    parts = parts_of(cfg)
+    tokenizer_dir = pipeline.build_tokenizer(parts, run_dir)
+    base_dir = pipeline.build_base_tokenizer(parts, run_dir)
+    domains = pipeline.build_data(parts.data, tokenizer_dir)
+    pipeline.tokenizer_stats(parts.data, tokenizer_dir, base_dir, domains=domains)  # warm for the children's build_run
+    model_dir, fields = pipeline.model_source(parts.model)
     d = cfg.data
     sampler = MixtureSampler(domains, replay_ratio=d.replay_ratio, batch_size=d.batch_size, seq_len=d.seq_len,
                              seed=cfg.seed)

@@ -99,13 +99,14 @@ class TrainingSetup:
 
     def __init__(self, ctx: Context, steps: int):
         from cptlab.run import pipeline
+        from cptlab.run.plan_values import data_plan_of
         from cptlab.tokenizer.hf import load_tokenizer
 
         self.ctx, self.steps = ctx, steps
         self.tokenizer_dir = ctx.base_tokenizer_dir
         self.tokenizer = load_tokenizer(self.tokenizer_dir)
         self.cfg = compose(_overrides(ctx, steps), ctx.path("train_runs", "compose"))
-        self.domains = pipeline.build_data(self.cfg, self.tokenizer_dir)
+        self.domains = pipeline.build_data(data_plan_of(self.cfg), self.tokenizer_dir)
         self._round = 0
 
     @property
@@ -126,8 +127,9 @@ class TrainingSetup:
         cfg = self.cfg.copy()
         with open_dict(cfg):
             cfg.paths.output_dir = str(run_dir)
-        model, _ = pipeline.build_model(cfg, self.tokenizer)
-        return pipeline.build_lightning(RunPlan.from_config(cfg), model, self.domains, self.tokenizer, run_dir), model
+        plan = RunPlan.from_config(cfg)
+        model, _ = pipeline.build_model(plan.parts, self.tokenizer, adapter=cfg.adapter)
+        return pipeline.build_lightning(plan, model, self.domains, self.tokenizer, run_dir), model
 
     def blocks(self):
         """The token blocks of global batches 0..steps-1 of the run's mixture stream, in order: [steps*B, T]."""

@@ -300,6 +300,7 @@ def test_bits_per_byte_parity_with_cptlab(tokenizer, compose_cfg, tmp_path):
     from cptlab.evaluation.bpb import eval_sums, metrics_from_sums
     from cptlab.run import pipeline
     from cptlab.run.build import build_run
+    from cptlab.run.plan_values import parts_of
     from cptlab.run.validate import RunPlan
     from cptlab.tokenizer.byte_lengths import token_byte_lengths
     from cptlab.tokenizer.hf import load_tokenizer
@@ -310,7 +311,7 @@ def test_bits_per_byte_parity_with_cptlab(tokenizer, compose_cfg, tmp_path):
     run_dir = tmp_path / "run"
     cfg = compose_cfg(overrides, run_dir)
     seq_len, blocks = cfg.data.seq_len, cfg.eval.max_blocks
-    tok = load_tokenizer(pipeline.build_tokenizer(cfg, run_dir))
+    tok = load_tokenizer(pipeline.build_tokenizer(parts_of(cfg), run_dir))
 
     def encode(text):
         return tok(text, add_special_tokens=False)["input_ids"]

@@ -115,6 +115,7 @@ def test_new_rows_start_from_their_seeded_initial_values(runs):
     to the run's step-0 bpb (the test above) shows it is the draw the run started from."""
     from cptlab.run import pipeline
     from cptlab.run.merge import _run_tokenizers
+    from cptlab.run.plan_values import parts_of
 
     interp = load_interpolation(runs["extended"])
     base_rows, cfg = interp.run.base_rows, interp.run.cfg
@@ -126,7 +127,7 @@ def test_new_rows_start_from_their_seeded_initial_values(runs):
     assert torch.equal(start, again)
     with open_dict(cfg):
         cfg.seed = cfg.seed + 1
-    other, _ = pipeline.build_model(cfg, tokenizer, base_tokenizer)
+    other, _ = pipeline.build_model(parts_of(cfg), tokenizer, base_tokenizer, adapter=cfg.adapter)
     other_rows = other.get_input_embeddings().weight.detach()
     assert torch.equal(other_rows[:base_rows], start[:base_rows])  # base rows: the base's
     assert not torch.equal(other_rows[base_rows:], start[base_rows:])  # new rows: the seed's draw

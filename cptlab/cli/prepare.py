@@ -36,25 +36,27 @@ def prepare(cfg: DictConfig, run_dir: Path, log=print) -> dict:
     prepare.group of prepare.groups; returns what was built, per domain."""
     from cptlab.data.tokens import prepare_shards
     from cptlab.run import pipeline
+    from cptlab.run.plan_values import parts_of
 
     started = time.perf_counter()
-    tokenizer_dir = pipeline.build_tokenizer(cfg, run_dir)
+    parts = parts_of(cfg)
+    data = parts.data
+    tokenizer_dir = pipeline.build_tokenizer(parts, run_dir)
     log(f"tokenizer: {tokenizer_dir} ({time.perf_counter() - started:.1f} s)")
     group, groups = int(cfg.prepare.group), int(cfg.prepare.groups)
     out = {}
     if cfg.prepare.tokenizer_only:
         return out
     if groups == 1:
-        for domain in pipeline.build_data(cfg, tokenizer_dir):
+        for domain in pipeline.build_data(data, tokenizer_dir):
             out[domain.name] = {"dir": str(domain.dir), "shards": len(domain.train_parts()),
                                 "train_tokens": domain.n_train_tokens, "heldout_tokens": domain.n_val_tokens}
             log(f"{domain.name}: {domain.n_train_tokens:,} train + {domain.n_val_tokens:,} held-out tokens in "
                 f"{len(domain.train_parts())} shard(s), {domain.dir}")
     else:
-        for spec in pipeline.domain_specs(cfg.data):
-            n = prepare_shards(spec, tokenizer_dir, Path(cfg.paths.cache_dir), group=group, groups=groups,
-                               seed=cfg.data.split_seed, num_proc=cfg.data.num_proc, on_bad_text=cfg.data.on_bad_text,
-                               progress=pipeline.show_progress())
+        for spec in data.specs:
+            n = prepare_shards(spec, tokenizer_dir, data.cache_dir, group=group, groups=groups, seed=data.split_seed,
+                               num_proc=data.num_proc, on_bad_text=data.on_bad_text, progress=pipeline.show_progress())
             out[spec.name] = {"group": group, "groups": groups, "shards": n}
             log(f"{spec.name}: shard group {group} of {groups} ready ({n} shard(s))")
     log(f"prepared in {time.perf_counter() - started:.1f} s")

@@ -69,24 +69,25 @@ class _Stages:
 def build_run(plan: RunPlan, run_dir: Path, *, started: float | None = None) -> Run:
     """Everything `cptlab-train` builds before fit, for a validated run (`RunPlan.from_config(cfg)`); `started`
     is when the run began (its first stage then includes what came before, e.g. validation)."""
-    cfg = plan.cfg
+    cfg, parts = plan.cfg, plan.parts
     run_dir = Path(run_dir)
-    pipeline.check_base_split(cfg)  # before any heavy work: never score documents the base trained on
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    if cfg.trainer.num_threads:
-        torch.set_num_threads(cfg.trainer.num_threads)
+    pipeline.check_base_split(parts)  # before any heavy work: never score documents the base trained on
+    pl.seed_everything(parts.seed, workers=True, verbose=False)
+    if plan.trainer.num_threads:
+        torch.set_num_threads(plan.trainer.num_threads)
     stages = _Stages(started)
-    tokenizer_dir = pipeline.build_tokenizer(cfg, run_dir)
+    tokenizer_dir = pipeline.build_tokenizer(parts, run_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
     stages.mark("tokenizer")
-    base_dir = pipeline.build_base_tokenizer(cfg, run_dir)
+    base_dir = pipeline.build_base_tokenizer(parts, run_dir)
     stages.mark("base_tokenizer")
-    tokenizer_stats = pipeline.tokenizer_stats(cfg, tokenizer_dir, base_dir)
+    tokenizer_stats = pipeline.tokenizer_stats(parts.data, tokenizer_dir, base_dir)
     stages.mark("tokenizer_stats")
-    domains = pipeline.build_data(cfg, tokenizer_dir)
-    report_bad_text(domains, cfg.data.on_bad_text)
+    domains = pipeline.build_data(parts.data, tokenizer_dir)
+    report_bad_text(domains, parts.data.on_bad_text)
     stages.mark("data")
-    model, base_rows = pipeline.build_model(cfg, tokenizer, load_tokenizer(base_dir) if base_dir else None)
+    model, base_rows = pipeline.build_model(parts, tokenizer, load_tokenizer(base_dir) if base_dir else None,
+                                            adapter=cfg.adapter)
     stages.mark("model")
     lightning = pipeline.build_lightning(plan, model, domains, tokenizer, run_dir, base_rows=base_rows)
     stages.mark("lightning")

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from cptlab.errors import CptlabError
 from cptlab.model.export import adapter_copy, merged_model
 from cptlab.model.save import copy_tokenizer_files, save_hf_model
-from cptlab.run.plan_values import freeze_plan
+from cptlab.run.plan_values import freeze_plan, parts_of
 from cptlab.rundir import layout
 from cptlab.utils.io import check_replaceable, replace_dir
 
@@ -74,7 +74,8 @@ def _tokenizers(cfg: DictConfig, run_dir: Path):
         from cptlab.run import pipeline
 
         base_dir = run_dir / layout.TOKENIZER_BASE
-        base_tokenizer = load_tokenizer(base_dir if base_dir.is_dir() else pipeline.build_base_tokenizer(cfg, run_dir))
+        base_tokenizer = load_tokenizer(base_dir if base_dir.is_dir()
+                                        else pipeline.build_base_tokenizer(parts_of(cfg), run_dir))
     return tokenizer_dir, load_tokenizer(tokenizer_dir), base_tokenizer
 
 
@@ -89,7 +90,7 @@ def build_base(run_dir: Path | str, *, adapter: bool = False):
         with open_dict(cfg):
             cfg.adapter.name = "none"
     _, tokenizer, base_tokenizer = _tokenizers(cfg, run_dir)
-    model, _ = pipeline.build_model(cfg, tokenizer, base_tokenizer)
+    model, _ = pipeline.build_model(parts_of(cfg), tokenizer, base_tokenizer, adapter=cfg.adapter)
     return model
 
 
@@ -146,7 +147,7 @@ def load_trained(run_dir: Path | str, *, weights: str = "raw") -> TrainedRun:
     from cptlab.training.checkpoint import load_checkpoint_file
 
     checkpoint = load_checkpoint_file(ckpt_path)  # weights only: a foreign pickle is refused, never run
-    model, base_rows = pipeline.build_model(cfg, tokenizer, base_tokenizer)
+    model, base_rows = pipeline.build_model(parts_of(cfg), tokenizer, base_tokenizer, adapter=cfg.adapter)
     saved_rows = checkpoint.get("cptlab", {}).get("base_rows", base_rows)
     if saved_rows != base_rows:
         raise CptlabError(f"{ckpt_path} was trained with {saved_rows} base embedding rows, the model rebuilt from the "

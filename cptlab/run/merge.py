@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from cptlab.errors import CptlabError
+from cptlab.run.plan_values import data_plan_of, parts_of
 from cptlab.rundir import layout
 
 DEFAULT_ALPHAS = "0,0.25,0.5,0.75,1"
@@ -100,7 +101,8 @@ def load_interpolation(run_dir: Path | str, *, weights: str = "raw") -> Interpol
     trained = {k[len(PREFIX):] for k in saved.get("state_dict", {}) if k.startswith(PREFIX)}
     trained |= {k[len(PREFIX):] if k.startswith(PREFIX) else k for k in saved.get("cptlab", {}).get("rows", {})}
     _, tokenizer, base_tokenizer = _run_tokenizers(run)
-    initial, _ = pipeline.build_model(run.cfg, tokenizer, base_tokenizer)  # seeded: the run's step-0 model
+    # seeded: the run's step-0 model
+    initial, _ = pipeline.build_model(parts_of(run.cfg), tokenizer, base_tokenizer, adapter=run.cfg.adapter)
     start_params, end_params = _named(initial), _named(run.model)
     start, end = {}, {}
     for name in sorted(trained):
@@ -136,7 +138,7 @@ def eval_sets(run) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, str
     from cptlab.tokenizer.byte_lengths import token_byte_lengths
 
     cfg = run.cfg
-    domains = pipeline.build_data(cfg, run.tokenizer_dir)
+    domains = pipeline.build_data(data_plan_of(cfg), run.tokenizer_dir)
     blocks = {d.name: torch.from_numpy(eval_blocks(d, cfg.data.seq_len, cfg.eval.max_blocks)) for d in domains}
     _, tokenizer, _ = _run_tokenizers(run)
     roles = {name: str(d.role) for name, d in cfg.data.domains.items()}

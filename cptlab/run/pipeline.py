@@ -1,7 +1,8 @@
-"""The steps of a run between config and fit: tokenizer, data, model, and the Lightning objects.
+"""The steps of a run between its plan and fit: tokenizer, data, model, and the Lightning objects.
 
-The whole composed config stops here: each step reads it (Hydra itself only instantiates the loggers) and
-calls library code with plain arguments, or with one group's own node (adapter, schedule), never the whole.
+The tokenizer, data and model steps take the plan's typed parts (cptlab.run.plan_values: TokenizerPlan,
+DataPlan, ModelPlan); the Lightning step takes the RunPlan, reading its optimizer, evaluation and retention
+groups' own nodes. Each calls library code with plain arguments, or with one group's own node (adapter).
 """
 
 from __future__ import annotations
@@ -20,10 +21,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from cptlab.data.datamodule import CPTDataModule
 from cptlab.data.mixture import MixtureSampler, eval_blocks
-from cptlab.data.source_weights import resolve_source_weights
-from cptlab.data.sources import MAX_DOC_BYTES
 from cptlab.data.split import check_eval_overlap, leaks_from_base
-from cptlab.data.tokens import DomainSpec, DomainTokens, documents_key, prepare_domain, train_documents
+from cptlab.data.tokens import DomainTokens, documents_key, prepare_domain, train_documents
 from cptlab.errors import CptlabError
 from cptlab.model.adapter import apply_adapter
 from cptlab.model.doc_mask import check_doc_masking
@@ -32,7 +31,7 @@ from cptlab.model.gguf import converted_dir, locate
 from cptlab.model.load import load_model, max_positions
 from cptlab.model.resize import grow_embeddings
 from cptlab.model.save import SPLIT_FILE
-from cptlab.run.plan_values import stand_in_of, train_new_tokens_of
+from cptlab.run.plan_values import DataPlan, ModelPlan, Parts, train_new_tokens_of
 from cptlab.run.validate import RunPlan
 from cptlab.rundir import layout
 from cptlab.tokenizer.byte_lengths import token_byte_lengths
@@ -54,128 +53,109 @@ def show_progress() -> bool:
     return sys.stderr.isatty() and os.environ.get("CI", "").lower() != "true"
 
 
-def domain_specs(data: DictConfig) -> list[DomainSpec]:
-    specs = []
-    for name, d in data.domains.items():
-        caps = [c for c in (d.max_docs, data.max_docs) if c is not None]
-        sources = tuple(str(s) for s in d.sources)
-        specs.append(DomainSpec(name=name, role=d.role, sources=sources,
-                                heldout=d.heldout if d.heldout < 1 else int(d.heldout), weight=d.weight,
-                                max_docs=min(caps) if caps else None, text_field=d.text_field,
-                                max_doc_bytes=data.get("max_doc_bytes", MAX_DOC_BYTES),
-                                source_weights=resolve_source_weights(name, sources, d.get("source_weights"), d.role)))
-    return specs
-
-
-def _train_docs(cfg: DictConfig, role: str | None = None):
+def _train_docs(data: DataPlan, role: str | None = None):
     """The train-split documents of the domains (of one role), streamed domain by domain, each domain's cut at
     tokenizer.max_train_bytes: tokenizer training never holds a corpus in memory."""
     def docs():
-        for spec in _specs(cfg, role):
-            yield from train_documents(spec, on_bad_text=cfg.data.on_bad_text, seed=cfg.data.split_seed,
-                                       max_bytes=cfg.tokenizer.get("max_train_bytes"))
+        for spec in data.of_role(role):
+            yield from train_documents(spec, on_bad_text=data.on_bad_text, seed=data.split_seed,
+                                       max_bytes=data.max_train_bytes)
     return docs
 
 
-def _train_docs_key(cfg: DictConfig, role: str | None = None) -> str:
+def _train_docs_key(data: DataPlan, role: str | None = None) -> str:
     """What identifies those documents without reading them (the shared tokenizer cache's key)."""
-    return hash_obj({"max_train_bytes": cfg.tokenizer.get("max_train_bytes"),
-                     "domains": [documents_key(spec, seed=cfg.data.split_seed, on_bad_text=cfg.data.on_bad_text)
-                                 for spec in _specs(cfg, role)]})
+    return hash_obj({"max_train_bytes": data.max_train_bytes,
+                     "domains": [documents_key(spec, seed=data.split_seed, on_bad_text=data.on_bad_text)
+                                 for spec in data.of_role(role)]})
 
 
-def _specs(cfg: DictConfig, role: str | None) -> list[DomainSpec]:
-    return [spec for spec in domain_specs(cfg.data) if role is None or spec.role == role]
-
-
-def base_tokenizer_source(cfg: DictConfig, run_dir: Path | None = None) -> str | None:
+def base_tokenizer_source(parts: Parts, run_dir: Path | None = None) -> str | None:
     """The base tokenizer: tokenizer.path, else the base model's directory (model.gguf's converted one). A
     stand-in for a base not built yet (the config's `stand_in`: cptlab.run.plan_values.stand_in_of) uses the
     tokenizer its recipe trains, through the same cached build as the base's own run (into run_dir/stand_in)."""
-    if cfg.tokenizer.path:
-        return cfg.tokenizer.path
-    if cfg.model.gguf and cfg.tokenizer.kind == "extend":  # the GGUF's own vocabulary (cptlab.tokenizer.gguf)
-        return str(locate(cfg.model.gguf))
-    if cfg.model.gguf:
-        return str(converted_dir(cfg.model.gguf, Path(cfg.paths.cache_dir), weights=not cfg.model.random_init))
-    stand_in = stand_in_of(cfg) if run_dir is not None else None
-    if stand_in is not None:
-        return str(build_tokenizer(stand_in.recipe, Path(run_dir) / "stand_in"))
-    return cfg.model.name_or_path
+    tok, model = parts.tokenizer, parts.model
+    if tok.path:
+        return tok.path
+    if model.gguf and tok.kind == "extend":  # the GGUF's own vocabulary (cptlab.tokenizer.gguf)
+        return str(locate(model.gguf))
+    if model.gguf:
+        return str(converted_dir(model.gguf, model.cache_dir, weights=not model.random_init))
+    if run_dir is not None and model.stand_in is not None:
+        return str(build_tokenizer(model.stand_in.recipe, Path(run_dir) / "stand_in"))
+    return model.name_or_path
 
 
-def model_source(cfg: DictConfig) -> tuple[str | None, dict | None]:
+def model_source(model: ModelPlan) -> tuple[str | None, dict | None]:
     """(name_or_path, config fields) that load_model builds the base from: model.gguf's converted directory,
     or for a stand-in (the config's `stand_in`) no directory and its recipe's model config under model.config."""
-    fields = OmegaConf.to_container(cfg.model.config, resolve=True) if cfg.model.config else None
-    if cfg.model.gguf:  # random_init needs the architecture only: no weights are converted for it
-        return str(converted_dir(cfg.model.gguf, Path(cfg.paths.cache_dir), weights=not cfg.model.random_init)), fields
-    stand_in = stand_in_of(cfg)
-    if stand_in is not None:
-        return None, stand_in.fields
-    return cfg.model.name_or_path, fields
+    if model.gguf:  # random_init needs the architecture only: no weights are converted for it
+        return str(converted_dir(model.gguf, model.cache_dir, weights=not model.random_init)), model.fields
+    if model.stand_in is not None:
+        return None, model.stand_in.fields
+    return model.name_or_path, model.fields
 
 
-def build_tokenizer(cfg: DictConfig, run_dir: Path) -> Path:
+def build_tokenizer(parts: Parts, run_dir: Path) -> Path:
     """The run's tokenizer directory (run_dir/tokenizer): the base model's, a freshly trained one, or
     the base extended with a vocabulary trained on the new-role domains' train split."""
-    tok = cfg.tokenizer
+    tok, data = parts.tokenizer, parts.data
     role = "new" if tok.kind == "extend" else None
-    return prepare_tokenizer(tok.kind, run_dir / layout.TOKENIZER, cache_root=Path(cfg.paths.cache_dir),
-                             source=base_tokenizer_source(cfg, run_dir), texts=_train_docs(cfg, role),
-                             texts_key=_train_docs_key(cfg, role),
-                             base_texts=_train_docs(cfg, "replay") if tok.kind == "extend" else None,
-                             base_texts_key=_train_docs_key(cfg, "replay") if tok.kind == "extend" else None,
-                             add_pieces=tok.get("add_pieces"), admit=tok.get("admit", "auto"),
-                             vocab_size=tok.vocab_size, model_type=tok.model_type,
-                             character_coverage=tok.character_coverage, seed=cfg.data.split_seed)
+    return prepare_tokenizer(tok.kind, run_dir / layout.TOKENIZER, cache_root=data.cache_dir,
+                             source=base_tokenizer_source(parts, run_dir), texts=_train_docs(data, role),
+                             texts_key=_train_docs_key(data, role),
+                             base_texts=_train_docs(data, "replay") if tok.kind == "extend" else None,
+                             base_texts_key=_train_docs_key(data, "replay") if tok.kind == "extend" else None,
+                             add_pieces=tok.add_pieces, admit=tok.admit, vocab_size=tok.vocab_size,
+                             model_type=tok.model_type, character_coverage=tok.character_coverage,
+                             seed=data.split_seed)
 
 
-def build_base_tokenizer(cfg: DictConfig, run_dir: Path) -> Path | None:
+def build_base_tokenizer(parts: Parts, run_dir: Path) -> Path | None:
     """The base model's own tokenizer (run_dir/tokenizer_base) when the run changes the vocabulary."""
-    if cfg.tokenizer.kind != "extend":
+    if parts.tokenizer.kind != "extend":
         return None
-    return prepare_tokenizer("base", run_dir / layout.TOKENIZER_BASE, cache_root=Path(cfg.paths.cache_dir),
-                             source=base_tokenizer_source(cfg, run_dir))
+    return prepare_tokenizer("base", run_dir / layout.TOKENIZER_BASE, cache_root=parts.data.cache_dir,
+                             source=base_tokenizer_source(parts, run_dir))
 
 
-def tokenizer_stats(cfg: DictConfig, tokenizer_dir: Path, base_dir: Path | None, max_docs: int = 2000,
+def tokenizer_stats(data: DataPlan, tokenizer_dir: Path, base_dir: Path | None, max_docs: int = 2000,
                     domains: list[DomainTokens] | None = None) -> dict[str, dict]:
     """Tokens per character of each domain's held-out text, for the base and the final tokenizer.
     Built once in the shared cache (keyed by the sources' fingerprints and the tokenizers' files), so a
     warm start of a sweep job reads no document. The held-out text (small) comes from the token caches
     (`domains`, else `build_data`, whose caches the run then reuses): no extra pass over the corpus."""
     key = hash_obj({"version": 1, "max_docs": max_docs, "tokenizers": [hash_dir(d) for d in (tokenizer_dir, base_dir) if d],
-                    "domains": {spec.name: documents_key(spec, seed=cfg.data.split_seed, on_bad_text=cfg.data.on_bad_text)
-                                for spec in domain_specs(cfg.data)}})
+                    "domains": {spec.name: documents_key(spec, seed=data.split_seed, on_bad_text=data.on_bad_text)
+                                for spec in data.specs}})
 
     def build(tmp: Path) -> None:
         tokenizer, base = load_tokenizer(tokenizer_dir), load_tokenizer(base_dir) if base_dir else None
         stats = {}
-        for domain in domains if domains is not None else build_data(cfg, tokenizer_dir):
+        for domain in domains if domains is not None else build_data(data, tokenizer_dir):
             held_out = domain.heldout_texts(max_docs)
             final = tokens_per_char(tokenizer, held_out)
             stats[domain.name] = {"base": tokens_per_char(base, held_out) if base else final, "final": final}
         atomic_write_json(tmp / "tokens_per_char.json", stats)
 
-    entry = build_once(Path(cfg.paths.cache_dir) / "stats" / f"tokens_per_char-{key}", build)
+    entry = build_once(data.cache_dir / "stats" / f"tokens_per_char-{key}", build)
     return json.loads((entry / "tokens_per_char.json").read_text(encoding="utf-8"))
 
 
-def build_data(cfg: DictConfig, tokenizer_dir: Path) -> list[DomainTokens]:
-    domains = [prepare_domain(spec, tokenizer_dir, Path(cfg.paths.cache_dir), seed=cfg.data.split_seed,
-                              num_proc=cfg.data.num_proc, on_bad_text=cfg.data.on_bad_text, progress=show_progress())
-               for spec in domain_specs(cfg.data)]
-    check_eval_overlap(domains, cfg.data.split_seed)  # role eval: none of its documents trained on
+def build_data(data: DataPlan, tokenizer_dir: Path) -> list[DomainTokens]:
+    domains = [prepare_domain(spec, tokenizer_dir, data.cache_dir, seed=data.split_seed, num_proc=data.num_proc,
+                              on_bad_text=data.on_bad_text, progress=show_progress())
+               for spec in data.specs]
+    check_eval_overlap(domains, data.split_seed)  # role eval: none of its documents trained on
     return domains
 
 
-def split_record(cfg: DictConfig, domains: list[DomainTokens] | None = None) -> dict:
+def split_record(data: DataPlan, domains: list[DomainTokens] | None = None) -> dict:
     """The run's train/held-out split (summary.json "split", cptlab_split.json of a published model):
     the split seed and, per domain, what was split and how; with `domains`, which documents were held out."""
-    record = {"split_seed": int(cfg.data.split_seed), "domains": {}}
+    record = {"split_seed": data.split_seed, "domains": {}}
     tokens = {d.name: d for d in domains or ()}
-    for spec in domain_specs(cfg.data):
+    for spec in data.specs:
         entry = {"sources": list(spec.sources), "heldout": "all" if spec.role == "eval" else spec.heldout,
                  "max_docs": spec.max_docs}
         if spec.name in tokens:
@@ -185,11 +165,11 @@ def split_record(cfg: DictConfig, domains: list[DomainTokens] | None = None) -> 
     return record
 
 
-def check_base_split(cfg: DictConfig) -> None:
+def check_base_split(parts: Parts) -> None:
     """Refuse, before any heavy work, to evaluate on documents the base model was trained on, when the base
     was published by cptlab (it carries cptlab_split.json) and shares sources with this run."""
-    base = cfg.model.name_or_path
-    if not base or cfg.model.get("random_init"):
+    base = parts.model.name_or_path
+    if not base or parts.model.random_init:
         return
     path = Path(str(base)).expanduser() / SPLIT_FILE
     if not path.is_file():
@@ -198,37 +178,38 @@ def check_base_split(cfg: DictConfig) -> None:
         base_split = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise CptlabError(f"{path}: unreadable ({err}); delete it or republish the base model") from None
-    reason = leaks_from_base(base_split, split_record(cfg), base_dir=str(path.parent))
+    reason = leaks_from_base(base_split, split_record(parts.data), base_dir=str(path.parent))
     if reason:
         raise CptlabError(reason)
 
 
-def build_model(cfg: DictConfig, tokenizer, base_tokenizer=None):
-    """(model, base_rows): the base model, grown for an extended tokenizer, with the configured adapter
-    applied. `base_rows` is the embedding rows before growth (rows >= it are the new tokens); it is also
+def build_model(parts: Parts, tokenizer, base_tokenizer=None, *, adapter=None):
+    """(model, base_rows): the base model, grown for an extended tokenizer, with `adapter` (the adapter node;
+    None: none) applied. `base_rows` is the embedding rows before growth (rows >= it are the new tokens); it is also
     recorded on the model for the freezing schedule (cptlab.model.freeze.base_rows_of)."""
-    name_or_path, fields = model_source(cfg)
-    model = load_model(name_or_path, config=fields, dtype=cfg.model.dtype, random_init=cfg.model.random_init,
+    model_plan, tok, data = parts.model, parts.tokenizer, parts.data
+    name_or_path, fields = model_source(model_plan)
+    model = load_model(name_or_path, config=fields, dtype=model_plan.dtype, random_init=model_plan.random_init,
                        vocab_size=len(base_tokenizer) if base_tokenizer is not None else len(tokenizer),
-                       bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id, seed=cfg.seed)
-    if cfg.data.get("doc_masking"):  # a hub id or a GGUF base: its model type is first known here
+                       bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id, seed=parts.seed)
+    if data.doc_masking:  # a hub id or a GGUF base: its model type is first known here
         check_doc_masking(getattr(model.config, "model_type", None))
     rows = model.get_input_embeddings().weight.shape[0]
     base_rows = rows
     if len(tokenizer) > rows:
-        if cfg.tokenizer.kind != "extend":
+        if tok.kind != "extend":
             raise CptlabError(f"the tokenizer has {len(tokenizer)} tokens but the model's embedding has {rows} rows "
                               f"(tokenizer.path / model.name_or_path do not match)")
-        grow_embeddings(model, len(tokenizer), init=cfg.tokenizer.init, base_tokenizer=base_tokenizer,
-                        new_tokenizer=tokenizer, pad_to_multiple_of=cfg.tokenizer.pad_to_multiple_of, seed=cfg.seed)
+        grow_embeddings(model, len(tokenizer), init=tok.init, base_tokenizer=base_tokenizer,
+                        new_tokenizer=tokenizer, pad_to_multiple_of=tok.pad_to_multiple_of, seed=parts.seed)
     limit = max_positions(model)
-    if limit is not None and cfg.data.seq_len > limit:
-        raise CptlabError(f"data.seq_len={cfg.data.seq_len} exceeds the model's maximum positions ({limit})")
-    if cfg.model.gradient_checkpointing:
+    if limit is not None and data.seq_len > limit:
+        raise CptlabError(f"data.seq_len={data.seq_len} exceeds the model's maximum positions ({limit})")
+    if model_plan.gradient_checkpointing:
         # Non-reentrant checkpointing also works when the embeddings are frozen (LoRA, two-stage).
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    model = apply_adapter(model, cfg.adapter, base_rows=base_rows)
-    if cfg.model.compile:
+    model = apply_adapter(model, adapter, base_rows=base_rows)
+    if model_plan.compile:
         model.compile()  # in place (nn.Module.compile): names, state dicts and peft wrapping stay as they are
     return model, base_rows
 
@@ -274,8 +255,8 @@ def build_lightning(run_plan: RunPlan, model, domains: list[DomainTokens], token
     """The module, data module, trainer and metric callbacks of a run; `base_rows`: the base's vocabulary size
     when the run extended it (step 0 then also scores the base's own distribution, PeriodicEval). The freezing
     phases, mixture stages and LR schedule and scales are the plan's, as its validation built them."""
-    cfg = run_plan.cfg
-    data, tr = cfg.data, cfg.trainer
+    cfg, tr = run_plan.cfg, run_plan.trainer
+    data = cfg.data
     sampler = MixtureSampler(domains, replay_ratio=data.replay_ratio, batch_size=data.batch_size,
                              seq_len=data.seq_len, seed=cfg.seed, temperature=data.get("temperature"),
                              stages=list(run_plan.stages))
@@ -296,12 +277,12 @@ def build_lightning(run_plan: RunPlan, model, domains: list[DomainTokens], token
     evaluator = PeriodicEval(evals, token_bytes, every_n_steps=cfg.eval.every_n_steps,
                              batch_size=cfg.eval.batch_size, tokens_per_batch=tokens_per_batch, clock=train_metrics,
                              ema=ema, plain=plain, base_rows=base_rows)
-    harness = build_harness_eval(cfg.eval.harness, tokenizer, specs=domain_specs(data), domains=domains,
+    harness = build_harness_eval(cfg.eval.harness, tokenizer, specs=list(run_plan.parts.data.specs), domains=domains,
                                  seed=data.split_seed, on_bad_text=data.on_bad_text,
                                  every_default=cfg.eval.every_n_steps, tokens_per_batch=tokens_per_batch,
                                  clock=train_metrics, ema=ema)
     checkpoints = ModelCheckpoint(dirpath=layout.checkpoints_dir(run_dir), filename="step{step}", save_last=True,
-                                  save_top_k=0, every_n_train_steps=cfg.checkpoint.every_n_steps)
+                                  save_top_k=0, every_n_train_steps=tr.checkpoint_every_n_steps)
     # EMA first: its average exists before the step-0 evaluation and is updated before each evaluation.
     preemption = PreemptionCheckpoint(layout.last_checkpoint(run_dir))
     callbacks = [c for c in (ema, train_metrics, evaluator, harness, preemption, checkpoints) if c is not None]
@@ -317,9 +298,9 @@ def build_lightning(run_plan: RunPlan, model, domains: list[DomainTokens], token
     trainer = pl.Trainer(accelerator=tr.accelerator, devices=tr.devices, strategy=strategy,
                          precision=tr.precision, max_steps=tr.max_steps,
                          accumulate_grad_batches=tr.accumulate_grad_batches,
-                         gradient_clip_val=cfg.optim.grad_clip, logger=loggers, callbacks=callbacks,
+                         gradient_clip_val=tr.grad_clip, logger=loggers, callbacks=callbacks,
                          enable_progress_bar=show_progress(), enable_model_summary=False,
                          num_sanity_val_steps=0, limit_val_batches=0, use_distributed_sampler=False,
                          default_root_dir=run_dir, plugins=[AtomicCheckpointIO()])
-    datamodule = CPTDataModule(sampler, num_workers=data.num_workers, pin_memory=tr.accelerator == "gpu")
+    datamodule = CPTDataModule(sampler, num_workers=tr.num_workers, pin_memory=tr.accelerator == "gpu")
     return Lightning(module, datamodule, trainer, train_metrics, evaluator, harness)

@@ -15,10 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf, open_dict
 
+from cptlab.data.source_weights import resolve_source_weights
 from cptlab.data.stages import Stage
+from cptlab.data.tokens import DomainSpec
 from cptlab.errors import CptlabError
 from cptlab.model.phases import Phase, check_phases
 from cptlab.training.schedule import LR_GROUPS, LRScale
+from cptlab.utils.limits import MAX_DOC_BYTES
 
 if TYPE_CHECKING:
     import torch
@@ -146,15 +149,145 @@ def lr_scale_of(node) -> LRScale:
     return LRScale(**values)
 
 
+# -- the build's parts: data, tokenizer, model -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    """The run's corpora as the builders take them: each domain's DomainSpec and how its documents are read, split
+    and cached (data.*, tokenizer.max_train_bytes: how much of each train split tokenizer training reads)."""
+    specs: tuple[DomainSpec, ...]
+    split_seed: int
+    on_bad_text: str
+    num_proc: int
+    seq_len: int
+    doc_masking: bool
+    cache_dir: Path
+    max_train_bytes: int | None = None
+
+    def of_role(self, role: str | None) -> list[DomainSpec]:
+        return [spec for spec in self.specs if role is None or spec.role == role]
+
+
+@dataclass(frozen=True)
+class TokenizerPlan:
+    """The tokenizer node (tokenizer.*) as the builders take it."""
+    kind: str
+    path: str | None
+    vocab_size: int
+    add_pieces: int | None
+    admit: str
+    model_type: str | None
+    character_coverage: float
+    init: str
+    pad_to_multiple_of: int | None
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """What the base model is built from (model.*): a directory or hub id, a GGUF (converted once into the cache),
+    or a random-init Llama from `fields`; a stand-in (the config's `stand_in`) in a base's place."""
+    name_or_path: str | None
+    gguf: str | None
+    fields: dict | None  # model.config
+    dtype: str
+    random_init: bool
+    gradient_checkpointing: bool
+    compile: bool
+    cache_dir: Path
+    stand_in: StandIn | None = None
+
+
+@dataclass(frozen=True)
+class Parts:
+    """The typed parts a run's tokenizer, data and model are built from (cptlab.run.pipeline), read from a config
+    by `parts_of`; a validated run's RunPlan carries the same three."""
+    tokenizer: TokenizerPlan
+    data: DataPlan
+    model: ModelPlan
+    seed: int
+
+
+@dataclass(frozen=True)
+class TrainerPlan:
+    """The Lightning Trainer's settings (trainer.*, optim.grad_clip, checkpoint.every_n_steps)."""
+    accelerator: str
+    devices: Any
+    strategy: str
+    precision: Any
+    max_steps: int
+    accumulate_grad_batches: int
+    grad_clip: float | None
+    fsdp_sharding: str
+    log_every_n_steps: int
+    checkpoint_every_n_steps: int | None
+    num_threads: int | None
+    num_workers: int
+
+
+def trainer_plan_of(cfg) -> TrainerPlan:
+    tr = cfg.trainer
+    devices = OmegaConf.to_container(tr.devices) if OmegaConf.is_list(tr.devices) else tr.devices
+    return TrainerPlan(accelerator=str(tr.accelerator), devices=devices, strategy=str(tr.strategy),
+                       precision=tr.precision, max_steps=int(tr.max_steps),
+                       accumulate_grad_batches=int(tr.accumulate_grad_batches), grad_clip=cfg.optim.grad_clip,
+                       fsdp_sharding=str(tr.fsdp_sharding), log_every_n_steps=int(tr.log_every_n_steps),
+                       checkpoint_every_n_steps=cfg.checkpoint.every_n_steps, num_threads=tr.num_threads,
+                       num_workers=int(cfg.data.num_workers))
+
+
+def domains_of(data) -> tuple[DomainSpec, ...]:
+    """data.domains as DomainSpecs (a domain's max_docs capped by data.max_docs, its source weights resolved)."""
+    specs = []
+    for name, d in data.domains.items():
+        caps = [c for c in (d.max_docs, data.max_docs) if c is not None]
+        sources = tuple(str(s) for s in d.sources)
+        specs.append(DomainSpec(name=str(name), role=d.role, sources=sources,
+                                heldout=d.heldout if d.heldout < 1 else int(d.heldout), weight=d.weight,
+                                max_docs=min(caps) if caps else None, text_field=d.text_field,
+                                max_doc_bytes=data.get("max_doc_bytes", MAX_DOC_BYTES),
+                                source_weights=resolve_source_weights(name, sources, d.get("source_weights"), d.role)))
+    return tuple(specs)
+
+
+def data_plan_of(cfg) -> DataPlan:
+    data = cfg.data
+    return DataPlan(specs=domains_of(data), split_seed=int(data.split_seed), on_bad_text=str(data.on_bad_text),
+                    num_proc=int(data.num_proc), seq_len=int(data.seq_len), doc_masking=bool(data.get("doc_masking")),
+                    cache_dir=Path(str(cfg.paths.cache_dir)), max_train_bytes=cfg.tokenizer.get("max_train_bytes"))
+
+
+def tokenizer_plan_of(tok) -> TokenizerPlan:
+    return TokenizerPlan(kind=str(tok.kind), path=tok.path, vocab_size=int(tok.vocab_size),
+                         add_pieces=tok.get("add_pieces"), admit=str(tok.get("admit", "auto")),
+                         model_type=tok.model_type, character_coverage=float(tok.character_coverage),
+                         init=str(tok.init), pad_to_multiple_of=tok.pad_to_multiple_of)
+
+
+def model_plan_of(cfg) -> ModelPlan:
+    model = cfg.model
+    return ModelPlan(name_or_path=model.name_or_path, gguf=model.gguf,
+                     fields=OmegaConf.to_container(model.config, resolve=True) if model.config else None,
+                     dtype=str(model.dtype), random_init=bool(model.random_init),
+                     gradient_checkpointing=bool(model.gradient_checkpointing), compile=bool(model.compile),
+                     cache_dir=Path(str(cfg.paths.cache_dir)), stand_in=stand_in_of(cfg))
+
+
+def parts_of(cfg) -> Parts:
+    """The tokenizer, data and model parts of a composed config (without validating it: RunPlan.from_config
+    does, and holds the same parts)."""
+    return Parts(tokenizer_plan_of(cfg.tokenizer), data_plan_of(cfg), model_plan_of(cfg), int(cfg.seed))
+
+
 # -- stand_in -----------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class StandIn:
-    """A base's recipe in the base's place (the config's `stand_in`): `recipe`, the run's config with the recipe's
-    model, tokenizer and data (what the stand-in's tokenizer is built from, the base's own run's cache entry), and
-    `fields`, the recipe's model config with the run's model.config written over it."""
-    recipe: Any
+    """A base's recipe in the base's place (the config's `stand_in`): the parts its tokenizer is built from (its
+    tokenizer and data: the base's own run's cache entry), and `fields`, the recipe's model config with the run's
+    model.config written over it."""
+    recipe: Parts
     fields: dict
 
 
@@ -172,4 +305,4 @@ def stand_in_of(cfg) -> StandIn | None:
         recipe.model, recipe.tokenizer, recipe.data, recipe.stand_in = node.model, node.tokenizer, node.data, None
     fields = OmegaConf.to_container(node.model.config, resolve=True) if node.model.config else {}
     own = OmegaConf.to_container(model.config, resolve=True) if model.config else {}
-    return StandIn(recipe, {**fields, **own})
+    return StandIn(parts_of(recipe), {**fields, **own})

@@ -28,7 +28,16 @@ from cptlab.model.doc_mask import check_doc_masking
 from cptlab.model.gguf import check_gguf
 from cptlab.model.phases import Phase
 from cptlab.model.source import check_model_source
-from cptlab.run.plan_values import lr_scale_of, phases_of, stages_of, stand_in_of
+from cptlab.run.plan_values import (
+    Parts,
+    TrainerPlan,
+    lr_scale_of,
+    parts_of,
+    phases_of,
+    stages_of,
+    stand_in_of,
+    trainer_plan_of,
+)
 from cptlab.rundir.layout import INPUT_KEYS
 from cptlab.training.schedule import LRScale, LRSchedule
 from cptlab.utils.io import check_replaceable
@@ -134,8 +143,7 @@ def base_config(cfg: DictConfig, *, written_over: bool = True) -> dict:
         full = Path(str(cfg.paths.cache_dir)).expanduser() / "gguf" / fingerprint(locate(str(cfg.model.gguf)))
         path = next((d for d in (full, full.with_name(f"{full.name}-config")) if (d / "config.json").is_file()), None)
     elif (stand_in := stand_in_of(cfg)) is not None:  # the recipe's architecture, in the base's place
-        recipe = stand_in.recipe.model.config
-        return dict(stand_in.fields) if written_over else OmegaConf.to_container(recipe, resolve=True) if recipe else {}
+        return dict(stand_in.fields) if written_over else dict(stand_in.recipe.model.fields or {})
     elif cfg.model.name_or_path:
         path = Path(str(cfg.model.name_or_path)).expanduser()
     else:
@@ -270,6 +278,8 @@ class RunPlan:
     stages: tuple[Stage, ...]  # the mixture's step ranges (data.stages), in batches
     lr_schedule: LRSchedule  # optim.schedule over trainer.max_steps, re-warmed at each phase (schedule.rewarm)
     lr_scale: LRScale  # optim.lr_scale
+    parts: Parts  # what the tokenizer, the data and the model are built from (domains, sources, model source)
+    trainer: TrainerPlan  # the Lightning Trainer's settings
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> RunPlan:
@@ -311,7 +321,7 @@ def validate(cfg: DictConfig) -> RunPlan:
     if cfg.publish_dir:  # a user's directory is never wiped at the end of a run: refused before any work
         check_replaceable(str(cfg.publish_dir), "model", "publish_dir",
                           inputs={key: OmegaConf.select(cfg, key) for key in INPUT_KEYS})
-    return RunPlan(cfg, tuple(phases), tuple(stages), lr_schedule, scale)
+    return RunPlan(cfg, tuple(phases), tuple(stages), lr_schedule, scale, parts_of(cfg), trainer_plan_of(cfg))
 
 
 def validate_values(cfg: DictConfig) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 from cptlab.cli.prepare import prepare
 from cptlab.data import tokens
 from cptlab.run import pipeline
+from cptlab.run.plan_values import data_plan_of, parts_of
 
 
 def corpus(tmp_path):
@@ -51,7 +52,7 @@ def test_shard_groups_fill_the_cache_and_training_encodes_nothing(tmp_path, comp
     real = tokens.encode_documents
     monkeypatch.setattr(tokens, "encode_documents", lambda *a, **k: encoded.append(1) or real(*a, **k))
     cfg = compose_cfg(base)
-    domains = pipeline.build_data(cfg, pipeline.build_tokenizer(cfg, tmp_path / "run"))
+    domains = pipeline.build_data(data_plan_of(cfg), pipeline.build_tokenizer(parts_of(cfg), tmp_path / "run"))
     assert encoded == [] and [len(d.train_files) for d in domains] == [4, 1]
 
     whole = prepare(compose_cfg([*base, f"paths.cache_dir={tmp_path / 'fresh'}"]), tmp_path / "p", log=lines.append)

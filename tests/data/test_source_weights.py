@@ -16,6 +16,7 @@ from cptlab.data.mixture import MixtureSampler
 from cptlab.data.source_weights import SourceSplit, resolve_source_weights
 from cptlab.data.tokens import DomainTokens
 from cptlab.errors import CptlabError
+from cptlab.run.plan_values import data_plan_of
 
 SEQ = 8
 
@@ -131,7 +132,6 @@ def test_unlisted_sources_weigh_one():
 def test_a_staged_reweighted_run_reuses_the_unstaged_runs_caches(compose_cfg, tokenizer_dir, tmp_path, encoded_docs):
     """Stages, temperature and source weights are sampler settings: the composed staged run's token caches are the
     unstaged run's, found by the same keys, and nothing is encoded_docs again (the old cache entry is only relinked)."""
-    from cptlab.run import pipeline
     from cptlab.run.plan_values import stages_of
 
     words = "the a cat dog sat on mat runs fast model data token train test".split()
@@ -147,7 +147,7 @@ def test_a_staged_reweighted_run_reuses_the_unstaged_runs_caches(compose_cfg, to
 
     def build(overrides):
         cfg = compose_cfg(overrides)
-        domains = [tokens.prepare_domain(spec, tokenizer_dir, cache) for spec in pipeline.domain_specs(cfg.data)]
+        domains = [tokens.prepare_domain(spec, tokenizer_dir, cache) for spec in data_plan_of(cfg).specs]
         return cfg, domains
 
     _, plain = build(base)

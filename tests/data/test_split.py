@@ -109,14 +109,16 @@ def test_a_run_that_would_score_documents_the_base_trained_on_is_refused():
 
 def test_split_seed_keys_the_split_and_seed_does_not(compose_cfg):
     from cptlab.run import pipeline
+    from cptlab.run.plan_values import data_plan_of
 
     base = ["model=tiny", "tokenizer=train", "data=demo_zh"]
     cfg0, cfg1 = compose_cfg(base + ["seed=0"]), compose_cfg(base + ["seed=1"])
     assert cfg0.data.split_seed == 0
-    assert pipeline._train_docs_key(cfg0) == pipeline._train_docs_key(cfg1)  # tokenizer and token caches shared
-    assert pipeline.split_record(cfg0) == pipeline.split_record(cfg1)
-    other = compose_cfg(base + ["data.split_seed=5"])
-    assert pipeline._train_docs_key(other) != pipeline._train_docs_key(cfg0)
+    data0, data1 = data_plan_of(cfg0), data_plan_of(cfg1)
+    assert pipeline._train_docs_key(data0) == pipeline._train_docs_key(data1)  # tokenizer and token caches shared
+    assert pipeline.split_record(data0) == pipeline.split_record(data1)
+    other = data_plan_of(compose_cfg(base + ["data.split_seed=5"]))
+    assert pipeline._train_docs_key(other) != pipeline._train_docs_key(data0)
     assert pipeline.split_record(other)["split_seed"] == 5
     assert pipeline.split_record(other)["domains"]["en"] == {"sources": ["demo:en"], "heldout": 0.03, "max_docs": None}
 
@@ -125,20 +127,21 @@ def test_continuing_from_a_cptlab_base_checks_its_split(compose_cfg, tmp_path):
     from cptlab.errors import CptlabError
     from cptlab.model.save import SPLIT_FILE
     from cptlab.run import pipeline
+    from cptlab.run.plan_values import parts_of
 
     base_dir = tmp_path / "base"
     base_dir.mkdir()
     overrides = ["model=hf", f"model.name_or_path={base_dir}", "data=demo_zh"]
-    pipeline.check_base_split(compose_cfg(overrides + ["data.split_seed=3"]))  # no record: nothing to check
+    pipeline.check_base_split(parts_of(compose_cfg(overrides + ["data.split_seed=3"])))  # no record: nothing to check
     (base_dir / SPLIT_FILE).write_text(json.dumps(split(0, 0.03)))
-    pipeline.check_base_split(compose_cfg(overrides))
+    pipeline.check_base_split(parts_of(compose_cfg(overrides)))
     with pytest.raises(CptlabError, match=r"^data.domains.en shares demo:en .* set data.split_seed=0$"):
-        pipeline.check_base_split(compose_cfg(overrides + ["data.split_seed=3"]))
+        pipeline.check_base_split(parts_of(compose_cfg(overrides + ["data.split_seed=3"])))
     with pytest.raises(CptlabError, match="set data.domains.en.heldout <= 0.03"):
-        pipeline.check_base_split(compose_cfg(overrides + ["data.domains.en.heldout=0.1"]))
+        pipeline.check_base_split(parts_of(compose_cfg(overrides + ["data.domains.en.heldout=0.1"])))
     (base_dir / SPLIT_FILE).write_text("{not json")
     with pytest.raises(CptlabError, match="unreadable"):
-        pipeline.check_base_split(compose_cfg(overrides))
+        pipeline.check_base_split(parts_of(compose_cfg(overrides)))
 
 
 def test_a_published_model_carries_its_split(tmp_path):

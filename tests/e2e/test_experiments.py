@@ -61,7 +61,7 @@ def test_smoke_stands_in_for_a_missing_demo_base_with_its_own_tokenizer(compose_
     """Without the built demo base, debug=smoke (stand_in=demo_base) runs a random model of the demo base's
     architecture on the tokenizer experiment=demo_base trains, from the same cache entry the real build uses."""
     from cptlab.run import pipeline
-    from cptlab.run.plan_values import stand_in_of
+    from cptlab.run.plan_values import model_plan_of, parts_of, stand_in_of
     from cptlab.tokenizer.hf import load_tokenizer
     from cptlab.utils.hashing import hash_file
 
@@ -70,12 +70,12 @@ def test_smoke_stands_in_for_a_missing_demo_base_with_its_own_tokenizer(compose_
     assert stand_in_of(compose_cfg(["experiment=demo_zh"], output_dir=tmp_path)) is None  # no stand_in: no stand-in
     elsewhere = compose_cfg(["experiment=demo_zh", "debug=smoke", f"model.name_or_path={tmp_path / 'nowhere'}"])
     assert stand_in_of(elsewhere) is None  # it stands in for the demo base only: a missing base of one's own fails
-    source = Path(pipeline.base_tokenizer_source(cfg, tmp_path))
+    source = Path(pipeline.base_tokenizer_source(parts_of(cfg), tmp_path))
     recipe = compose_cfg(["experiment=demo_base"])
-    real = pipeline.build_tokenizer(recipe, tmp_path / "real_build")
+    real = pipeline.build_tokenizer(parts_of(recipe), tmp_path / "real_build")
     assert hash_file(source / "tokenizer.model") == hash_file(real / "tokenizer.model")
     assert len(load_tokenizer(source)) == recipe.tokenizer.vocab_size
-    name_or_path, fields = pipeline.model_source(cfg)
+    name_or_path, fields = pipeline.model_source(model_plan_of(cfg))
     assert name_or_path is None
     arch = recipe.model.config
     assert fields["hidden_size"] == cfg.model.config.hidden_size != arch.hidden_size  # smoke sizes win

@@ -44,11 +44,12 @@ def test_demo_zh_with_extension_on_a_published_base(compose_cfg, tmp_path, tiny_
     from cptlab.data.mixture import eval_blocks
     from cptlab.evaluation.bpb import eval_sums, metrics_from_sums
     from cptlab.run import pipeline
+    from cptlab.run.plan_values import data_plan_of
     from cptlab.tokenizer.byte_lengths import token_byte_lengths
     from cptlab.tokenizer.hf import load_tokenizer
 
     en = summary["domains"]["en"]
-    [domain] = [d for d in pipeline.build_data(cfg, run_dir / "tokenizer") if d.name == "en"]
+    [domain] = [d for d in pipeline.build_data(data_plan_of(cfg), run_dir / "tokenizer") if d.name == "en"]
     blocks = torch.from_numpy(eval_blocks(domain, cfg.data.seq_len, cfg.eval.max_blocks))
     assert int(blocks.max()) < vocab["base_rows"]
     token_bytes = torch.from_numpy(token_byte_lengths(load_tokenizer(run_dir / "tokenizer")))

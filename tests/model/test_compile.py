@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from cptlab.run import pipeline
+from cptlab.run.plan_values import parts_of
 
 
 def wordlevel_tokenizer():
@@ -18,7 +19,7 @@ def wordlevel_tokenizer():
 
 def build(compose_cfg, tmp_path, *overrides):
     cfg = compose_cfg(["debug=smoke", *overrides], output_dir=tmp_path)
-    model, _ = pipeline.build_model(cfg, wordlevel_tokenizer())
+    model, _ = pipeline.build_model(parts_of(cfg), wordlevel_tokenizer(), adapter=cfg.adapter)
     return model
 
 

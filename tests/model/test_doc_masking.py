@@ -260,9 +260,10 @@ class Tokenizer:
 def test_build_model_refuses_an_unlisted_model_type(compose_cfg, tmp_path, monkeypatch):
     """A hub id's type is first known when it loads: pipeline.build_model checks it before any training."""
     from cptlab.run import pipeline
+    from cptlab.run.plan_values import parts_of
 
     cfg = compose_cfg(["debug=smoke", "data.doc_masking=true"], output_dir=tmp_path)
-    model, _ = pipeline.build_model(cfg, Tokenizer())
+    model, _ = pipeline.build_model(parts_of(cfg), Tokenizer())
     assert model.config.model_type == "llama"
     real = pipeline.load_model
 
@@ -273,4 +274,4 @@ def test_build_model_refuses_an_unlisted_model_type(compose_cfg, tmp_path, monke
 
     monkeypatch.setattr(pipeline, "load_model", as_gpt2)
     with pytest.raises(CptlabError, match="model type 'gpt2'"):
-        pipeline.build_model(cfg, Tokenizer())
+        pipeline.build_model(parts_of(cfg), Tokenizer())

@@ -3,6 +3,7 @@
 import torch
 
 from cptlab.run import pipeline
+from cptlab.run.plan_values import parts_of
 
 
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(compose_cfg, tmp_path):
@@ -15,7 +16,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(compose_cfg, t
     results = []
     for flag in (False, True):
         cfg = compose_cfg(["debug=smoke", f"model.gradient_checkpointing={str(flag).lower()}"], output_dir=tmp_path)
-        model, _ = pipeline.build_model(cfg, tok)
+        model, _ = pipeline.build_model(parts_of(cfg), tok)
         assert model.is_activation_checkpointing == flag
         model.train()
         ids = torch.arange(2 * 17).view(2, 17) % 40

@@ -10,6 +10,7 @@ import pytest
 import cptlab.run.pipeline as pipeline
 import cptlab.tokenizer.prepare as prepare
 from cptlab.errors import CptlabError
+from cptlab.run.plan_values import parts_of
 from cptlab.run.validate import validate
 from cptlab.tokenizer.hf import load_tokenizer
 from cptlab.tokenizer.prepare import extension_stats
@@ -42,10 +43,10 @@ def test_pipeline_passes_admit_and_add_pieces(tmp_path, compose_cfg, exported, m
                  f"data.domains.old.sources=[{tmp_path / 'en.txt'}]", f"paths.cache_dir={tmp_path / 'cache'}",
                  "tokenizer=extend", f"tokenizer.path={base_model}", "tokenizer.add_pieces=150"]  # fmt: skip
     calls = spy(prepare, "extend_spm")
-    out = pipeline.build_tokenizer(compose_cfg([*overrides, "tokenizer.admit=script"]), tmp_path / "run1")
+    out = pipeline.build_tokenizer(parts_of(compose_cfg([*overrides, "tokenizer.admit=script"])), tmp_path / "run1")
     assert calls[-1]["admit"] == "script" and calls[-1]["add_pieces"] == 150
     stats = extension_stats(out)
     assert stats["added"] == 150 and len(load_tokenizer(out)) == stats["final_pieces"] == 400 + 150
     assert stats["check_texts"] > 0 and stats["check_texts_changed"] == 0  # the replay domain's train split
-    pipeline.build_tokenizer(compose_cfg(overrides), tmp_path / "run2")  # admit=auto: another key
+    pipeline.build_tokenizer(parts_of(compose_cfg(overrides)), tmp_path / "run2")  # admit=auto: another key
     assert len(calls) == 2 and calls[-1]["admit"] == "auto"

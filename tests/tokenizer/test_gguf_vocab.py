@@ -209,6 +209,7 @@ def test_the_cli_extends_a_gguf_file(llama_like, tmp_path):
 
 def test_tokenizer_extend_on_a_gguf_model_reads_its_vocabulary(compose_cfg, llama_like):
     from cptlab.run.pipeline import base_tokenizer_source
+    from cptlab.run.plan_values import parts_of
 
     cfg = compose_cfg(["model=smollm2", "tokenizer=extend", "data=demo_zh", f"model.gguf={llama_like[1]}"])
-    assert base_tokenizer_source(cfg) == str(llama_like[1])
+    assert base_tokenizer_source(parts_of(cfg)) == str(llama_like[1])
