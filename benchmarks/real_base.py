@@ -15,7 +15,18 @@ JSON also holds the peak up to the end of the timed steps):
   cptlab-train, then `trainer.fit`) doing the same work, `schedule=full adapter=none`, without and
   with `model.chunked_loss=true`;
 - `cptlab_zh`, `cptlab_zh_chunked`: the experiment's own schedule (stage 1 new rows, switched to stage 2, LoRA +
-  new rows, before the timed steps), informational: less work than the baseline.
+  new rows, before the timed steps), informational: less work than the baseline;
+- `hf_lora`: the LoRA baseline: `transformers.Trainer` + peft on the same resized model, the experiment's LoRA
+  (r, alpha, dropout, target modules) with the new token rows trained through peft's `trainable_token_indices`
+  (from the first step, as `cptlab_lora`);
+- `cptlab_lora`, `cptlab_lora_chunked`: cptlab's LoRA + new rows from the first step (`schedule=full` with the
+  experiment's adapter): the same work as `hf_lora`, whose targets (<= 1.0x its peak RSS, >= 1.0x its tokens/s)
+  apply;
+- `cptlab_doc_masking`: `cptlab` with `data.doc_masking=true`, against `cptlab` (#29's target: <= 10% slower).
+
+Every side also reports where its memory goes, in the JSON's `memory`: parameters, gradients (at the last
+optimizer step, before it runs), optimizer state, and the tensors autograd saves for backward in the last timed
+step (activations, counted once per storage, parameters excluded).
 
 The tokenizer, token caches and converted model are built once by the parent in the shared cache
 (`paths.cache_dir`, default `$CPTLAB_CACHE` or ~/.cache/cptlab, the one `make demo-real` fills), so every child
@@ -38,18 +49,35 @@ from pathlib import Path
 
 from benchmarks.common import ROOT, BenchResult, Context, Ratio, median, peak_rss
 
-SIDES = ("hf", "cptlab", "cptlab_chunked", "cptlab_zh", "cptlab_zh_chunked")
-CPTLAB_SIDES = SIDES[1:]
+SIDES = ("hf", "cptlab", "cptlab_chunked", "cptlab_zh", "cptlab_zh_chunked", "hf_lora", "cptlab_lora",
+         "cptlab_lora_chunked", "cptlab_doc_masking")
+HF_SIDES = ("hf", "hf_lora")
+CPTLAB_SIDES = tuple(side for side in SIDES if side not in HF_SIDES)
 SIDE_OVERRIDES = {
     "cptlab": ["schedule=full", "adapter=none"],
     "cptlab_chunked": ["schedule=full", "adapter=none", "model.chunked_loss=true"],
     # stage 2 (LoRA + new rows) from the second step: the timed steps are the bulk of the experiment
     "cptlab_zh": ["schedule.stage1_steps=1"],
     "cptlab_zh_chunked": ["schedule.stage1_steps=1", "model.chunked_loss=true"],
+    # the experiment's LoRA (r=16 on every projection) + the new rows from the first step: hf_lora's work
+    "cptlab_lora": ["schedule=full"],
+    "cptlab_lora_chunked": ["schedule=full", "model.chunked_loss=true"],
+    # cptlab's full fine-tuning with data.doc_masking=true: its cost against the same run without it
+    "cptlab_doc_masking": ["schedule=full", "adapter=none", "data.doc_masking=true"],
 }
-TARGETED = ("cptlab", "cptlab_chunked")  # same work as the baseline: the issue's targets apply
-RATIO_KEYS = tuple(f"real_base.{side}_{what}_vs_hf_trainer" for side in CPTLAB_SIDES
-                   for what in ("tokens_per_s", "peak_rss"))
+# Each cptlab side's baseline (the Trainer doing the same work, or for the zh sides the LoRA one, informational);
+# the targets apply where the work is the same.
+BASELINE = {"cptlab": "hf", "cptlab_chunked": "hf", "cptlab_zh": "hf_lora", "cptlab_zh_chunked": "hf_lora",
+            "cptlab_lora": "hf_lora", "cptlab_lora_chunked": "hf_lora", "cptlab_doc_masking": "cptlab"}
+TARGETED = ("cptlab", "cptlab_chunked", "cptlab_lora", "cptlab_lora_chunked")
+
+
+def ratio_key(side: str, what: str) -> str:
+    base = BASELINE[side]
+    return f"real_base.{side}_{what}_vs_{base}" + ("_trainer" if base in HF_SIDES else "")
+
+
+RATIO_KEYS = tuple(ratio_key(side, what) for side in CPTLAB_SIDES for what in ("tokens_per_s", "peak_rss"))
 
 
 def default_cache() -> Path:
@@ -104,18 +132,24 @@ def child_cptlab(spec: dict) -> dict:
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             clock.lap()
 
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            memory.grads(model)
+
+    memory = MemoryBreakdown(model, spec["steps"])
     rss_setup = peak_rss()
-    run.trainer.callbacks[:0] = [Clock()]
+    run.trainer.callbacks[:0] = [Clock(), memory.lightning_callback()]
     run.trainer.fit(run.module, datamodule=run.datamodule)
+    memory.optimizer(run.trainer.optimizers[0])
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"step_s": clock.step_s, "peak_rss_setup": rss_setup, "peak_rss_timed": clock.peak_rss,
             "vocab": model.get_input_embeddings().weight.shape[0], "trainable_params": trainable,
             "final_loss": float(run.train_metrics.latest.get("train/loss", float("nan"))),
-            "chunked_loss": bool(built.cfg.model.chunked_loss)}
+            "chunked_loss": bool(built.cfg.model.chunked_loss), "memory": memory.record}
 
 
 def child_hf(spec: dict) -> dict:
-    """The plain loop: the converted model, resized to the extended tokenizer, under transformers.Trainer."""
+    """The plain loop: the converted model, resized to the extended tokenizer, under transformers.Trainer; for
+    `hf_lora` with peft's LoRA of the experiment's settings and the new token rows as peft's trainable tokens."""
     import torch
     from datasets import Dataset
     from transformers import (
@@ -137,8 +171,17 @@ def child_hf(spec: dict) -> dict:
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     else:
         model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32)
+    base_rows = model.get_input_embeddings().weight.shape[0]
     model.resize_token_embeddings(len(tok), pad_to_multiple_of=spec["pad_to_multiple_of"])
     model.config.use_cache = False
+    if spec["side"] == "hf_lora":
+        from peft import LoraConfig, get_peft_model
+
+        a, rows = spec["adapter"], model.get_input_embeddings().weight.shape[0]
+        model = get_peft_model(model, LoraConfig(
+            r=a["r"], lora_alpha=a["alpha"], lora_dropout=a["dropout"], target_modules=a["target_modules"],
+            use_rslora=a["rslora"], bias="none", task_type="CAUSAL_LM",
+            trainable_token_indices={"embed_tokens": list(range(base_rows, rows))}))
     ids = torch.load(spec["blocks"]).tolist()
     dataset = Dataset.from_dict({"input_ids": ids, "labels": ids})
     clock = StepClock(spec["steps"])
@@ -150,6 +193,11 @@ def child_hf(spec: dict) -> dict:
         def on_step_end(self, args, state, control, **kwargs):
             clock.lap()
 
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            memory.grads(model)
+
+    memory = MemoryBreakdown(model, spec["steps"])
+
     o = spec["optim"]
     args = TrainingArguments(
         output_dir=spec["run_dir"], max_steps=spec["steps"], per_device_train_batch_size=spec["batch_size"],
@@ -159,12 +207,104 @@ def child_hf(spec: dict) -> dict:
         dataloader_num_workers=0, dataloader_pin_memory=False, seed=spec["seed"])
     rss_setup = peak_rss()
     with contextlib.redirect_stdout(io.StringIO()):
-        trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[Clock()])
+        trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[Clock(), memory.hf_callback()])
         result = trainer.train()
+    memory.optimizer(trainer.optimizer)
     return {"step_s": clock.step_s, "peak_rss_setup": rss_setup, "peak_rss_timed": clock.peak_rss,
             "vocab": model.get_input_embeddings().weight.shape[0],
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "final_loss": float(result.training_loss)}
+            "final_loss": float(result.training_loss), "memory": memory.record}
+
+
+class MemoryBreakdown:
+    """Where a side's memory goes, in bytes (each storage counted once): `params`; `grads` at the last optimizer
+    step, before it runs; `optimizer_state` after training; `saved_for_backward`, the tensors autograd saved in the
+    last step's forward (activations; parameters excluded) and `saved_by_op`, the same split by the autograd node
+    that saved them (the largest 12)."""
+
+    def __init__(self, model, steps: int):
+        self.model, self.steps, self.step = model, steps, 0
+        self.record = {"params": self._bytes(p for p in model.parameters())}
+        self._hooks = None
+
+    @staticmethod
+    def _bytes(tensors, seen: set | None = None) -> int:
+        seen = set() if seen is None else seen
+        total = 0
+        for t in tensors:
+            if t is None:
+                continue
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                total += storage.nbytes()
+        return total
+
+    def grads(self, model) -> None:
+        self.record["grads"] = self._bytes(p.grad for p in model.parameters())
+
+    def optimizer(self, optimizer) -> None:
+        self.record["optimizer_state"] = self._bytes(
+            v for state in optimizer.state.values() for v in state.values() if hasattr(v, "untyped_storage"))
+
+    def begin_step(self) -> None:
+        import torch
+
+        self.step += 1
+        if self.step != self.steps:
+            return
+        params = {p.untyped_storage().data_ptr() for p in self.model.parameters()}
+        seen, by_op = set(params), {}
+
+        def pack(t):
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                node = torch._C._current_autograd_node()
+                op = type(node).__name__ if node is not None else "?"
+                by_op[op] = by_op.get(op, 0) + storage.nbytes()
+            return t
+
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+        self._hooks.__enter__()
+        self._by_op = by_op
+
+    def end_step(self) -> None:
+        if self._hooks is None:
+            return
+        self._hooks.__exit__(None, None, None)
+        self._hooks = None
+        top = sorted(self._by_op.items(), key=lambda kv: -kv[1])
+        self.record["saved_for_backward"] = sum(self._by_op.values())
+        self.record["saved_by_op"] = dict(top[:12])
+
+    def lightning_callback(self):
+        import pytorch_lightning as pl
+
+        outer = self
+
+        class Hooks(pl.Callback):
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+                outer.begin_step()
+
+            def on_before_backward(self, trainer, pl_module, loss):
+                outer.end_step()  # the forward's saved tensors are all known; backward runs outside the hook
+
+        return Hooks()
+
+    def hf_callback(self):
+        from transformers import TrainerCallback
+
+        outer = self
+
+        class Hooks(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                outer.begin_step()
+
+            def on_pre_optimizer_step(self, args, state, control, **kwargs):
+                outer.end_step()
+
+        return Hooks()
 
 
 class StepClock:
@@ -213,13 +353,15 @@ def prepare(ctx: Context, cache: Path, steps: int) -> dict:
     blocks = torch.cat([sampler.batch(i)["input_ids"] for i in range(steps)])
     blocks_path = run_dir / "blocks.pt"
     torch.save(blocks, blocks_path)
-    o = cfg.optim
+    o, a = cfg.optim, cfg.adapter
     return {"base": base, "tokenizer_dir": str(tokenizer_dir), "model_dir": model_dir, "config_fields": fields,
             "random_init": bool(cfg.model.random_init), "blocks": str(blocks_path), "seq_len": d.seq_len,
             "batch_size": d.batch_size, "seed": cfg.seed, "vocab_tokens": len(load_tokenizer(tokenizer_dir)),
             "pad_to_multiple_of": cfg.tokenizer.pad_to_multiple_of,
             "optim": {"lr": o.lr, "weight_decay": o.weight_decay, "betas": list(o.betas), "eps": o.eps,
                       "grad_clip": o.grad_clip},
+            "adapter": {"r": int(a.r), "alpha": float(a.alpha), "dropout": float(a.dropout), "rslora": bool(a.rslora),
+                        "target_modules": [str(t) for t in a.target_modules]},
             "model_config": OmegaConf.to_container(cfg.model, resolve=True), "prepare_s": time.perf_counter() - t0}
 
 
@@ -290,19 +432,24 @@ def run(ctx: Context, rounds: int = 1, sides: tuple[str, ...] = SIDES) -> BenchR
                    "batch_size": prep["batch_size"], "steps": steps, "untimed_steps": warmup, "rounds": rounds,
                    "order": order, "threads": s.threads, "cache": str(cache), "prepare_s": prep["prepare_s"],
                    "sides": stats, "overrides": {side: prep["base"] + SIDE_OVERRIDES.get(side, []) for side in sides}}
-    hf = stats.get("hf")
     for side in CPTLAB_SIDES:
-        c = stats.get(side)
+        base_side = BASELINE[side]
+        c, hf = stats.get(side), stats.get(base_side)
         if c is None or hf is None:
             continue
-        what = "same work (full fine-tuning)" if side in TARGETED else "the experiment's LoRA stage (less work)"
+        name = {"hf": "transformers.Trainer", "hf_lora": "transformers.Trainer + peft LoRA"}.get(base_side, base_side)
+        what = {"hf": "same work (full fine-tuning)", "hf_lora": "same work (LoRA + the new rows)"}[base_side] \
+            if side in TARGETED else ("data.doc_masking=true vs the same run without it (#29: <= 10% slower)"
+                                      if side == "cptlab_doc_masking"
+                                      else "the experiment's two stages (stage 2 timed: LoRA + the new rows)")
         res.ratios.append(Ratio(
-            f"real_base.{side}_tokens_per_s_vs_hf_trainer", c["tokens_per_s"] / hf["tokens_per_s"],
-            f"{side} {c['tokens_per_s']:,.1f} tok/s", f"transformers.Trainer {hf['tokens_per_s']:,.1f} tok/s",
-            ">= 1.0" if side in TARGETED else None, note=f"{what}; ratio of median step times"))
+            ratio_key(side, "tokens_per_s"), c["tokens_per_s"] / hf["tokens_per_s"],
+            f"{side} {c['tokens_per_s']:,.1f} tok/s", f"{name} {hf['tokens_per_s']:,.1f} tok/s",
+            ">= 1.0" if side in TARGETED else ">= 0.9" if side == "cptlab_doc_masking" else None,
+            note=f"{what}; ratio of median step times"))
         res.ratios.append(Ratio(
-            f"real_base.{side}_peak_rss_vs_hf_trainer", c["peak_rss"] / hf["peak_rss"],
-            f"{side} peak RSS {_gb(c['peak_rss'])}", f"transformers.Trainer {_gb(hf['peak_rss'])}",
+            ratio_key(side, "peak_rss"), c["peak_rss"] / hf["peak_rss"],
+            f"{side} peak RSS {_gb(c['peak_rss'])}", f"{name} {_gb(hf['peak_rss'])}",
             "<= 1.0" if side in TARGETED else None,
             note=f"whole process; to the last timed step {_gb(c['peak_rss_timed'])} vs {_gb(hf['peak_rss_timed'])}"))
     return res
@@ -319,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("ignore")
     for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric", "transformers"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    result = child_hf(spec) if spec["side"] == "hf" else child_cptlab(spec)
+    result = child_hf(spec) if spec["side"] in HF_SIDES else child_cptlab(spec)
     Path(spec["out"]).write_text(json.dumps({**result, "peak_rss": peak_rss()}))
     return 0
 

@@ -48,7 +48,8 @@ def _ratio_keys(name: str) -> tuple[str, ...]:
 
 
 def run_all(sizes: Sizes, names: list[str], workdir: Path | None = None, keep: bool = False,
-            log=lambda msg: None, real_rounds: int = 1) -> tuple[list[BenchResult], Context]:
+            log=lambda msg: None, real_rounds: int = 1,
+            real_sides: tuple[str, ...] | None = None) -> tuple[list[BenchResult], Context]:
     ctx = Context(sizes, workdir)
     results = []
     try:
@@ -56,7 +57,8 @@ def run_all(sizes: Sizes, names: list[str], workdir: Path | None = None, keep: b
             log(f"[{i}/{len(names)}] {name} ...")
             t0 = time.perf_counter()
             try:
-                res = _module(name).run(ctx, rounds=real_rounds) if name == "real_base" else _module(name).run(ctx)
+                res = (_module(name).run(ctx, rounds=real_rounds, **({"sides": real_sides} if real_sides else {}))
+                       if name == "real_base" else _module(name).run(ctx))
             except Exception as err:  # one failing benchmark must not hide the others' numbers
                 res = BenchResult(name, error=f"{type(err).__name__}: {err}")
                 res.details["traceback"] = traceback.format_exc()
@@ -128,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
                              "and peak RSS, with and without model.chunked_loss (~15 min on 2 cores)")
     parser.add_argument("--real-rounds", type=int, default=1,
                         help="real_base: rounds of its sides, alternating their order (default 1)")
+    parser.add_argument("--real-sides", default=None, metavar="SIDE,...",
+                        help="real_base: only these sides (default all: benchmarks/real_base.py SIDES), e.g. "
+                             "hf_lora,cptlab_lora")
     parser.add_argument("--corpus-bytes", type=float, default=None,
                         help="text bytes of the corpus-scale benchmark's large corpus (default 1e9; --quick 4e6)")
     args = parser.parse_args(argv)
@@ -151,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         log("real_base (SmolLM2-135M vs transformers.Trainer: tokens/s, peak RSS) skipped: pass --real-base "
             "(needs make install-real; ~15 min on 2 cores)")
     t0 = time.perf_counter()
-    results, _ = run_all(sizes, names, args.workdir, args.keep, log, real_rounds=args.real_rounds)
+    sides = tuple(s for s in (args.real_sides or "").split(",") if s) or None
+    results, _ = run_all(sizes, names, args.workdir, args.keep, log, real_rounds=args.real_rounds, real_sides=sides)
     total = time.perf_counter() - t0
     env["loadavg_1m_at_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from cptlab.data.tokens import DomainTokens
 from cptlab.run import pipeline
 from cptlab.run.guard import is_rank_zero
+from cptlab.run.plan_values import DataPlan
 from cptlab.run.validate import RunPlan
 from cptlab.tokenizer.hf import load_tokenizer
 
@@ -38,6 +39,7 @@ class Run:
     base_rows: int
     lightning: pipeline.Lightning
     tokenizer_stats: dict
+    data: DataPlan  # what the domains were built from (the plan's): the split record of summary.json
     stages: dict[str, float] = field(default_factory=dict)  # seconds per build stage, in order
 
     @property
@@ -92,7 +94,7 @@ def build_run(plan: RunPlan, run_dir: Path, *, started: float | None = None) -> 
     lightning = pipeline.build_lightning(plan, model, domains, tokenizer, run_dir, base_rows=base_rows)
     stages.mark("lightning")
     return Run(cfg, run_dir, tokenizer_dir, tokenizer, base_dir, domains, model, base_rows, lightning,
-               tokenizer_stats, stages.seconds)
+               tokenizer_stats, parts.data, stages.seconds)
 
 
 def report_bad_text(domains: list[DomainTokens], policy: str) -> None:

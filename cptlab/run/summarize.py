@@ -15,7 +15,6 @@ from cptlab.errors import CptlabError
 from cptlab.evaluation.bpb import unigram_bpb
 from cptlab.model.freeze import count_parameters
 from cptlab.run import pipeline
-from cptlab.run.plan_values import data_plan_of
 from cptlab.rundir import layout
 from cptlab.rundir.summary import EVAL_BLOCK_SUMS, block_sums_record, domain_rows
 from cptlab.tokenizer.prepare import extension_stats
@@ -57,7 +56,7 @@ def summarize(run, trainer, module, *, overrides: list[str], started: float) -> 
         "skipped_batches": module.skipped_batches,
         "vocabulary": {"base_rows": run.base_rows, "final_tokens": len(run.tokenizer),
                        "extension": extension_stats(run.tokenizer_dir), "tokenizer_sha256": hash_dir(run.tokenizer_dir)},
-        "split": pipeline.split_record(data_plan_of(cfg), run.domains),
+        "split": pipeline.split_record(run.data, run.domains),
         "params": dict(zip(("trainable", "total"), count_parameters(module.model))),
         "throughput": {"tokens_per_sec": metrics.mean_tokens_per_sec},
         "wall_time_s": time.time() - started,

@@ -37,12 +37,19 @@ def test_quick_real_base_writes_its_ratios(tmp_path):
     for key in real_base.RATIO_KEYS:
         value = data["ratios"][key]["value"]
         assert isinstance(value, float) and math.isfinite(value) and value > 0, key
+    for side, stat in sides.items():  # where each side's memory goes (params, grads, optimizer, activations)
+        memory = stat["runs"][0]["memory"]
+        assert min(memory[k] for k in ("params", "grads", "optimizer_state", "saved_for_backward")) > 0, side
+        assert sum(memory["saved_by_op"].values()) <= memory["saved_for_backward"], side
+    for lora, full in (("hf_lora", "hf"), ("cptlab_lora", "cptlab")):  # LoRA: less optimizer state than full
+        assert sides[lora]["runs"][0]["memory"]["optimizer_state"] < sides[full]["runs"][0]["memory"]["optimizer_state"]
 
 
 @pytest.mark.parametrize("side", real_base.CPTLAB_SIDES)
 def test_every_cptlab_side_composes_a_valid_run(side, tmp_path):
     """Each side's overrides pass cptlab's validation; the chunked ones set model.chunked_loss, the full-work ones
-    train everything (the baseline's work), the zh ones keep the experiment's LoRA."""
+    train everything (the baseline's work), the LoRA ones the experiment's LoRA + new rows from the first step (the
+    peft baseline's work), the zh ones keep the experiment's two stages."""
     if real_base.available():
         pytest.skip(real_base.available())
     from benchmarks.training import compose
@@ -50,6 +57,11 @@ def test_every_cptlab_side_composes_a_valid_run(side, tmp_path):
     cfg = compose(real_base.base_overrides(tmp_path / "cache", 8, 2, quick=False) + real_base.SIDE_OVERRIDES[side],
                   tmp_path / "run")
     assert cfg.model.chunked_loss == side.endswith("_chunked")
-    assert (cfg.schedule.name, cfg.adapter.name) == (("full", "none") if side in real_base.TARGETED
-                                                      else ("two_stage", "lora"))
+    assert cfg.data.doc_masking == (side == "cptlab_doc_masking")
+    expected = {"hf": ("full", "none"), "hf_lora": ("full", "lora"), "cptlab": ("full", "none")}[real_base.BASELINE[side]]
+    if side.startswith("cptlab_zh"):  # the experiment's own two stages
+        expected = ("two_stage", "lora")
+    assert (cfg.schedule.name, cfg.adapter.name) == expected
+    if cfg.adapter.name == "lora":  # the experiment's LoRA, which hf_lora is given too
+        assert (cfg.adapter.r, cfg.adapter.train_new_tokens) == (16, True)
     assert (cfg.data.seq_len, cfg.data.batch_size) == (128, 8)  # experiment=smollm2_zh's

@@ -78,6 +78,7 @@ def end_of_run(domains: list[DomainTokens], run_dir: Path, vocab: int = 32000) -
     to what it reads."""
     from omegaconf import OmegaConf
 
+    from cptlab.run.plan_values import DataPlan
     from cptlab.run.summarize import summarize
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -86,7 +87,9 @@ def end_of_run(domains: list[DomainTokens], run_dir: Path, vocab: int = 32000) -
     evaluator = SimpleNamespace(first={}, latest={}, eval_sets=blocks, token_bytes=torch.ones(vocab, dtype=torch.long))
     cfg = OmegaConf.create({"name": "t", "data": {"batch_size": 1, "seq_len": 64, "replay_ratio": 0.0,
                                                   "split_seed": 0, "domains": {}}})
-    run = SimpleNamespace(cfg=cfg, run_dir=run_dir, domains=domains, tokenizer_dir=run_dir / "tokenizer",
+    data = DataPlan(specs=(), split_seed=0, on_bad_text="replace", num_proc=1, seq_len=64, doc_masking=False,
+                    cache_dir=run_dir.parent / "cache")
+    run = SimpleNamespace(cfg=cfg, data=data, run_dir=run_dir, domains=domains, tokenizer_dir=run_dir / "tokenizer",
                           tokenizer=[0] * vocab, base_rows=vocab, tokenizer_stats={}, setup={},
                           lightning=SimpleNamespace(evaluator=evaluator,
                                                     train_metrics=SimpleNamespace(latest={}, mean_tokens_per_sec=0.0)))
