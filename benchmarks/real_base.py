@@ -103,7 +103,8 @@ def available() -> str | None:
 def base_overrides(cache: Path, steps: int, threads: int, quick: bool) -> list[str]:
     out = ["experiment=smollm2_zh", "logger=csv", f"paths.cache_dir={cache}", f"trainer.max_steps={steps}",
            f"trainer.num_threads={threads}", "trainer.log_every_n_steps=1000", "eval.every_n_steps=1000000000",
-           "eval.max_blocks=4", "checkpoint.every_n_steps=1000000000", "optim.warmup_steps=1"]
+           "eval.max_blocks=4", "checkpoint.every_n_steps=1000000000", "optim.warmup_steps=1",
+           "eval.harness.tasks=[]"]  # the probes' step-0 scoring: minutes before the first step, no effect on the steps
     return out + (["debug=smoke", f"trainer.max_steps={steps}"] if quick else [])
 
 
@@ -219,8 +220,8 @@ def child_hf(spec: dict) -> dict:
 class MemoryBreakdown:
     """Where a side's memory goes, in bytes (each storage counted once): `params`; `grads` at the last optimizer
     step, before it runs; `optimizer_state` after training; `saved_for_backward`, the tensors autograd saved in the
-    last step's forward (activations; parameters excluded) and `saved_by_op`, the same split by the autograd node
-    that saved them (the largest 12)."""
+    last step's forward (activations; parameters excluded) and `saved_by_shape`, the same split by dtype and shape
+    ("float32[8, 128, 576]": [how many, bytes]; the 12 largest)."""
 
     def __init__(self, model, steps: int):
         self.model, self.steps, self.step = model, steps, 0
@@ -254,29 +255,29 @@ class MemoryBreakdown:
         if self.step != self.steps:
             return
         params = {p.untyped_storage().data_ptr() for p in self.model.parameters()}
-        seen, by_op = set(params), {}
+        seen, by_shape = set(params), {}
 
         def pack(t):
             storage = t.untyped_storage()
             if storage.data_ptr() not in seen:
                 seen.add(storage.data_ptr())
-                node = torch._C._current_autograd_node()
-                op = type(node).__name__ if node is not None else "?"
-                by_op[op] = by_op.get(op, 0) + storage.nbytes()
+                key = f"{str(t.dtype).removeprefix('torch.')}{list(t.shape)}"
+                count, total = by_shape.get(key, (0, 0))
+                by_shape[key] = (count + 1, total + storage.nbytes())
             return t
 
         self._hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
         self._hooks.__enter__()
-        self._by_op = by_op
+        self._by_shape = by_shape
 
     def end_step(self) -> None:
         if self._hooks is None:
             return
         self._hooks.__exit__(None, None, None)
         self._hooks = None
-        top = sorted(self._by_op.items(), key=lambda kv: -kv[1])
-        self.record["saved_for_backward"] = sum(self._by_op.values())
-        self.record["saved_by_op"] = dict(top[:12])
+        top = sorted(self._by_shape.items(), key=lambda kv: -kv[1][1])
+        self.record["saved_for_backward"] = sum(total for _, total in self._by_shape.values())
+        self.record["saved_by_shape"] = {key: list(value) for key, value in top[:12]}
 
     def lightning_callback(self):
         import pytorch_lightning as pl
