@@ -140,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in BENCHMARKS + OPTIONAL]
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS + OPTIONAL)}")
+    sides = tuple(s for s in (args.real_sides or "").split(",") if s) or None
+    known = _module("real_base").SIDES
+    if set(sides or ()) - set(known):
+        parser.error(f"--real-sides: unknown side(s) {sorted(set(sides) - set(known))}; choose from {list(known)}")
     if args.real_base and "real_base" not in names:
         names.append("real_base")
     names = [n for n in BENCHMARKS + OPTIONAL if n in names]  # dependency order
@@ -156,7 +160,6 @@ def main(argv: list[str] | None = None) -> int:
         log("real_base (SmolLM2-135M vs transformers.Trainer: tokens/s, peak RSS) skipped: pass --real-base "
             "(needs make install-real; ~15 min on 2 cores)")
     t0 = time.perf_counter()
-    sides = tuple(s for s in (args.real_sides or "").split(",") if s) or None
     results, _ = run_all(sizes, names, args.workdir, args.keep, log, real_rounds=args.real_rounds, real_sides=sides)
     total = time.perf_counter() - t0
     env["loadavg_1m_at_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None

@@ -65,3 +65,22 @@ def test_every_cptlab_side_composes_a_valid_run(side, tmp_path):
     if cfg.adapter.name == "lora":  # the experiment's LoRA, which hf_lora is given too
         assert (cfg.adapter.r, cfg.adapter.train_new_tokens) == (16, True)
     assert (cfg.data.seq_len, cfg.data.batch_size) == (128, 8)  # experiment=smollm2_zh's
+
+
+def test_real_sides_are_checked_and_passed_on(monkeypatch, capsys):
+    """--real-sides: an unknown side stops the command in one line before any work; known ones reach real_base.run."""
+    from benchmarks import run as bench_run
+
+    with pytest.raises(SystemExit) as stop:
+        bench_run.main(["--only", "real_base", "--real-sides", "hf_lora,nope"])
+    assert stop.value.code == 2 and "--real-sides: unknown side(s) ['nope']" in capsys.readouterr().err
+    seen = {}
+
+    def fake_run(ctx, rounds=1, sides=real_base.SIDES):
+        seen["sides"], seen["rounds"] = sides, rounds
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(real_base, "run", fake_run)
+    bench_run.main(["--only", "real_base", "--real-sides", "hf_lora,cptlab_lora", "--real-rounds", "2",
+                    "--out", "/dev/null"])
+    assert seen == {"sides": ("hf_lora", "cptlab_lora"), "rounds": 2}
