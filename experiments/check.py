@@ -40,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = re.compile(r"<!-- figures: (?P<spec>.*?) -->\n(?P<body>.*?)<!-- /figures -->", re.S)
 SIGNED = ("learning", "forgetting", "delta", "_vs_ref")
-COMPARED_FILES = ("summary.csv", "harness.csv")
+COMPARED_FILES = ("summary.csv", "harness.csv", "merge.csv")
 IGNORED = ("run_dir",)
 
 

@@ -1,9 +1,9 @@
 """`cptlab-compare RUN_OR_SWEEP_DIR... [--out DIR] [--old en] [--new zh] [--reference LABEL] [--budget en=0.05]`:
 compare the runs of a sweep, runs that differ only in seed pooled into one row (mean ± 95% interval);
-writes forgetting_curves.png, tradeoff.png, summary.md and summary.csv (and for runs with eval.harness tasks
-harness.csv and harness_curves.png, a section of summary.md), prints the table, warns when the
-rows were not scored on the same held-out data, and with --budget prints the smallest replay ratio that
-keeps forgetting within it."""
+writes forgetting_curves.png, tradeoff.png, summary.md and summary.csv (and, each a section of summary.md, for
+runs with eval.harness tasks harness.csv and harness_curves.png, for runs cptlab-merge scored merge.csv),
+prints the table, warns when the rows were not scored on the same held-out data, and with --budget prints the
+smallest replay ratio that keeps forgetting within it."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from cptlab.compare import harness
+from cptlab.compare import harness, merges
 from cptlab.compare.archive import archive_runs
 from cptlab.compare.plots import plot_forgetting_curves, plot_tradeoff
 from cptlab.compare.runs import eval_data_warnings, group_runs, is_run_dir, load_runs, parse_domains, resolve_roles
@@ -72,6 +72,12 @@ def compare(paths: list[Path], out: Path | None = None, old: list[str] | None = 
             if plots:
                 harness.plot_harness_curves(groups, out / "harness_curves.png")
                 written["harness_curves.png"] = out / "harness_curves.png"
+        merged = merges.merge_rows(groups, roles, margin=margin)
+        if merged:  # cptlab-merge's curves with intervals and their differences from the trained end
+            summary_md = written["summary.md"]
+            text = summary_md.read_text(encoding="utf-8") + "\n" + merges.markdown(merged, margin)
+            atomic_write_text(summary_md, text)
+            written["merge.csv"] = merges.write_csv(out / "merge.csv", merged)
     except OSError as err:
         raise CptlabError(f"cannot write the comparison to {out}: {err.strerror or err}") from err
     if archive:
@@ -80,6 +86,8 @@ def compare(paths: list[Path], out: Path | None = None, old: list[str] | None = 
     render(rows, roles, console)
     if tasks:
         harness.render(tasks, console)
+    if merged:
+        merges.render(merged, console)
     if budget:
         console.print("replay-ratio budget (isotonic fit of forgetting vs data.replay_ratio):", highlight=False)
         for line in budget:

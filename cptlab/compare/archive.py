@@ -1,9 +1,10 @@
 """`cptlab-compare --archive`: keep, beside the comparison, each compared run's record — summary.json,
-metrics.csv and the composed config with its overrides, a few kilobytes a run, no checkpoints — and the
-options the comparison ran with, so that the comparison recomputes from its output directory alone
+metrics.csv, the composed config with its overrides and cptlab-merge's scores, a few kilobytes a run, no
+checkpoints — and the options the comparison ran with, so that the comparison recomputes from its output
+directory alone
 (`cptlab-compare OUT/runs --out ...`, or `python -m experiments.check` for the studies).
 
-    OUT/runs/<run path below the runs' common directory>/{summary.json, metrics.csv, .hydra/*.yaml}
+    OUT/runs/<run path below the runs' common directory>/{summary.json, metrics.csv, .hydra/*.yaml, merge*.json}
     OUT/runs/compare.json      {"paths": [...], "old": [...], "new": [...], "reference": ..., "budgets": {...},
                                 "margin": ...}: the paths given, below OUT/runs, in their order (it orders the rows)
 """
@@ -21,7 +22,7 @@ from cptlab.utils.io import atomic_write_bytes, atomic_write_json, replace_dir
 RUNS = "runs"
 OPTIONS = "compare.json"
 ARCHIVE_KIND = "compare-archive"  # cptlab's output marker in OUT/runs (cptlab.utils.io.mark_output)
-KEPT = (layout.SUMMARY, layout.METRICS, layout.CONFIG, layout.OVERRIDES)
+KEPT = (layout.SUMMARY, layout.METRICS, layout.CONFIG, layout.OVERRIDES, *layout.MERGES)
 
 
 def common_root(paths: list[Path]) -> Path:

@@ -27,6 +27,7 @@ METRICS = "metrics.csv"
 SUMMARY = "summary.json"
 REPORT = "report.md"
 PLOT = "forgetting_curve.png"
+MERGES = ("merge.json", "merge_ema.json")  # cptlab-merge's scores (cptlab.run.merge.merge_files)
 INPUTS = "inputs.json"
 LOCK = ".cptlab.lock"
 RUN_KIND = "run"  # the kind in the run directory's cptlab.utils.io.OUTPUT_MARKER
