@@ -23,6 +23,12 @@ Two checks:
    only the rows holding that value. The block's text must be what the CSV renders to: editing a number by hand
    fails the check.
 
+   The source may also be run records (JSON, a glob, from the repository root): `RUNS/*/summary.json` gives a row
+   per file, its nested keys joined with dots (`domains.zh.bpb_end`); `RUNS/*/summary.json#domains` a row per
+   entry of that mapping, its name in `key`, its fields by name and the record's top-level fields as `@name`;
+   a null, or a field some rows lack, prints as a dash.
+   An archive's runs/ holds those records, so single runs (the demo) are checked the same way.
+
 Results without `runs/` (studies not yet re-run with --archive) are listed as provisional, not failed.
 """
 
@@ -31,6 +37,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import re
 import sys
 import tempfile
@@ -146,11 +153,53 @@ def cell(row: dict[str, str], col: Column) -> str:
     return text
 
 
+MISSING = "—"  # a record's null, or a field one record of the table lacks
+
+
+def flatten(value, prefix: str = "") -> dict[str, str]:
+    """{dotted key: text} of a JSON value's scalars (numbers as Python prints them: every digit kept)."""
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            out.update(flatten(item, f"{prefix}{key}."))
+        return out
+    if isinstance(value, list):
+        return {}
+    return {prefix[:-1]: MISSING if value is None else str(value)}
+
+
+def record_rows(source: str, root: Path) -> list[dict[str, str]]:
+    """Rows from run records: `GLOB` (a row per file) or `GLOB#KEY` (a row per entry of the mapping at KEY)."""
+    pattern, _, key = source.partition("#")
+    files = sorted(root.glob(pattern))
+    if not files:
+        raise OSError(f"no file matches {pattern}")
+    rows = []
+    for path in files:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if not key:
+            rows.append(flatten(record))
+            continue
+        top = {f"@{k}": v for k, v in flatten({k: v for k, v in record.items() if not isinstance(v, dict)}).items()}
+        for name, entry in (record.get(key) or {}).items():
+            rows.append({**top, **flatten(entry), "key": name})
+    return rows
+
+
 def render(spec: str, root: Path) -> str:
     path, columns, filters = parse_spec(spec)
-    with open(root / path, newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.DictReader(f) if all(r.get(k) == v for k, v in filters.items())]
-    aligns = ["---" if c.name in ("label", "metric", "status") else "---:" for c in columns]
+    if path.partition("#")[0].endswith(".json"):
+        rows = record_rows(path, root)
+        for col in columns:  # a field no record has is a mistake in the spec; one some records lack, a dash
+            if not any(col.name in r for r in rows):
+                raise KeyError(col.name)
+            for r in rows:
+                r.setdefault(col.name, MISSING)
+    else:
+        with open(root / path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    rows = [r for r in rows if all(r.get(k) == v for k, v in filters.items())]
+    aligns = ["---" if c.name in ("label", "metric", "status", "key", "@name") else "---:" for c in columns]
     lines = ["| " + " | ".join(c.title for c in columns) + " |", "|" + "|".join(aligns) + "|"]
     lines += ["| " + " | ".join(cell(r, c) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
@@ -171,7 +220,7 @@ def check_blocks(md: Path, root: Path, problems: list[str]) -> tuple[str, int]:
         spec = m.group("spec")
         try:
             expected = render(spec, root)
-        except (OSError, KeyError) as err:
+        except (OSError, KeyError, ValueError) as err:
             problems.append(f"{md.relative_to(root)}: figures block '{spec}': {err!r}")
             return m.group(0)
         if m.group("body") != expected:

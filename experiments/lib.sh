@@ -25,3 +25,14 @@ study_compare() {
     shift
     "$BIN/cptlab-compare" "$@" --archive --out "experiments/$study/results"
 }
+
+# study_compare_en OUT DIRS... [cptlab-compare options]: the comparison once per English domain, forgetting of
+# en_eval (English the runs never train on: the measure of forgetting) and of en (the replay text itself), Chinese
+# as the new domain, each archived in experiments/OUT/<domain>.
+study_compare_en() {
+    local out=$1
+    shift
+    for old in en_eval en; do
+        "$BIN/cptlab-compare" "$@" --old "$old" --new zh --archive --out "experiments/$out/$old"
+    done
+}

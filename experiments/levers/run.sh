@@ -15,5 +15,6 @@ study_runs ema retention=ema
 for run in "$RUNS"/baseline/*/; do
     [ -f "$run/merge.json" ] || "$BIN/cptlab-merge" "$run"
 done
-study_compare levers "$RUNS/baseline" "$RUNS"/replay/*replay_ratio=0.05* "$RUNS/lora" "$RUNS/expand" "$RUNS/lora_r64" \
+study_compare_en levers/results "$RUNS/baseline" "$RUNS"/replay/*replay_ratio=0.05* "$RUNS/lora" "$RUNS/expand" "$RUNS/lora_r64" \
     "$RUNS/new_rows" "$RUNS/lr_scale" "$RUNS/ema"
+study_compare_en levers/results/matched "$RUNS/expand" "$RUNS/lora_r64"   # equal trainable weights

@@ -12,5 +12,5 @@ study_runs lora_r4 adapter=lora adapter.train_new_tokens=true adapter.r=4 adapte
 study_runs lora_r64 adapter=lora adapter.train_new_tokens=true adapter.r=64 adapter.alpha=128
 study_runs lora_lr adapter=lora adapter.train_new_tokens=true optim.lr=4e-3
 study_runs rewarm optim.lr=2e-3,4e-3                                # shared with schedules/
-study_compare lora_rank "$RUNS/baseline" "$RUNS/lora_r4" "$RUNS/lora" "$RUNS/lora_r64"
-"$BIN/cptlab-compare" "$RUNS"/rewarm/*lr=0.004* "$RUNS/lora_lr" --archive --out experiments/lora_rank/results/lr_4e-3
+study_compare_en lora_rank/results "$RUNS/baseline" "$RUNS/lora_r4" "$RUNS/lora" "$RUNS/lora_r64"
+study_compare_en lora_rank/results/lr_4e-3 "$RUNS"/rewarm/*lr=0.004* "$RUNS/lora_lr"

@@ -7,5 +7,5 @@ study_runs replay data.replay_ratio=0,0.05,0.5        # shared with the replay s
 study_runs retention data.replay_ratio=0 retention=ema,mean_teacher retention.on=all
 study_runs ema_decay data.replay_ratio=0 retention=ema retention.decay=0.9,0.95,0.97,0.999
 study_runs teacher_weight data.replay_ratio=0 retention=mean_teacher retention.on=all retention.weight=0.3,3
-study_compare retention "$RUNS"/replay/*replay_ratio=0,* "$RUNS"/replay/*replay_ratio=0.05,* \
+study_compare_en retention/results "$RUNS"/replay/*replay_ratio=0,* "$RUNS"/replay/*replay_ratio=0.05,* \
     "$RUNS/retention" "$RUNS/ema_decay" "$RUNS/teacher_weight"

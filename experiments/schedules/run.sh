@@ -8,4 +8,4 @@ study_runs baseline
 study_runs no_rewarm optim.lr=2e-4 optim.schedule=constant optim.warmup_steps=0
 study_runs rewarm optim.lr=2e-3,4e-3
 study_runs wsd optim.schedule=wsd
-study_compare schedules "$RUNS/no_rewarm" "$RUNS/baseline" "$RUNS/rewarm" "$RUNS/wsd"
+study_compare_en schedules/results "$RUNS/no_rewarm" "$RUNS/baseline" "$RUNS/rewarm" "$RUNS/wsd"

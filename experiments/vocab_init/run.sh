@@ -6,6 +6,6 @@ source "$(dirname "$0")/../lib.sh"
 study_runs baseline
 study_runs vocab_init tokenizer.init=random,mean
 STEPS=377 study_runs vocab_base tokenizer=base
-study_compare vocab_init "$RUNS/baseline" "$RUNS/vocab_init" "$RUNS/vocab_base"
+study_compare_en vocab_init/results "$RUNS/baseline" "$RUNS/vocab_init" "$RUNS/vocab_base"
 "$BIN/python" experiments/vocab_init/steps_to_target.py "$RUNS/baseline" "$RUNS/vocab_init" \
     > experiments/vocab_init/results/steps_to_target.md

@@ -153,6 +153,37 @@ def test_figure_cells_format_means_intervals_and_text():
         [check.Column("a", ".3f", "A"), check.Column("b", None, "b")], {"metric": "x/acc"})
 
 
+def test_figures_from_run_records_render_per_file_or_per_entry_and_fail_when_edited(study, capsys):
+    """A single run's figures (the demo's) come from its archived summary.json: a row per entry of `domains`."""
+    check = _check()
+    record = "experiments/toy/results/runs/data.replay_ratio=0.25,seed=0/summary.json"
+    spec = f"{record}#domains | @name=run | key=domain | bpb_start:.3f=@ step 0 | delta_bpb:+.4f=Δ | role==replay"
+    summary = json.loads((study / record).read_text())
+    en = summary["domains"]["en"]
+    assert check.render(spec, study).splitlines()[2] == (
+        f"| demo_zh | en | {en['bpb_start']:.3f} | {en['delta_bpb']:+.4f} |")
+    assert check.render(f"{record} | steps | throughput.tokens_per_sec:.0f=tok/s", study).splitlines()[2] == (
+        f"| 100 | {summary['throughput']['tokens_per_sec']:.0f} |")
+    glob = "experiments/toy/results/runs/data.replay_ratio=0.5,seed=*/summary.json | replay_ratio:.2f=r"
+    assert check.render(glob, study).count("| 0.50 |") == 3
+    readme = study / "experiments" / "toy" / "README.md"
+    body = check.render(spec, study)
+    readme.write_text(readme.read_text() + f"\n<!-- figures: {spec} -->\n{body}<!-- /figures -->\n")
+    assert check.main([], root=study) == 0
+    readme.write_text(readme.read_text().replace(f"{en['delta_bpb']:+.4f}", f"{en['delta_bpb'] + 0.001:+.4f}"))
+    assert check.main([], root=study) == 1
+    assert f"figures block '{record}#domains' differs" in capsys.readouterr().err
+    (study / "rec.json").write_text(json.dumps({"name": "r", "domains": {"a": {"x": 1.0}, "b": {"x": None, "y": 2}}}))
+    assert check.render("rec.json#domains | key | x:.1f | y:.1f", study).splitlines()[2:] == [
+        "| a | 1.0 | — |", "| b | — | 2.0 |"]
+    with pytest.raises(KeyError):
+        check.render("rec.json#domains | key | z", study)  # no record has it: a typo in the spec
+    missing = spec.replace("seed=0", "seed=9")
+    readme.write_text(readme.read_text() + f"\n<!-- figures: {missing} -->\n<!-- /figures -->\n")
+    check.main([], root=study)
+    assert "no file matches" in capsys.readouterr().err
+
+
 def test_the_repository_figures_recompute():
     """`python -m experiments.check` on this repository: every archived comparison and figure block."""
     assert _check().main([]) == 0
