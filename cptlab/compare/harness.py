@@ -5,8 +5,6 @@ in harness_curves.png (one panel per task metric, a line per configuration, a ba
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 from rich.console import Console
@@ -15,7 +13,7 @@ from rich.table import Table
 
 from cptlab.compare.runs import Group
 from cptlab.compare.stats import mean_ci
-from cptlab.utils.io import atomic_write_text
+from cptlab.utils.io import atomic_write_csv
 
 PREFIX = "val/harness/"
 NOT_METRICS = ("seconds",)
@@ -92,13 +90,8 @@ def markdown(rows: list[dict]) -> str:
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        flat = {**row, **{f"{k}_ci95": row.get(f"{k}_ci") for k in ("start", "end", "delta")}}
-        writer.writerow({k: "" if flat.get(k) is None else flat[k] for k in CSV_FIELDS})
-    atomic_write_text(path, buf.getvalue())
+    atomic_write_csv(path, CSV_FIELDS, [{**row, **{f"{k}_ci95": row.get(f"{k}_ci") for k in ("start", "end", "delta")}}
+                                        for row in rows])
     return Path(path)
 
 

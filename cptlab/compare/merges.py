@@ -9,8 +9,6 @@ in learning" is a claim the table tests, not one read off means."""
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 from rich.console import Console
@@ -20,6 +18,7 @@ from rich.table import Table
 from cptlab.compare.runs import Group, Roles
 from cptlab.compare.stats import DEFAULT_MARGIN, compare_samples, comparison_text, holm, mean_ci
 from cptlab.run.merge import read_merge
+from cptlab.utils.io import atomic_write_csv
 
 FIGURES = ("learning", "forgetting")
 CSV_FIELDS = ["label", "alpha", "n", "seeds", "new_bpb", "new_bpb_ci95", "learning", "learning_ci95", "forgetting",
@@ -102,16 +101,7 @@ def _flat(row: dict) -> dict:
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:
-    from cptlab.utils.io import atomic_write_text
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        flat = _flat(row)
-        writer.writerow({k: "" if flat.get(k) is None else flat[k] for k in CSV_FIELDS})
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, buf.getvalue())
+    atomic_write_csv(path, CSV_FIELDS, [_flat(row) for row in rows])
     return Path(path)
 
 

@@ -4,8 +4,6 @@ summary.md / summary.csv and printed with rich. Each row is also compared with a
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 from pathlib import Path
@@ -26,7 +24,7 @@ from cptlab.compare.blocks import (
 from cptlab.compare.runs import Group, Roles, Run, group_runs
 from cptlab.compare.stats import DEFAULT_MARGIN, compare_samples, comparison_text, holm, mean_ci
 from cptlab.errors import CptlabError
-from cptlab.utils.io import atomic_write_text
+from cptlab.utils.io import atomic_write_csv, atomic_write_text
 
 # The figures of a row: each the mean over the row's runs, with `<figure>_ci` (95% t half-width, None for n=1).
 FIGURES = ["new_bpb", "learning", "old_bpb", "forgetting", "forgetting_auc", "tokens_per_sec", "steps",
@@ -387,9 +385,7 @@ def write_markdown(path: Path, rows: list[dict], roles: Roles, warnings: list[st
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
-    writer.writeheader()
+    flats = []
     for row in rows:
         flat = dict(row)
         for key in FIGURES:
@@ -404,8 +400,8 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
             flat.update({f"{key}_vs_ref_eval_ci95": row.get(f"{key}_vs_ref_eval_ci")})
             flat.update({f"{key}_vs_ref": d.mean, f"{key}_vs_ref_ci95": d.ci, f"{key}_vs_ref_verdict": d.verdict,
                          f"{key}_vs_ref_method": d.method, f"{key}_vs_ref_p": d.p, f"{key}_vs_ref_p_holm": d.p_adj})
-        writer.writerow({k: "" if flat.get(k) is None else flat[k] for k in CSV_FIELDS})
-    atomic_write_text(path, buf.getvalue())
+        flats.append(flat)
+    atomic_write_csv(path, CSV_FIELDS, flats)
     return Path(path)
 
 
