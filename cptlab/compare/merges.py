@@ -17,7 +17,7 @@ from rich.table import Table
 
 from cptlab.compare.runs import Group, Roles
 from cptlab.compare.stats import DEFAULT_MARGIN, compare_samples, comparison_text, holm, mean_ci
-from cptlab.run.merge import read_merge
+from cptlab.run.merge import read_merge, tradeoff
 from cptlab.utils.io import atomic_write_csv
 
 FIGURES = ("learning", "forgetting")
@@ -26,19 +26,14 @@ CSV_FIELDS = ["label", "alpha", "n", "seeds", "new_bpb", "new_bpb_ci95", "learni
                                     for s in ("", "_ci95", "_method", "_p", "_p_holm", "_verdict")] + ["run_dir"]
 
 
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
 def point_figures(point: dict, start: dict[str, float], roles: Roles) -> dict[str, float | None]:
     """new_bpb, learning and forgetting of one merge point, on the comparison's domains (`roles`), from the
-    run's step-0 bpb `start`."""
+    run's step-0 bpb `start` (cptlab.run.merge.tradeoff, as cptlab-merge defines them)."""
     bpb = point.get("bpb") or {}
-    new = [d for d in roles.new if d in bpb]
-    old = [d for d in roles.old if d in bpb and d in start]
-    return {"new_bpb": _mean([bpb[d] for d in new]),
-            "learning": _mean([start[d] - bpb[d] for d in new if d in start]),
-            "forgetting": _mean([bpb[d] - start[d] for d in old])}
+    chosen = {d: bpb[d] for d in roles.new + roles.old if d in bpb}
+    forgetting, learning = tradeoff(chosen, start, {**{d: "old" for d in roles.old}, **{d: "new" for d in roles.new}})
+    new = [bpb[d] for d in roles.new if d in bpb]
+    return {"new_bpb": sum(new) / len(new) if new else None, "learning": learning, "forgetting": forgetting}
 
 
 def _scored(group: Group) -> dict[float, dict]:
