@@ -31,19 +31,9 @@ from cptlab.compare.stats import CONFIDENCE, DEFAULT_MARGIN, Comparison, holm, t
 
 HERE = Path(__file__).resolve().parent
 
-# A row: (study whose results/summary.csv holds it, its label there). The replay and levers studies were re-run
-# with their per-run records (results/{en_eval,en}/, recomputed by experiments.check): they are not restated here.
-FULL = ("lora_rank", "demo_zh")  # the shared baseline's pooled row
-# The levers study's pooled 0.1x-embedding-LR row, as its summary.csv held it before the re-run (commit 2aacc14):
-# (mean, ci95, n) per column, for the one comparison the LoRA-rank page draws with it.
-EMB01 = ("levers (pooled, 2aacc14)", "optim.lr_scale.embeddings=0.1, optim.lr_scale.lm_head=0.1")
-INLINE = {EMB01: {"new_bpb": (2.645050645637049, 0.025673151290866475, 3),
-                  "forgetting": (0.013725924082979383, 0.01100768292791281, 3)}}
-LORA = {r: ("lora_rank", f"adapter=lora, adapter.train_new_tokens=True, adapter.r={r}, adapter.alpha={2 * r}")
-        for r in (4, 64, 256)}
-LORA[8] = ("lora_rank", "adapter=lora, adapter.train_new_tokens=True")
-REPLAY = {"0": ("replay", "data.replay_ratio=0"), "0.05": ("replay", "data.replay_ratio=0.05"),
-          "0.25": ("replay", "demo_zh"), "0.5": ("replay", "data.replay_ratio=0.5")}
+# A row: (study whose results/summary.csv holds it, its label there). The replay, levers, lora_rank, schedules and
+# vocab_init studies were re-run with their per-run records (results/**/runs/, recomputed by experiments.check):
+# they are not restated here.
 _NR = "data.replay_ratio=0"
 RET = {
     "nothing": ("retention", _NR),
@@ -57,42 +47,11 @@ RET = {
     "teacher 3": ("retention", f"{_NR}, retention=mean_teacher, retention.on=all, retention.weight=3"),
     "5% replay": ("retention", "data.replay_ratio=0.05"),
 }
-SCHED = {"none": ("schedules", "optim.lr=0.0002, optim.schedule=constant, optim.warmup_steps=0"),
-         "0.5x": ("schedules", "demo_zh"), "1x": ("schedules", "optim.lr=0.002"),
-         "2x": ("schedules", "optim.lr=0.004"), "wsd": ("schedules", "optim.schedule=wsd")}
-VOCAB = {"subword_mean": ("vocab_init", "trainer.max_steps=100"),
-         "mean": ("vocab_init", "trainer.max_steps=100, tokenizer.init=mean"),
-         "random": ("vocab_init", "trainer.max_steps=100, tokenizer.init=random"),
-         "base tokenizer": ("vocab_init", "trainer.max_steps=377, tokenizer=base")}
-
 ZH_FORGET = (("zh bpb", "new_bpb"), ("forgetting", "forgetting"))
 
 # Every table of pairwise comparisons the study READMEs state (their "Differences" tables, plus the comparisons
 # their prose states), as (name, row a, row b): a minus b.
 TABLES: dict[str, dict] = {
-    "lora_rank": {"metrics": ZH_FORGET, "comparisons": [
-        ("LoRA r=4 − full", LORA[4], FULL),
-        ("LoRA r=8 − full", LORA[8], FULL),
-        ("LoRA r=64 − full", LORA[64], FULL),
-        ("LoRA r=256 − full", LORA[256], FULL),
-        ("LoRA r=64 − r=4", LORA[64], LORA[4]),
-        ("LoRA r=64 − r=8", LORA[64], LORA[8]),
-        ("LoRA r=256 − r=64", LORA[256], LORA[64]),
-        ("LoRA r=256 − 0.1× embedding LR (levers)", LORA[256], EMB01),
-    ]},
-    "schedules": {"metrics": ZH_FORGET, "comparisons": [
-        ("re-warm 0.5× − no re-warm", SCHED["0.5x"], SCHED["none"]),
-        ("re-warm 1× − re-warm 0.5×", SCHED["1x"], SCHED["0.5x"]),
-        ("re-warm 2× − re-warm 1×", SCHED["2x"], SCHED["1x"]),
-        ("WSD − cosine, both at 0.5×", SCHED["wsd"], SCHED["0.5x"]),
-        ("WSD at 0.5× − cosine at 1×", SCHED["wsd"], SCHED["1x"]),
-    ]},
-    "vocab_init": {"metrics": (("zh bpb @ end", "new_bpb"), ("en bpb @ end", "old_bpb")), "comparisons": [
-        ("base tokenizer (377 steps) − extended (100 steps)", VOCAB["base tokenizer"], VOCAB["subword_mean"]),
-        ("`random` − `subword_mean`", VOCAB["random"], VOCAB["subword_mean"]),
-        ("`mean` − `subword_mean`", VOCAB["mean"], VOCAB["subword_mean"]),
-        ("`mean` − `random`", VOCAB["mean"], VOCAB["random"]),
-    ]},
     "retention": {"metrics": ZH_FORGET, "comparisons": [
         ("EMA 0.9 − nothing", RET["EMA 0.9"], RET["nothing"]),
         ("EMA 0.95 − nothing", RET["EMA 0.95"], RET["nothing"]),
@@ -137,8 +96,6 @@ def load(study: str) -> dict[str, dict[str, str]]:
 
 
 def row(tables: dict, where: tuple[str, str], column: str) -> Row:
-    if where in INLINE:
-        return Row(*INLINE[where][column])
     study, label = where
     if study not in tables:
         tables[study] = load(study)

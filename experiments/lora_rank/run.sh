@@ -13,4 +13,9 @@ study_runs lora_r64 adapter=lora adapter.train_new_tokens=true adapter.r=64 adap
 study_runs lora_lr adapter=lora adapter.train_new_tokens=true optim.lr=4e-3
 study_runs rewarm optim.lr=2e-3,4e-3                                # shared with schedules/
 study_compare_en lora_rank/results "$RUNS/baseline" "$RUNS/lora_r4" "$RUNS/lora" "$RUNS/lora_r64"
+# rank against rank: r = 4 and 64 against r = 8 (the row labelled demo_zh: adapter=lora's default rank)
+study_compare_en lora_rank/results/ranks "$RUNS/lora_r4" "$RUNS/lora" "$RUNS/lora_r64"
 study_compare_en lora_rank/results/lr_4e-3 "$RUNS"/rewarm/*lr=0.004* "$RUNS/lora_lr"
+# each arm's second LR against its first: LoRA r=8 at 4e-3 against 1e-3, full fine-tuning at 4e-3 against 1e-3
+study_compare_en lora_rank/results/lora_lr "$RUNS/lora" "$RUNS/lora_lr"
+study_compare_en lora_rank/results/full_lr "$RUNS/baseline" "$RUNS"/rewarm/*lr=0.004*

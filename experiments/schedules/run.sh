@@ -9,3 +9,5 @@ study_runs no_rewarm optim.lr=2e-4 optim.schedule=constant optim.warmup_steps=0
 study_runs rewarm optim.lr=2e-3,4e-3
 study_runs wsd optim.schedule=wsd
 study_compare_en schedules/results "$RUNS/no_rewarm" "$RUNS/baseline" "$RUNS/rewarm" "$RUNS/wsd"
+# the steps beyond the baseline's peak: 2x and WSD at 0.5x against a re-warm to 1x
+study_compare_en schedules/results/vs_1x "$RUNS/rewarm" "$RUNS/wsd" --reference optim.lr=0.002

@@ -7,5 +7,8 @@ study_runs baseline
 study_runs vocab_init tokenizer.init=random,mean
 STEPS=377 study_runs vocab_base tokenizer=base
 study_compare_en vocab_init/results "$RUNS/baseline" "$RUNS/vocab_init" "$RUNS/vocab_base"
-"$BIN/python" experiments/vocab_init/steps_to_target.py "$RUNS/baseline" "$RUNS/vocab_init" \
+study_compare_en vocab_init/results/mean_vs_random "$RUNS/vocab_init"   # the two inits alone: random - mean
+# from the archived records, so it recomputes from the repository alone
+ARCHIVE=experiments/vocab_init/results/en_eval/runs
+"$BIN/python" experiments/vocab_init/steps_to_target.py "$ARCHIVE/baseline" "$ARCHIVE/vocab_init" \
     > experiments/vocab_init/results/steps_to_target.md
