@@ -157,14 +157,17 @@ MISSING = "—"  # a record's null, or a field one record of the table lacks
 
 
 def flatten(value, prefix: str = "") -> dict[str, str]:
-    """{dotted key: text} of a JSON value's scalars (numbers as Python prints them: every digit kept)."""
+    """{dotted key: text} of a JSON value's scalars (numbers as Python prints them: every digit kept) and lists of
+    scalars (items joined by ", ")."""
     if isinstance(value, dict):
         out = {}
         for key, item in value.items():
             out.update(flatten(item, f"{prefix}{key}."))
         return out
-    if isinstance(value, list):
-        return {}
+    if isinstance(value, list):  # a run's overrides: its items joined; a list of mappings is not a figure
+        if any(isinstance(item, (dict, list)) for item in value):
+            return {}
+        return {prefix[:-1]: ", ".join(str(item) for item in value)}
     return {prefix[:-1]: MISSING if value is None else str(value)}
 
 
@@ -199,7 +202,7 @@ def render(spec: str, root: Path) -> str:
         with open(root / path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
     rows = [r for r in rows if all(r.get(k) == v for k, v in filters.items())]
-    aligns = ["---" if c.name in ("label", "metric", "status", "key", "@name") else "---:" for c in columns]
+    aligns = ["---" if c.name in ("label", "metric", "status", "key", "@name", "@overrides") else "---:" for c in columns]
     lines = ["| " + " | ".join(c.title for c in columns) + " |", "|" + "|".join(aligns) + "|"]
     lines += ["| " + " | ".join(cell(r, c) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"

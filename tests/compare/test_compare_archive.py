@@ -178,6 +178,12 @@ def test_figures_from_run_records_render_per_file_or_per_entry_and_fail_when_edi
         "| a | 1.0 | — |", "| b | — | 2.0 |"]
     with pytest.raises(KeyError):
         check.render("rec.json#domains | key | z", study)  # no record has it: a typo in the spec
+    (study / "rec.json").write_text(json.dumps({"overrides": ["seed=0", "tokenizer.init=mean"], "steps": [{"a": 1}],
+                                                "domains": {"a": {"x": 1.0}}}))
+    assert check.render("rec.json#domains | @overrides=run | key | x:.1f", study).splitlines()[2] == (
+        "| seed=0, tokenizer.init=mean | a | 1.0 |")  # a list of scalars joined; a list of mappings left out
+    with pytest.raises(KeyError):
+        check.render("rec.json#domains | @steps | x", study)
     missing = spec.replace("seed=0", "seed=9")
     readme.write_text(readme.read_text() + f"\n<!-- figures: {missing} -->\n<!-- /figures -->\n")
     check.main([], root=study)
