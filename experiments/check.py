@@ -189,6 +189,9 @@ def record_rows(source: str, root: Path) -> list[dict[str, str]]:
     return rows
 
 
+TEXT_COLUMNS = ("label", "metric", "status", "key", "@name", "@overrides", "overrides")  # left-aligned
+
+
 def render(spec: str, root: Path) -> str:
     path, columns, filters = parse_spec(spec)
     if path.partition("#")[0].endswith(".json"):
@@ -202,7 +205,7 @@ def render(spec: str, root: Path) -> str:
         with open(root / path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
     rows = [r for r in rows if all(r.get(k) == v for k, v in filters.items())]
-    aligns = ["---" if c.name in ("label", "metric", "status", "key", "@name", "@overrides") else "---:" for c in columns]
+    aligns = ["---" if c.name in TEXT_COLUMNS else "---:" for c in columns]
     lines = ["| " + " | ".join(c.title for c in columns) + " |", "|" + "|".join(aligns) + "|"]
     lines += ["| " + " | ".join(cell(r, c) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
@@ -212,9 +215,10 @@ def markdown_files(root: Path) -> list[Path]:
     return [root / "README.md", *sorted((root / "docs").rglob("*.md")), *sorted((root / "experiments").rglob("*.md"))]
 
 
-def check_blocks(md: Path, root: Path, problems: list[str]) -> tuple[str, int]:
-    """`md`'s text with every figure block re-rendered, and the number of blocks; a block whose text differs from
-    what its CSV renders (or whose CSV cannot be read) adds a line to `problems`."""
+def check_blocks(md: Path, root: Path, problems: list[str], differs: list[str]) -> tuple[str, int]:
+    """`md`'s text with every figure block re-rendered, and the number of blocks; a block that cannot be rendered
+    (its source unreadable, a field no row has) adds a line to `problems`, one whose text differs from what its
+    source renders a line to `differs`."""
     seen = 0
 
     def replace(m: re.Match) -> str:
@@ -227,7 +231,7 @@ def check_blocks(md: Path, root: Path, problems: list[str]) -> tuple[str, int]:
             problems.append(f"{md.relative_to(root)}: figures block '{spec}': {err!r}")
             return m.group(0)
         if m.group("body") != expected:
-            problems.append(f"{md.relative_to(root)}: figures block '{spec.split('|')[0].strip()}' differs "
+            differs.append(f"{md.relative_to(root)}: figures block '{spec.split('|')[0].strip()}' differs "
                             "from what its CSV renders (python -m experiments.check --write re-renders it)")
         return f"<!-- figures: {spec} -->\n{expected}<!-- /figures -->"
 
@@ -235,16 +239,17 @@ def check_blocks(md: Path, root: Path, problems: list[str]) -> tuple[str, int]:
 
 
 def figure_mismatches(root: Path, write: bool = False) -> tuple[list[str], int]:
-    """(one line per figure block whose text differs from what its CSV renders, blocks seen); `write`: fix them."""
-    problems, seen = [], 0
+    """(one line per figure block that cannot be rendered or whose text differs from what its source renders,
+    blocks seen); `write`: re-render them, so only the blocks that cannot be rendered are left to report."""
+    problems, differs, seen = [], [], 0
     for md in markdown_files(root):
         if not md.is_file():
             continue
-        new, count = check_blocks(md, root, problems)
+        new, count = check_blocks(md, root, problems, differs)
         seen += count
         if write and new != md.read_text(encoding="utf-8"):
             md.write_text(new, encoding="utf-8")
-    return ([] if write else problems), seen
+    return problems + ([] if write else differs), seen
 
 
 def main(argv: list[str] | None = None, root: Path = ROOT) -> int:

@@ -111,6 +111,17 @@ def test_check_fails_when_a_readme_number_is_edited(study, capsys):
     assert readme.read_text() == text
 
 
+def test_write_still_fails_on_a_block_it_cannot_render(study, capsys):
+    """--write re-renders blocks whose numbers differ, but a block it cannot render (a field no row has) stays
+    a failure that names the block, not an empty table that passes."""
+    readme = study / "experiments" / "toy" / "README.md"
+    spec = "experiments/toy/results/summary.csv | label=run | no_such_column"
+    readme.write_text(readme.read_text() + f"\n<!-- figures: {spec} -->\n<!-- /figures -->\n")
+    assert _check().main(["--write"], root=study) == 1
+    assert f"figures block '{spec}': KeyError('no_such_column')" in capsys.readouterr().err
+    assert f"<!-- figures: {spec} -->\n<!-- /figures -->" in readme.read_text()  # left as it was
+
+
 def test_check_fails_when_a_committed_table_is_edited(study, capsys):
     summary = study / "experiments" / "toy" / "results" / "summary.csv"
     rows = _rows(summary)
