@@ -44,6 +44,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from cptlab.utils.io import atomic_write_text
+
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = re.compile(r"<!-- figures: (?P<spec>.*?) -->\n(?P<body>.*?)<!-- /figures -->", re.S)
 SIGNED = ("learning", "forgetting", "delta", "_vs_ref")
@@ -232,7 +234,7 @@ def check_blocks(md: Path, root: Path, problems: list[str], differs: list[str]) 
             return m.group(0)
         if m.group("body") != expected:
             differs.append(f"{md.relative_to(root)}: figures block '{spec.split('|')[0].strip()}' differs "
-                            "from what its CSV renders (python -m experiments.check --write re-renders it)")
+                           "from what its CSV renders (python -m experiments.check --write re-renders it)")
         return f"<!-- figures: {spec} -->\n{expected}<!-- /figures -->"
 
     return BLOCK.sub(replace, md.read_text(encoding="utf-8")), seen
@@ -248,7 +250,7 @@ def figure_mismatches(root: Path, write: bool = False) -> tuple[list[str], int]:
         new, count = check_blocks(md, root, problems, differs)
         seen += count
         if write and new != md.read_text(encoding="utf-8"):
-            md.write_text(new, encoding="utf-8")
+            atomic_write_text(md, new)  # a killed --write leaves the page whole
     return problems + ([] if write else differs), seen
 
 
