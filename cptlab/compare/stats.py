@@ -115,7 +115,8 @@ VERDICTS = ("difference", "equivalent", "inconclusive")
 class Comparison:
     """A row minus the reference row on one figure. `method` is "paired" (the rows ran the same seeds, and the
     same seed means the same data order and initialisation in cptlab, so the per-seed differences are the
-    sample) or "Welch" (otherwise); `se`, `df` and the two-sided `p` are unadjusted. `holm` fills `p_adj`
+    sample), "identical" (the same figures seed for seed: not a test, outside the Holm family) or "Welch"
+    (otherwise); `se`, `df` and the two-sided `p` are unadjusted. `holm` fills `p_adj`
     (Holm-Bonferroni over the table's comparisons), `ci` (the half-width at the comparison's Holm level) and
     `verdict`."""
 
@@ -136,7 +137,8 @@ def _p_two_sided(t: float, df: float) -> float:
 
 def compare_samples(a: dict, b: dict) -> Comparison:
     """`a` minus `b`, each {seed: value} (finite values only count). Paired when both hold the same two or more
-    seeds, Welch otherwise; no interval with a single run on either side."""
+    seeds, Welch otherwise; no interval with a single run on either side. Equal values seed for seed are
+    "identical": no p-value, so `holm` leaves them out of the family, and they read "equivalent" (± 0)."""
     xs = {k: float(v) for k, v in a.items() if v is not None and math.isfinite(v)}
     ys = {k: float(v) for k, v in b.items() if v is not None and math.isfinite(v)}
     if not xs or not ys:
@@ -144,6 +146,8 @@ def compare_samples(a: dict, b: dict) -> Comparison:
     if set(xs) == set(ys) and len(xs) >= 2 and None not in xs:
         diffs = [xs[k] - ys[k] for k in sorted(xs, key=str)]
         n, mean = len(diffs), sum(diffs) / len(diffs)
+        if not any(diffs):  # the same runs' figures (an EMA run's raw weights are the plain run's): nothing to test
+            return Comparison(0.0, 0.0, n - 1.0, n, "identical", ci=0.0)
         se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n)
         return _with_p(Comparison(mean, se, n - 1.0, n, "paired"))
     x, y = list(xs.values()), list(ys.values())

@@ -95,6 +95,20 @@ def test_holm_flips_a_verdict_that_one_test_alone_would_call_a_difference():
     assert [c.p_adj for c in pair] == [pytest.approx(0.002), pytest.approx(0.03)]
 
 
+def test_a_row_identical_to_the_reference_is_not_a_test_and_leaves_the_family():
+    # An EMA run's raw weights train exactly as the run without EMA: its figures equal the reference's seed for
+    # seed. Counted as a test (p = 1) it would double Holm's m and halve the level of the real comparison.
+    ref = {0: 1.00, 1: 1.50, 2: 2.00}
+    same = compare_samples(dict(ref), ref)
+    assert (same.method, same.mean, same.ci, same.p) == ("identical", 0.0, 0.0, None)
+    real = compare_samples({0: 1.10, 1: 1.61, 2: 2.12}, ref)
+    holm([same, real])
+    assert real.p_adj == pytest.approx(real.p)  # a family of one
+    assert same.verdict == "equivalent" and comparison_text(same) == "+0.0000 ± 0.0000 equivalent"
+    near = compare_samples({0: 1.00, 1: 1.50, 2: 2.0001}, ref)
+    assert near.method == "paired" and near.p is not None  # any difference at all is tested
+
+
 def test_equivalent_needs_the_adjusted_interval_inside_the_margin():
     tight = Comparison(0.001, 0.001, 10.0, 11, "paired", p=0.34)
     loose = Comparison(0.001, 0.02, 10.0, 11, "paired", p=0.96)
