@@ -1,8 +1,8 @@
 """The documentation stays navigable: every relative link in the README, docs/*.md, benchmarks/README.md and the
 study READMEs points at a file that exists (and, with a #fragment into a markdown file, at a heading that
 exists); the README fits a screen (at most 220 lines); its configuration table names every option file under
-conf/, its command tables every console script and make target; and the study READMEs' differences tables state
-what experiments/restate.py computes from the committed results (Welch, Holm over the table, the verdict)."""
+conf/, and its command tables every console script and make target. (The study pages' figures are checked
+against their per-run records by experiments.check: tests/compare/test_compare_archive.py.)"""
 
 from __future__ import annotations
 
@@ -121,41 +121,3 @@ def test_link_checker_catches_a_broken_link(tmp_path):
                    "[gone](missing.md) [bad anchor](other.md#nope) [web](https://example.org/x) "
                    "`[code](not-a-link.md)`\n```\n[fenced](also-not.md)\n```\n")
     assert broken_links(doc) == ["missing.md: no such file", "other.md#nope: no heading #nope in other.md"]
-
-
-def _restate():
-    """experiments/restate.py as a module (experiments/ is not a package)."""
-    import importlib.util
-    import sys
-
-    name = "cptlab_experiments_restate"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / "restate.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up while the class is built
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-def test_study_readmes_state_what_restate_computes():
-    """Each study README's differences table shows, for every comparison experiments/restate.py makes, the Welch
-    difference, its Holm-adjusted half-width and the verdict that restate.py computes from results/summary.csv
-    (a cell may add a note after them): an edited number or a verdict word the data does not give fails here."""
-    restate = _restate()
-    cache: dict = {}
-    problems = []
-    for study, spec in restate.TABLES.items():
-        text = (ROOT / "experiments" / study / "README.md").read_text(encoding="utf-8")
-        stated = {}
-        for line in text.splitlines():
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            if line.startswith("|") and len(cells) == 1 + len(spec["metrics"]):
-                stated[cells[0]] = cells[1:]
-        for label, expected in restate.readme_rows(restate.restate(study, spec, restate.DEFAULT_MARGIN, cache)).items():
-            if label not in stated:
-                problems.append(f"{study}: no row '{label}'")
-                continue
-            for want, got in zip(expected, stated[label]):
-                if not got.startswith(want):
-                    problems.append(f"{study}: '{label}' states '{got}', restate.py gives '{want}'")
-    assert problems == []

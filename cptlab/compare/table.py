@@ -225,7 +225,8 @@ def compare_with_reference(rows: list[dict], reference: str | None = None, margi
     """Set `<figure>_vs_ref` (a cptlab.compare.stats.Comparison: paired when the two rows ran the same seeds,
     Welch otherwise) and `<figure>_vs_ref_text` on every completed row but the reference. The table's
     comparisons (every row, learning and forgetting) are one family for the Holm-Bonferroni correction; each
-    reads "difference", "equivalent" (within +/- `margin`) or "inconclusive" (see cptlab.compare.stats.holm)."""
+    reads "difference", "equivalent" (within +/- `margin`) or "inconclusive" (see cptlab.compare.stats.holm).
+    Rows with the same figures seed for seed share one comparison, counted once."""
     completed = [r for r in rows if r["status"] == "completed"]
     if reference is not None:
         ref = next((r for r in rows if r["label"] == reference), None)
@@ -234,17 +235,23 @@ def compare_with_reference(rows: list[dict], reference: str | None = None, margi
                               f"{', '.join(r['label'] for r in rows)})")
     else:
         ref = completed[0] if completed else None
-    family = []
+    compared, tests = [], {}
     for row in rows:
         row["reference"] = ref["label"] if ref else None
         for key in COMPARED:
             row[f"{key}_vs_ref"] = row[f"{key}_vs_ref_text"] = None
             if ref is None or row is ref or row["status"] != "completed":
                 continue
-            row[f"{key}_vs_ref"] = compare_samples(_by_seed(row, key), _by_seed(ref, key))
-            family.append((row, key))
-    holm([row[f"{key}_vs_ref"] for row, key in family], margin=margin)
-    for row, key in family:
+            sample = _by_seed(row, key)
+            # A row with an earlier row's figures seed for seed (the raw weights of an EMA run and the run
+            # without EMA) is the same test: it shares that comparison, counted once in the family.
+            twin = (key, tuple(sorted((str(seed), value) for seed, value in sample.items())))
+            if twin not in tests:
+                tests[twin] = compare_samples(sample, _by_seed(ref, key))
+            row[f"{key}_vs_ref"] = tests[twin]
+            compared.append((row, key))
+    holm(list(tests.values()), margin=margin)
+    for row, key in compared:
         row[f"{key}_vs_ref_text"] = comparison_text(row[f"{key}_vs_ref"])
     if ref is not None:
         ref["learning_vs_ref_text"] = ref["forgetting_vs_ref_text"] = "reference"
@@ -348,7 +355,8 @@ def markdown(rows: list[dict], roles: Roles, warnings: list[str] = (), budget: l
         "when the two rows ran the same seeds, Welch otherwise; adjusted by Holm-Bonferroni over the "
         f"{_family_size(rows)} comparisons of this table (the i-th smallest p-value at 0.05 / (m - i + 1)); a "
         "row with the reference's own figures seed for seed (an EMA run's raw weights) is identical, not a test, "
-        "and stays out of the family. Verdict: **difference** when the adjusted interval excludes 0, "
+        "and stays out of the family, and rows with the same figures seed for seed count once. Verdict: "
+        "**difference** when the adjusted interval excludes 0, "
         f"**equivalent** when it lies inside ± {_margin(rows):g} bpb (the --margin), **inconclusive** otherwise or "
         "with a single run on either side. "
         "summary.csv has each comparison's method, p and Holm-adjusted p.",
@@ -373,7 +381,9 @@ def markdown(rows: list[dict], roles: Roles, warnings: list[str] = (), budget: l
 
 
 def _family_size(rows: list[dict]) -> int:
-    return sum(1 for r in rows for k in COMPARED if r.get(f"{k}_vs_ref") is not None and r[f"{k}_vs_ref"].p is not None)
+    """The comparisons Holm ran over: each with a p-value, a comparison shared by twin rows once."""
+    tested = (r.get(f"{k}_vs_ref") for r in rows for k in COMPARED)
+    return len({id(c) for c in tested if c is not None and c.p is not None})
 
 
 def _margin(rows: list[dict]) -> float:

@@ -80,6 +80,21 @@ def test_rows_against_the_reference(seeded_sweep, seeded_run):
     assert tight["data.replay_ratio=0.26"]["forgetting_vs_ref"].verdict == "inconclusive"
 
 
+def test_twin_rows_share_one_comparison_and_count_once_in_the_family(seeded_sweep, seeded_run, tmp_path):
+    # An EMA run's raw weights train exactly as the run without EMA: its row has that row's figures seed for
+    # seed. Compared with a third row, the two are one test, not two: Holm's m counts it once.
+    for seed in SEED_NOISE:
+        seeded_run(seeded_sweep / "twin" / str(seed), ["experiment=demo_zh", "data.replay_ratio=0.5", "retention=ema",
+                                                      f"seed={seed}"], 0.5, seed)
+    runs = load_runs([seeded_sweep])
+    rows = {r["label"]: r for r in build_rows(runs, resolve_roles(runs))}
+    plain, twin = rows["data.replay_ratio=0.5"], rows["data.replay_ratio=0.5, retention=ema"]
+    assert twin["forgetting_vs_ref"] is plain["forgetting_vs_ref"] and twin["learning_vs_ref"] is plain["learning_vs_ref"]
+    main([str(seeded_sweep), "--out", str(tmp_path)])
+    md = (tmp_path / "summary.md").read_text()
+    assert "Holm-Bonferroni over the 6 comparisons" in md  # 3 rows x 2 figures, the twin not counted again
+
+
 def test_outputs_carry_the_intervals(seeded_sweep, tmp_path, capsys):
     main([str(seeded_sweep), "--out", str(tmp_path)])
     out = capsys.readouterr().out
