@@ -29,7 +29,8 @@ Two checks:
    a null, or a field some rows lack, prints as a dash.
    An archive's runs/ holds those records, so single runs (the demo) are checked the same way.
 
-Results without `runs/` (studies not yet re-run with --archive) are listed as provisional, not failed.
+A study `results/` whose summary.csv has no `runs/` beside it (a comparison made without --archive) fails: its
+figures cannot be recomputed.
 """
 
 from __future__ import annotations
@@ -66,9 +67,9 @@ def archives(root: Path) -> list[Path]:
 
 
 def unarchived(root: Path) -> list[Path]:
-    """Study results/ directories holding a summary.csv but no per-run data."""
-    return sorted(p.parent for p in (root / "experiments").glob("*/results/summary.csv")
-                  if not (p.parent / "runs").is_dir())
+    """Directories under a study's results/ holding a summary.csv but no per-run data."""
+    return sorted(p.parent for p in (root / "experiments").glob("*/results/**/summary.csv")
+                  if not (p.parent / "runs").is_dir() and "runs" not in p.relative_to(root).parts)
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -264,8 +265,8 @@ def main(argv: list[str] | None = None, root: Path = ROOT) -> int:
         problems += recompute(archive)
     figure_problems, blocks = figure_mismatches(root, write=args.write)
     problems += figure_problems
-    for results in unarchived(root):
-        print(f"provisional (no per-run data): {results.relative_to(root)}")
+    problems += [f"{results.relative_to(root)}: summary.csv without runs/ (no per-run data to recompute it from: "
+                 "re-run its comparison with cptlab-compare --archive)" for results in unarchived(root)]
     for line in problems:
         print(f"mismatch: {line}", file=sys.stderr)
     print(f"{len(found)} archived comparisons recomputed, {blocks} figure blocks checked, "

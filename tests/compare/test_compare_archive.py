@@ -145,12 +145,13 @@ def test_check_fails_when_a_run_record_is_edited(study):
     assert _check().recompute(archive)  # the table no longer follows from the runs
 
 
-def test_unarchived_results_are_listed_as_provisional(study, capsys):
-    old = study / "experiments" / "old" / "results"
+def test_results_without_per_run_data_fail(study, capsys):
+    assert _check().main([], root=study) == 0
+    old = study / "experiments" / "old" / "results" / "en_eval"
     old.mkdir(parents=True)
     shutil.copy(study / "experiments" / "toy" / "results" / "summary.csv", old / "summary.csv")
-    assert _check().main([], root=study) == 0
-    assert "provisional (no per-run data): experiments/old/results" in capsys.readouterr().out
+    assert _check().main([], root=study) == 1
+    assert "experiments/old/results/en_eval: summary.csv without runs/" in capsys.readouterr().err
 
 
 def test_figure_cells_format_means_intervals_and_text():
