@@ -69,7 +69,7 @@ def archives(root: Path) -> list[Path]:
 def unarchived(root: Path) -> list[Path]:
     """Directories under a study's results/ holding a summary.csv but no per-run data."""
     return sorted(p.parent for p in (root / "experiments").glob("*/results/**/summary.csv")
-                  if not (p.parent / "runs").is_dir() and "runs" not in p.relative_to(root).parts)
+                  if not (p.parent / "runs").is_dir())
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
